@@ -1,0 +1,5 @@
+from prompt.inference.decoding import Decoder, GenerationResult, stop_token_ids_for
+from prompt.inference.tree import DynamicTree, TreeBuffers, build_tree_buffers, load_tree_specs, select_tree_spec
+
+__all__ = ["Decoder", "GenerationResult", "stop_token_ids_for", "DynamicTree", "TreeBuffers",
+           "build_tree_buffers", "load_tree_specs", "select_tree_spec"]

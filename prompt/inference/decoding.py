@@ -1,0 +1,289 @@
+"""The PPD decode loop, in the paper's order.
+
+1. Prefill: run the prompt with the prompt tokens appended; the last input's logits give the next
+   token (the tree's root), the prompt tokens' logits give guesses for the tokens after it.
+2. Propose: the top-k of each special token's logits fill the candidate tree.
+3. Verify: one forward over the root, the candidate nodes and the special tokens appended to them,
+   with a tree attention mask.
+4. Accept the longest path whose tokens the base model agrees with, keep those nodes' cache entries.
+5. Read the next root from the last accepted node's logits, and the next special-token logits from
+   the special tokens appended to that node: their number picks the next tree (dynamic depth).
+
+Plain decoding is the same loop with no prompt tokens: each tree is the root alone.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from prompt.errors import PPDError
+from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, select_tree_spec
+from prompt.model import backbone
+from prompt.model.prompt_decoder import PromptDecoder
+
+SAMPLING_MODES = ("greedy", "typical")
+
+
+@dataclass
+class GenerationResult:
+    """What one generation call produced and what it cost."""
+
+    token_ids: list = field(default_factory=list)  # the new tokens only
+    forward_passes: int = 0  # prefill included
+    wall_time: float = 0.0
+    step_tokens: list = field(default_factory=list)  # tokens emitted per forward pass after the prefill
+    stop_reason: str = ""  # "eos", "length" or "context"
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def accept_length(self) -> float:
+        """Mean new tokens per forward pass (1.0 for plain decoding)."""
+        return self.new_tokens / max(self.forward_passes, 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.wall_time if self.wall_time > 0 else 0.0
+
+
+def _typical_filter(logits: torch.Tensor, temperature: float, threshold: float, alpha: float) -> torch.Tensor:
+    """Probabilities after temperature, with tokens below the typical-acceptance threshold removed."""
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    entropy = -(probs * torch.log(probs + 1e-5)).sum(-1, keepdim=True)
+    cut = torch.minimum(torch.full_like(entropy, threshold), torch.exp(-entropy) * alpha)
+    probs = torch.where(probs < cut, torch.zeros_like(probs), probs)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+class Decoder:
+    """Decoding settings bound to a model. `stream()` and `generate()` own their cache: calls may run concurrently."""
+
+    def __init__(self, model, tree_spec=None, tree_length: int | None = None, tree_file: str | None = None,
+                 temperature: float = 0.0, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+                 sampling: str = "greedy", stop_token_ids=None, use_prompt_tokens: bool = True):
+        if sampling not in SAMPLING_MODES:
+            raise PPDError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {sampling!r}")
+        if temperature < 0:
+            raise PPDError(f"temperature must be >= 0, got {temperature}")
+        self.ppd = isinstance(model, PromptDecoder) and use_prompt_tokens
+        self.model = model
+        self.base = model.base_model if isinstance(model, PromptDecoder) else model
+        self.temperature = float(temperature)
+        self.posterior_threshold = posterior_threshold
+        self.posterior_alpha = posterior_alpha
+        self.sampling = sampling
+        self.stop_token_ids = set(stop_token_ids or [])
+        self.max_positions = getattr(self.base.config, "max_position_embeddings", None)
+        self.root_only = root_only_buffers()
+        self.tree = None
+        if self.ppd:
+            config = model.config
+            spec = tree_spec if tree_spec is not None else select_tree_spec(
+                tree_file, config.num_special_tokens, config.virtual_tokens_per_special_token, tree_length)
+            self.tree = DynamicTree(spec, config.num_special_tokens, config.virtual_tokens_per_special_token,
+                                    model.vt_attention.cpu())
+
+    # ----------------------------------------------------------------------------------------------
+    def _pick(self, logits: torch.Tensor, generator) -> int:
+        """The next token from one row of logits: argmax, or a typical-filtered sample."""
+        if self.temperature == 0 or self.sampling == "greedy":
+            return int(logits.argmax(-1))
+        probs = _typical_filter(logits, self.temperature, self.posterior_threshold, self.posterior_alpha)
+        return int(torch.multinomial(probs, 1, generator=generator))
+
+    def _verify(self, tree: TreeBuffers, node_tokens: list, node_logits: torch.Tensor, generator) -> list:
+        """Indices of the accepted path, root first: the deepest node whose whole path the base model accepts."""
+        parents = tree.node_parent
+        if tree.num_nodes == 1:
+            return [0]
+        if self.temperature == 0:
+            targets = node_logits.argmax(-1).tolist()
+            ok = [True] + [node_tokens[i] == targets[parents[i]] for i in range(1, tree.num_nodes)]
+            score = None
+        elif self.sampling == "typical":
+            probs = _typical_filter(node_logits, self.temperature, self.posterior_threshold, self.posterior_alpha)
+            targets = torch.multinomial(probs, 1, generator=generator)[:, 0].tolist()
+            ok = [True] + [node_tokens[i] == targets[parents[i]] for i in range(1, tree.num_nodes)]
+            score = None
+        else:  # temperature > 0 with greedy sampling: typical acceptance by probability threshold (Medusa)
+            probs = F.softmax(node_logits.float() / self.temperature, dim=-1)
+            entropy = -(probs * torch.log(probs + 1e-5)).sum(-1)
+            cut = torch.minimum(torch.full_like(entropy, self.posterior_threshold),
+                                torch.exp(-entropy) * self.posterior_alpha).tolist()
+            parent_index = torch.tensor(parents[1:])
+            cand_probs = probs[parent_index, torch.tensor(node_tokens[1:])].tolist()
+            ok = [True] + [cand_probs[i - 1] > cut[parents[i]] for i in range(1, tree.num_nodes)]
+            score = [0.0] + [math.log(max(p, 1e-30)) for p in cand_probs]
+        accepted = [False] * tree.num_nodes
+        loglik = [0.0] * tree.num_nodes
+        best, best_depth, best_score = 0, 0, 0.0
+        for i in range(tree.num_nodes):  # parents come before children
+            accepted[i] = ok[i] and (i == 0 or accepted[parents[i]])
+            if not accepted[i]:
+                continue
+            depth = len(tree.node_paths[i])
+            if score is not None and i > 0:
+                loglik[i] = loglik[parents[i]] + score[i]
+            if depth > best_depth or (score is not None and depth == best_depth and loglik[i] > best_score):
+                best, best_depth, best_score = i, depth, loglik[i]
+        path = []
+        while best != -1:
+            path.append(best)
+            best = parents[best]
+        return path[::-1]
+
+    @staticmethod
+    def _keep_cache_entries(cache, past: int, kept: list, written: int) -> None:
+        """Keep the cache entries of the accepted nodes (at past + kept) in slots past.., drop the rest."""
+        if kept != list(range(len(kept))):
+            index = torch.tensor(kept, device=cache.layers[0].keys.device) + past
+            for layer in cache.layers:
+                layer.keys[..., past: past + len(kept), :] = layer.keys[..., index, :]
+                layer.values[..., past: past + len(kept), :] = layer.values[..., index, :]
+        remove = written - len(kept)
+        if remove > 0:
+            for layer in cache.layers:
+                layer.crop(-remove)
+
+    def _forward(self, embeds, allowed_new: torch.Tensor, positions: torch.Tensor, past: int, cache):
+        """Body forward of new inputs that see the whole past plus the `allowed_new` pattern among themselves."""
+        count = embeds.shape[1]
+        allowed = torch.ones(count, past + count, dtype=torch.bool, device=embeds.device)
+        allowed[:, past:] = allowed_new
+        mask = backbone.additive_mask(allowed, embeds.dtype)
+        return backbone.run_body(self.base, embeds, mask, (positions + past)[None].to(embeds.device), cache,
+                                 output_hidden_states=self.ppd and self.model.needs_hidden_states())
+
+    # ----------------------------------------------------------------------------------------------
+    def stream(self, input_ids, max_new_tokens: int = 512, result: GenerationResult | None = None, seed=None):
+        """Yield the tokens accepted at each step (a list of ids; its first is the base model's own token).
+
+        Statistics accumulate in `result` (pass one in to read them while or after streaming).
+        """
+        result = result if result is not None else GenerationResult()
+        input_ids = torch.as_tensor(input_ids)
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+            raise PPDError("decoding takes one sequence at a time (batch size 1)")
+        length = input_ids.shape[1]
+        if length == 0:
+            raise PPDError("the prompt is empty")
+        if max_new_tokens < 1:
+            raise PPDError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if self.max_positions is not None and length >= self.max_positions:
+            raise PPDError(f"the prompt has {length} tokens; the model's context is {self.max_positions}")
+        generator = None
+        if seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        device = self.base.get_input_embeddings().weight.device
+        input_ids = input_ids.to(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            yield from self._run(input_ids, max_new_tokens, result, generator, start)
+
+    def _run(self, input_ids, max_new_tokens, result, generator, start):
+        model, ppd = self.model, self.ppd
+        cache = DynamicCache(config=self.base.config)
+        length = input_ids.shape[1]
+        embeds = self.base.get_input_embeddings()(input_ids)
+        allowed = torch.tril(torch.ones(length, length, dtype=torch.bool))
+        positions = torch.arange(length)
+        if ppd:
+            config = model.config
+            nv, v = config.num_virtual_tokens, config.virtual_tokens_per_special_token
+            embeds = torch.cat([embeds, model.prompt_embeds()[None]], 1)
+            grown = torch.zeros(length + nv, length + nv, dtype=torch.bool)
+            grown[:length, :length] = allowed
+            grown[length:, :length] = True
+            grown[length:, length:] = model.vt_attention.cpu()
+            allowed = grown
+            positions = torch.cat([positions, length + torch.arange(nv) // v])
+        output = self._forward(embeds, allowed.to(embeds.device), positions, 0, cache)
+        result.forward_passes += 1
+        hidden = output.last_hidden_state
+        root = self._pick(backbone.head_logits(self.base, hidden[0, length - 1]), generator)
+        special_logits = None
+        if ppd:
+            special_logits = model.special_token_logits(model.special_hidden(output, slice(length, length + nv)))[0]
+            self._keep_cache_entries(cache, length, [], nv)
+        past = length
+
+        while True:
+            remaining = max_new_tokens - result.new_tokens
+            if root in self.stop_token_ids or remaining == 1:
+                result.token_ids.append(root)
+                result.stop_reason = "eos" if root in self.stop_token_ids else "length"
+                result.wall_time = time.perf_counter() - start
+                yield [root]
+                return
+            if self.max_positions is not None and past + 1 >= self.max_positions:
+                result.stop_reason = "context"
+                result.wall_time = time.perf_counter() - start
+                return
+            tree = self.root_only
+            if ppd:
+                tree = self.tree.for_special_tokens(special_logits.shape[0])
+                if self.max_positions is not None and past + tree.num_inputs > self.max_positions:
+                    tree = self.root_only
+            # propose: the root, then the top-k guesses of each special token, placed by the tree
+            root_tensor = torch.tensor([root], device=input_ids.device)
+            if tree.num_nodes > 1:
+                guesses = torch.topk(special_logits[: tree.depth], tree.top_k, dim=-1).indices.reshape(-1)
+                node_tokens = torch.cat([root_tensor, guesses])[tree.candidate_index.to(guesses.device)]
+            else:
+                node_tokens = root_tensor
+            embeds = self.base.get_input_embeddings()(node_tokens)[None]
+            if tree.special_prompt_index.numel():
+                embeds = torch.cat([embeds, model.prompt_embeds()[tree.special_prompt_index][None]], 1)
+            output = self._forward(embeds, tree.allowed.to(embeds.device), tree.positions, past, cache)
+            result.forward_passes += 1
+            hidden = output.last_hidden_state
+            node_logits = backbone.head_logits(self.base, hidden[0, : tree.num_nodes])
+            node_tokens = node_tokens.tolist()
+            path = self._verify(tree, node_tokens, node_logits, generator)
+            last = path[-1]
+            self._keep_cache_entries(cache, past, path, tree.num_inputs)
+            past += len(path)
+            if ppd:
+                rows = tree.special_rows[last]
+                special_logits = model.special_token_logits(model.special_hidden(output, rows))[0]
+            accepted = [node_tokens[i] for i in path][:remaining]
+            for i, token in enumerate(accepted):
+                if token in self.stop_token_ids:
+                    accepted = accepted[: i + 1]
+                    break
+            result.token_ids.extend(accepted)
+            result.step_tokens.append(len(accepted))
+            done = accepted[-1] in self.stop_token_ids or result.new_tokens >= max_new_tokens
+            if done:
+                result.stop_reason = "eos" if accepted[-1] in self.stop_token_ids else "length"
+            result.wall_time = time.perf_counter() - start
+            yield accepted
+            if done:
+                return
+            root = self._pick(node_logits[last], generator)
+
+    def generate(self, input_ids, max_new_tokens: int = 512, seed=None) -> GenerationResult:
+        result = GenerationResult()
+        for _ in self.stream(input_ids, max_new_tokens, result, seed=seed):
+            pass
+        return result
+
+
+def stop_token_ids_for(tokenizer, extra=()) -> list:
+    """EOS ids of the tokenizer (and generation config, where given) plus `extra` ids."""
+    ids = set(extra)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(eos)
+    return sorted(ids)

@@ -1,0 +1,244 @@
+"""Dynamic sparse trees: specs as data, and the one function that turns a spec into tree buffers.
+
+A tree spec is the upstream format `{depth: [[path, probability, n_special_tokens], ...]}`:
+- `depth` (a JSON key) is how many special-token logits the tree needs, i.e. its deepest node;
+  the decode loop picks, each step, the deepest tree that the accepted node's special tokens allow.
+- `path` lists top-k ranks from the root: `[0, 2]` is the 3rd guess of special token 2 placed
+  after the 1st guess of special token 1.
+- `probability` is the builder's estimate that the node is accepted (informational).
+- `n_special_tokens` is how many special tokens are appended after that node (1..N), which decides
+  how deep the next step's tree can be if this node ends up the last accepted one.
+The root (the token the base model itself predicted) always carries all N special tokens.
+
+A file may hold one spec, or several keyed by tree length (the number of inputs of the forward).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from prompt.errors import PPDError
+
+TREES_DIR = os.path.join(os.path.dirname(__file__), "trees")
+DEFAULT_TREE_FILE = os.path.join(TREES_DIR, "default_3.json")
+
+
+@dataclass
+class TreeBuffers:
+    """Everything the decode loop indexes for one tree shape. Inputs: token nodes first, then special tokens.
+
+    node_paths[i]        path of token node i (node 0 is the root, path [])
+    node_parent[i]       parent node index (-1 for the root)
+    candidate_index[i]   index into the flat candidate vector [root, top-K of special 1, top-K of special 2, ...]
+    special_rows[i]      input rows of the special tokens appended after node i (n_i * V rows)
+    special_prompt_index prompt-embedding row of every special-token input
+    allowed              [T, T] boolean tree mask (row attends to column)
+    positions            [T] position offsets from the current sequence length
+    """
+
+    depth: int
+    top_k: int
+    node_paths: list
+    node_parent: list
+    candidate_index: torch.Tensor
+    special_rows: list
+    special_prompt_index: torch.Tensor
+    allowed: torch.Tensor
+    positions: torch.Tensor
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_paths)
+
+    @property
+    def num_inputs(self) -> int:
+        return int(self.positions.shape[0])
+
+
+def _validate_spec(spec, num_special_tokens: int) -> dict[int, list]:
+    if not isinstance(spec, dict) or not spec:
+        raise PPDError("malformed tree spec: expected a non-empty object {depth: [[path, probability, n_special], ...]}")
+    trees = {}
+    for key, entries in spec.items():
+        try:
+            depth = int(key)
+        except (TypeError, ValueError):
+            raise PPDError(f"malformed tree spec: depth key {key!r} is not an integer") from None
+        if not 1 <= depth <= num_special_tokens:
+            raise PPDError(f"malformed tree spec: depth {depth} is outside 1..{num_special_tokens} "
+                           f"(the number of special tokens)")
+        if not isinstance(entries, list):
+            raise PPDError(f"malformed tree spec: depth {depth} must map to a list of [path, probability, n_special]")
+        nodes = []
+        for entry in entries:
+            if (not isinstance(entry, (list, tuple)) or len(entry) != 3 or not isinstance(entry[0], list)
+                    or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in entry[0])
+                    or not entry[0] or not isinstance(entry[2], int)):
+                raise PPDError(f"malformed tree spec: bad node {entry!r} at depth {depth} "
+                               f"(want [path of ranks >= 0, probability, n_special_tokens])")
+            path, _, n_special = entry
+            if len(path) > depth:
+                raise PPDError(f"malformed tree spec: node {path} is deeper than its tree's depth {depth}")
+            if not 1 <= n_special <= num_special_tokens:
+                raise PPDError(f"malformed tree spec: node {path} has {n_special} special tokens, "
+                               f"outside 1..{num_special_tokens}")
+            nodes.append((list(path), n_special))
+        paths = [tuple(p) for p, _ in nodes]
+        if len(set(paths)) != len(paths):
+            raise PPDError(f"malformed tree spec: a node appears twice in the depth-{depth} tree")
+        for p in paths:
+            if len(p) > 1 and p[:-1] not in set(paths):
+                raise PPDError(f"malformed tree spec: node {list(p)} has no parent {list(p[:-1])}")
+        trees[depth] = nodes
+    usable = sorted(trees)
+    needed = {num_special_tokens} | {n for nodes in trees.values() for _, n in nodes}
+    for n in needed:
+        if not any(d <= n for d in usable):
+            raise PPDError(f"malformed tree spec: no tree of depth <= {n} for a node with {n} special tokens")
+    return trees
+
+
+def build_tree_buffers(nodes, num_special_tokens: int, virtual_tokens: int, vt_attention: torch.Tensor,
+                       depth: int, root_special_tokens: int | None = None) -> TreeBuffers:
+    """Turn a list of (path, n_special_tokens) into the buffers of one tree forward."""
+    nodes = sorted(((list(p), n) for p, n in nodes), key=lambda x: (len(x[0]), x[0]))
+    root_special = num_special_tokens if root_special_tokens is None else root_special_tokens
+    node_paths = [[]] + [p for p, _ in nodes]
+    node_special = [root_special] + [n for _, n in nodes]
+    index_of = {tuple(p): i for i, p in enumerate(node_paths)}
+    node_parent = [-1] + [index_of[tuple(p[:-1])] for p in node_paths[1:]]
+    top_k = max([p[-1] for p in node_paths[1:]], default=-1) + 1
+    candidate_index = [0] + [1 + (len(p) - 1) * top_k + p[-1] for p in node_paths[1:]]
+
+    num_nodes = len(node_paths)
+    v = virtual_tokens
+    special_rows, special_prompt_index, special_owner = [], [], []
+    row = num_nodes
+    for i, n in enumerate(node_special):
+        rows = list(range(row, row + n * v))
+        special_rows.append(rows)
+        special_prompt_index.extend(range(n * v))
+        special_owner.extend([i] * (n * v))
+        row += n * v
+    total = row
+
+    # ancestors (including self) of every token node
+    ancestors = []
+    for i in range(num_nodes):
+        chain, j = [], i
+        while j != -1:
+            chain.append(j)
+            j = node_parent[j]
+        ancestors.append(chain)
+    allowed = torch.zeros(total, total, dtype=torch.bool)
+    positions = torch.zeros(total, dtype=torch.long)
+    for i in range(num_nodes):
+        allowed[i, ancestors[i]] = True
+        positions[i] = len(node_paths[i])
+    for i, rows in enumerate(special_rows):
+        if not rows:
+            continue
+        block = torch.tensor(rows)
+        allowed[block[:, None], torch.tensor(ancestors[i])[None, :]] = True
+        allowed[block[:, None], block[None, :]] = vt_attention[: len(rows), : len(rows)]
+        positions[block] = len(node_paths[i]) + 1 + torch.arange(len(rows)) // v
+    return TreeBuffers(
+        depth=depth,
+        top_k=top_k,
+        node_paths=node_paths,
+        node_parent=node_parent,
+        candidate_index=torch.tensor(candidate_index, dtype=torch.long),
+        special_rows=special_rows,
+        special_prompt_index=torch.tensor(special_prompt_index, dtype=torch.long),
+        allowed=allowed,
+        positions=positions,
+    )
+
+
+class DynamicTree:
+    """The buffers of every tree in one spec, and the rule that picks the next one."""
+
+    def __init__(self, spec, num_special_tokens: int, virtual_tokens: int = 1, vt_attention: torch.Tensor | None = None):
+        trees = _validate_spec(spec, num_special_tokens)
+        if vt_attention is None:
+            vt_attention = torch.tril(torch.ones(num_special_tokens * virtual_tokens,
+                                                 num_special_tokens * virtual_tokens, dtype=torch.bool))
+        self.spec = spec
+        self.num_special_tokens = num_special_tokens
+        self.buffers = {d: build_tree_buffers(nodes, num_special_tokens, virtual_tokens, vt_attention, d)
+                        for d, nodes in trees.items()}
+        self.depths = sorted(self.buffers)
+
+    def for_special_tokens(self, available: int) -> TreeBuffers:
+        """The deepest tree that `available` special-token logits can fill."""
+        usable = [d for d in self.depths if d <= available]
+        return self.buffers[usable[-1]]
+
+    @property
+    def input_length(self) -> int:
+        """Inputs of the largest tree's forward (the upstream `tree_length`)."""
+        return max(b.num_inputs for b in self.buffers.values())
+
+    @property
+    def max_nodes(self) -> int:
+        return max(b.num_nodes for b in self.buffers.values())
+
+
+def root_only_buffers() -> TreeBuffers:
+    """A tree with only the root and no special tokens: one plain decoding step."""
+    return build_tree_buffers([], 0, 1, torch.zeros(0, 0, dtype=torch.bool), depth=0, root_special_tokens=0)
+
+
+def spec_input_length(spec, num_special_tokens: int, virtual_tokens: int = 1) -> int:
+    return DynamicTree(spec, num_special_tokens, virtual_tokens).input_length
+
+
+def load_tree_specs(path: str) -> dict:
+    """Read a tree file: one spec, or several keyed by tree length. Returns {name: spec}."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise PPDError(f"tree file {path!r} does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PPDError(f"malformed tree spec file {path!r}: {exc}") from None
+    if not isinstance(data, dict) or not data:
+        raise PPDError(f"malformed tree spec file {path!r}: expected a JSON object")
+    if all(isinstance(v, dict) for v in data.values()):
+        return data
+    return {"default": data}
+
+
+def select_tree_spec(path: str | None, num_special_tokens: int, virtual_tokens: int = 1,
+                     tree_length: int | None = None):
+    """Pick the spec to use from a tree file (the shipped default for 3 special tokens if None).
+
+    With `tree_length`, the spec whose input length equals it; without, the file's only spec or its largest.
+    """
+    if path is None:
+        if num_special_tokens != 3:
+            return chain_tree_spec(num_special_tokens)
+        path = DEFAULT_TREE_FILE
+    specs = load_tree_specs(path)
+    sized = {}
+    for name, spec in specs.items():
+        sized[spec_input_length(spec, num_special_tokens, virtual_tokens)] = spec
+    if tree_length is None:
+        return sized[max(sized)]
+    if tree_length not in sized:
+        raise PPDError(f"no tree of length {tree_length} in {path!r}; available lengths: "
+                       f"{', '.join(str(k) for k in sorted(sized))}")
+    return sized[tree_length]
+
+
+def chain_tree_spec(num_special_tokens: int, width: int = 4) -> dict:
+    """A small generic tree for any number of special tokens: `width` guesses at depth 1, then a top-1 chain."""
+    spec = {}
+    for depth in range(1, num_special_tokens + 1):
+        nodes = [[[k], 0.0, num_special_tokens if k == 0 else 1] for k in range(width)]
+        nodes += [[[0] * d, 0.0, 1] for d in range(2, depth + 1)]
+        spec[str(depth)] = nodes
+    return spec

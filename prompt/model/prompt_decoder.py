@@ -1,0 +1,270 @@
+"""PromptDecoder: trained prompt-token embeddings appended after the input of any causal LM.
+
+The base model is used as it is (no modeling file copied): the prompt tokens' embeddings are
+concatenated to the input embeddings, and their positions and attention pattern are given through
+`position_ids` and a 4D attention mask.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from prompt.errors import PPDError
+from prompt.model import backbone
+from prompt.model.config import AggregationType, PromptConfig, VTAttentionType
+from prompt.model.loading import load_base_model
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+WEIGHTING_LAYERS_NAME = "weighting_layers.pt"
+CUSTOM_LM_HEAD_NAME = "custom_lm_head.pt"
+
+
+def virtual_token_attention(config: PromptConfig) -> torch.Tensor:
+    """Boolean [NV, NV] matrix: which virtual tokens each virtual token sees (special-token-major order).
+
+    Each pattern is prefix-closed: its top-left block for the first n special tokens is the pattern
+    for n special tokens, which lets a tree node carry fewer special tokens than the maximum.
+    """
+    n, v = config.num_special_tokens, config.virtual_tokens_per_special_token
+    special = torch.arange(n * v) // v
+    virtual = torch.arange(n * v) % v
+    if config.vt_attention_type == VTAttentionType.DECODER:
+        return torch.tril(torch.ones(n * v, n * v, dtype=torch.bool))
+    if config.vt_attention_type == VTAttentionType.ENCODER:
+        return special[:, None] == special[None, :]
+    # ensemble: V parallel chains, one per virtual-token slot
+    return (virtual[:, None] == virtual[None, :]) & (special[None, :] <= special[:, None])
+
+
+class PromptDecoder(nn.Module):
+    """A frozen causal LM plus `num_special_tokens x virtual_tokens_per_special_token` trainable embeddings."""
+
+    def __init__(self, base_model, config: PromptConfig, tokenizer=None, prompt_embeddings: torch.Tensor | None = None):
+        super().__init__()
+        if config.use_prefix_tuning:
+            raise PPDError("use_prefix_tuning is not supported by this version")
+        hidden = base_model.config.hidden_size
+        if config.token_dim is not None and config.token_dim != hidden:
+            raise PPDError(f"prompt tokens have hidden size {config.token_dim} but the base model's is {hidden}")
+        config.token_dim = hidden
+        self.base_model = base_model
+        self.config = config
+        self.tokenizer = tokenizer
+        device = base_model.get_input_embeddings().weight.device
+        if prompt_embeddings is None:
+            prompt_embeddings = self._initial_embeddings()
+        if tuple(prompt_embeddings.shape) != (config.num_virtual_tokens, hidden):
+            raise PPDError(
+                f"prompt_embeddings has shape {tuple(prompt_embeddings.shape)}, expected "
+                f"({config.num_virtual_tokens}, {hidden}) for this config and base model")
+        # fp32 master copy: trained in full precision, cast to the base model's dtype when used
+        self.prompt_embeddings = nn.Parameter(prompt_embeddings.detach().to(device=device, dtype=torch.float32).clone())
+        n, v = config.num_special_tokens, config.virtual_tokens_per_special_token
+        self.weighting_layers = None
+        if config.aggregation_type == AggregationType.WEIGHTED:
+            self.weighting_layers = nn.ModuleList(nn.Linear(v, 1, bias=False) for _ in range(n))
+            for layer in self.weighting_layers:
+                nn.init.constant_(layer.weight, 1.0 / v)
+        elif config.aggregation_type == AggregationType.ADAPTIVE_WEIGHTED:
+            self.weighting_layers = nn.ModuleList(nn.Linear(hidden, 1, bias=False) for _ in range(n))
+            for layer in self.weighting_layers:
+                nn.init.zeros_(layer.weight)  # starts as the mean
+        self.custom_lm_head = None
+        if config.use_custom_lm_head:
+            head = base_model.get_output_embeddings()
+            self.custom_lm_head = nn.Linear(hidden, head.weight.shape[0], bias=False)
+            self.custom_lm_head.weight = nn.Parameter(head.weight.detach().float().clone())
+        if config.num_exits > 1 and not hasattr(backbone.body(base_model), "norm"):
+            raise PPDError("num_exits > 1 needs a base model whose decoder has a final `norm`")
+        for module in (self.weighting_layers, self.custom_lm_head):
+            if module is not None:
+                module.to(device=device, dtype=torch.float32)
+        self.register_buffer("vt_attention", virtual_token_attention(config), persistent=False)
+        base_model.requires_grad_(False)
+
+    # ----------------------------------------------------------------------------------------------
+    # construction, saving and loading
+    def _initial_embeddings(self) -> torch.Tensor:
+        table = self.base_model.get_input_embeddings().weight
+        count = self.config.num_virtual_tokens
+        if self.config.prompt_tuning_init == "TEXT" and self.tokenizer is not None:
+            ids = self.tokenizer(self.config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
+            if ids:
+                ids = (ids * (count // len(ids) + 1))[:count]  # repeat the text to fill, as peft does
+                return table[torch.tensor(ids, device=table.device)].detach().float()
+        generator = torch.Generator().manual_seed(0)
+        std = table.detach().float().std().item()
+        return torch.randn(count, table.shape[1], generator=generator) * std
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt_embeddings.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base_model.get_input_embeddings().weight.dtype
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write `adapter_config.json` and `adapter_model.safetensors` (key `prompt_embeddings`), as peft does."""
+        from safetensors.torch import save_file
+
+        os.makedirs(directory, exist_ok=True)
+        self.config.save_pretrained(directory)
+        save_file({"prompt_embeddings": self.prompt_embeddings.detach().float().cpu().contiguous()},
+                  os.path.join(directory, WEIGHTS_NAME))
+        if self.weighting_layers is not None:
+            torch.save(self.weighting_layers.state_dict(), os.path.join(directory, WEIGHTING_LAYERS_NAME))
+        if self.custom_lm_head is not None:
+            torch.save(self.custom_lm_head.state_dict(), os.path.join(directory, CUSTOM_LM_HEAD_NAME))
+
+    # ----------------------------------------------------------------------------------------------
+    # pieces used by training and by the decode loop
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.base_model.get_input_embeddings()(token_ids)
+
+    def prompt_embeds(self) -> torch.Tensor:
+        """The [NV, hidden] prompt-token embeddings in the base model's dtype."""
+        return self.prompt_embeddings.to(self.dtype)
+
+    def special_hidden(self, output, rows) -> torch.Tensor:
+        """Hidden states of the special-token inputs at `rows` (averaged over the last `num_exits` layers)."""
+        if self.config.num_exits == 1:
+            return output.last_hidden_state[:, rows]
+        norm = backbone.body(self.base_model).norm
+        exits = output.hidden_states[-self.config.num_exits:]
+        return torch.stack([norm(h[:, rows]) for h in exits[:-1]] + [output.last_hidden_state[:, rows]]).mean(0)
+
+    def special_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., n*V, H] of n special tokens' virtual tokens -> aggregated logits [..., n, vocab]."""
+        v = self.config.virtual_tokens_per_special_token
+        if self.custom_lm_head is not None:
+            logits = self.custom_lm_head(hidden.to(self.custom_lm_head.weight.dtype))
+        else:
+            logits = backbone.head_logits(self.base_model, hidden)
+        if v == 1:
+            return logits
+        shape = logits.shape[:-2]
+        n = logits.shape[-2] // v
+        logits = logits.reshape(*shape, n, v, logits.shape[-1])
+        if self.config.aggregation_type == AggregationType.MEAN:
+            return logits.mean(-2)
+        if self.config.aggregation_type == AggregationType.WEIGHTED:
+            weights = torch.stack([layer.weight[0] for layer in self.weighting_layers[:n]])  # [n, V]
+        else:
+            hidden = hidden.reshape(*shape, n, v, hidden.shape[-1]).float()
+            scores = torch.stack([self.weighting_layers[i](hidden[..., i, :, :])[..., 0] for i in range(n)], -2)
+            weights = scores.softmax(-1)  # [..., n, V]
+        return (logits.float() * weights[..., None]).sum(-2).to(logits.dtype)
+
+    def needs_hidden_states(self) -> bool:
+        return self.config.num_exits > 1
+
+    # ----------------------------------------------------------------------------------------------
+    # training forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Append the prompt tokens after each (left- or right-padded) sequence and return the special tokens' logits.
+
+        Returns a tuple (special_logits [B, N, vocab], next_token_logits [B, vocab]): special token k
+        predicts the token k+1 places after the last input token; the second item is the base model's
+        own prediction for the next token.
+        """
+        batch, length = input_ids.shape
+        device = input_ids.device
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keep = attention_mask.bool()
+        nv, v = self.config.num_virtual_tokens, self.config.virtual_tokens_per_special_token
+        positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
+        lengths = keep.sum(-1)
+        special_positions = lengths[:, None] + torch.arange(nv, device=device)[None, :] // v
+        position_ids = torch.cat([positions, special_positions], 1)
+
+        total = length + nv
+        allowed = torch.zeros(batch, total, total, dtype=torch.bool, device=device)
+        causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=device))
+        allowed[:, :length, :length] = causal[None] & keep[:, None, :]
+        allowed[:, length:, :length] = keep[:, None, :]
+        allowed[:, length:, length:] = self.vt_attention
+        # padded query rows attend to themselves so that no softmax row is empty
+        allowed[:, torch.arange(length), torch.arange(length)] |= ~keep
+        mask = backbone.additive_mask(allowed[:, None], self.dtype)
+
+        embeds = torch.cat([self.embed(input_ids), self.prompt_embeds()[None].expand(batch, -1, -1)], 1)
+        output = backbone.run_body(self.base_model, embeds, mask, position_ids,
+                                   output_hidden_states=self.needs_hidden_states())
+        special = self.special_token_logits(self.special_hidden(output, slice(length, total)))
+        last = length - 1 - keep.flip(-1).long().argmax(-1)  # the last real token, for any padding side
+        last_hidden = output.last_hidden_state[torch.arange(batch, device=device), last]
+        next_logits = backbone.head_logits(self.base_model, last_hidden)
+        return special, next_logits
+
+
+def _load_state(path: str):
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class AutoPromptDecoder:
+    """Load prompt tokens saved in the upstream/peft layout together with their base model."""
+
+    @classmethod
+    def from_pretrained(cls, path, base_model=None, tokenizer=None, base_model_path=None, dtype="float32",
+                        device="cpu", config: PromptConfig | None = None) -> PromptDecoder:
+        """Load `path` (a folder with adapter_config.json and adapter_model.safetensors/.bin).
+
+        The base model comes from `base_model` if given, else `base_model_path`, else the checkpoint's
+        `base_model_name_or_path` (which must be a local folder or the default model).
+        """
+        from prompt.model.loading import is_default_model
+
+        if is_default_model(path):
+            from prompt.model.defaults import default_prompt_tokens_path
+
+            path = default_prompt_tokens_path()
+            if path is None:
+                raise PPDError("no trained prompt tokens ship for the default model yet")
+        if not os.path.isdir(str(path)):
+            raise PPDError(f"prompt-token checkpoint {path!r} is not a folder")
+        saved_config = PromptConfig.from_pretrained(path)
+        config = config or saved_config
+        weights = None
+        for name in (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME):
+            if os.path.isfile(os.path.join(path, name)):
+                weights = os.path.join(path, name)
+                break
+        if weights is None:
+            raise PPDError(f"no {WEIGHTS_NAME} in {path!r}")
+        try:
+            state = _load_state(weights)
+        except Exception as exc:  # corrupt files raise many types
+            raise PPDError(f"cannot read {weights}: {exc}") from None
+        if "prompt_embeddings" not in state:
+            raise PPDError(f"{weights} holds no tensor named prompt_embeddings")
+        if base_model is None:
+            base_model, loaded_tokenizer = load_base_model(
+                base_model_path or saved_config.base_model_name_or_path, dtype=dtype, device=device)
+            tokenizer = tokenizer or loaded_tokenizer
+        embeddings = state["prompt_embeddings"]
+        hidden = base_model.config.hidden_size
+        if embeddings.dim() != 2 or embeddings.shape[1] != hidden:
+            raise PPDError(f"prompt tokens in {path!r} have hidden size {embeddings.shape[-1]} "
+                           f"but the base model's hidden size is {hidden}")
+        if config.token_dim not in (None, hidden):
+            raise PPDError(f"adapter config token_dim={config.token_dim} does not match the base model's hidden size {hidden}")
+        model = PromptDecoder(base_model, config, tokenizer=tokenizer, prompt_embeddings=embeddings)
+        if model.weighting_layers is not None and saved_config.aggregation_type == config.aggregation_type:
+            extra = os.path.join(path, WEIGHTING_LAYERS_NAME)
+            if os.path.isfile(extra):
+                model.weighting_layers.load_state_dict(_load_state(extra))
+        if model.custom_lm_head is not None and saved_config.use_custom_lm_head:
+            extra = os.path.join(path, CUSTOM_LM_HEAD_NAME)
+            if os.path.isfile(extra):
+                model.custom_lm_head.load_state_dict(_load_state(extra))
+        model.eval()
+        return model
