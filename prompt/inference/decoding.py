@@ -81,6 +81,7 @@ class Decoder:
         self.sampling = sampling
         self.stop_token_ids = set(stop_token_ids or [])
         self.max_positions = getattr(self.base.config, "max_position_embeddings", None)
+        self.device = self.base.get_input_embeddings().weight.device
         self.root_only = root_only_buffers()
         self.tree = None
         if self.ppd:
@@ -152,6 +153,17 @@ class Decoder:
             for layer in cache.layers:
                 layer.crop(-remove)
 
+    def _propose(self, root: int, special_logits, tree: TreeBuffers, context: list) -> torch.Tensor:
+        """Token of every tree node: the root, then the top-k guesses of each special token, placed by the tree.
+
+        `context` holds the prompt and every token so far, root included (used by context-based sources).
+        """
+        root_tensor = torch.tensor([root], device=self.device)
+        if tree.num_nodes == 1:
+            return root_tensor
+        guesses = torch.topk(special_logits[: tree.depth], tree.top_k, dim=-1).indices.reshape(-1)
+        return torch.cat([root_tensor, guesses])[tree.candidate_index.to(self.device)]
+
     def _forward(self, embeds, allowed_new: torch.Tensor, positions: torch.Tensor, past: int, cache):
         """Body forward of new inputs that see the whole past plus the `allowed_new` pattern among themselves."""
         count = embeds.shape[1]
@@ -183,14 +195,15 @@ class Decoder:
         generator = None
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
-        device = self.base.get_input_embeddings().weight.device
-        input_ids = input_ids.to(device)
+        input_ids = input_ids.to(self.device)
         start = time.perf_counter()
         with torch.inference_mode():
             yield from self._run(input_ids, max_new_tokens, result, generator, start)
 
     def _run(self, input_ids, max_new_tokens, result, generator, start):
         model, ppd = self.model, self.ppd
+        if ppd and self.max_positions is not None and input_ids.shape[1] + model.config.num_special_tokens > self.max_positions:
+            ppd = False  # no room left for the prompt tokens: decode plainly
         cache = DynamicCache(config=self.base.config)
         length = input_ids.shape[1]
         embeds = self.base.get_input_embeddings()(input_ids)
@@ -215,6 +228,7 @@ class Decoder:
             special_logits = model.special_token_logits(model.special_hidden(output, slice(length, length + nv)))[0]
             self._keep_cache_entries(cache, length, [], nv)
         past = length
+        context = input_ids[0].tolist()
 
         while True:
             remaining = max_new_tokens - result.new_tokens
@@ -229,17 +243,11 @@ class Decoder:
                 result.wall_time = time.perf_counter() - start
                 return
             tree = self.root_only
-            if ppd:
+            if special_logits is not None and special_logits.shape[0]:
                 tree = self.tree.for_special_tokens(special_logits.shape[0])
                 if self.max_positions is not None and past + tree.num_inputs > self.max_positions:
                     tree = self.root_only
-            # propose: the root, then the top-k guesses of each special token, placed by the tree
-            root_tensor = torch.tensor([root], device=input_ids.device)
-            if tree.num_nodes > 1:
-                guesses = torch.topk(special_logits[: tree.depth], tree.top_k, dim=-1).indices.reshape(-1)
-                node_tokens = torch.cat([root_tensor, guesses])[tree.candidate_index.to(guesses.device)]
-            else:
-                node_tokens = root_tensor
+            node_tokens = self._propose(root, special_logits, tree, context + [root])
             embeds = self.base.get_input_embeddings()(node_tokens)[None]
             if tree.special_prompt_index.numel():
                 embeds = torch.cat([embeds, model.prompt_embeds()[tree.special_prompt_index][None]], 1)
@@ -252,7 +260,7 @@ class Decoder:
             last = path[-1]
             self._keep_cache_entries(cache, past, path, tree.num_inputs)
             past += len(path)
-            if ppd:
+            if special_logits is not None:
                 rows = tree.special_rows[last]
                 special_logits = model.special_token_logits(model.special_hidden(output, rows))[0]
             accepted = [node_tokens[i] for i in path][:remaining]
@@ -261,6 +269,7 @@ class Decoder:
                     accepted = accepted[: i + 1]
                     break
             result.token_ids.extend(accepted)
+            context.extend(accepted)
             result.step_tokens.append(len(accepted))
             done = accepted[-1] in self.stop_token_ids or result.new_tokens >= max_new_tokens
             if done:

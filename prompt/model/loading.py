@@ -84,12 +84,18 @@ def resolve_model_path(name_or_path) -> str:
 
 
 def load_base_model(name_or_path=None, dtype="float32", device="cpu", attn_implementation="sdpa", **kwargs):
-    """Load a causal LM and its tokenizer from a local folder (or the default model), frozen, in eval mode."""
+    """Load a causal LM and its tokenizer (None if the folder has none) from a local folder or the default model.
+
+    The model is frozen and in eval mode.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None  # a model folder without a tokenizer still decodes token ids
+    try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=parse_dtype(dtype), attn_implementation=attn_implementation, **kwargs)
     except (OSError, ValueError) as exc:

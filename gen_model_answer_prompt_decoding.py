@@ -1,0 +1,26 @@
+"""Answer benchmark questions with Parallel Prompt Decoding (prompt tokens + dynamic sparse tree)."""
+from prompt.errors import cli_entry
+from prompt.evaluation.chat import ChatFormatter
+from prompt.evaluation.runner import ArgumentParser, add_common_flags, make_decoder, run_benchmark
+from prompt.model.defaults import load_prompt_decoder
+
+
+@cli_entry
+def main():
+    parser = add_common_flags(ArgumentParser(description=__doc__),
+                              "Folder of the trained prompt tokens (adapter_config.json + adapter_model.safetensors).",
+                              "smollm2-135m-ppd")
+    parser.add_argument("--base-model-path", default=None,
+                        help="Local base model folder, if the checkpoint's base_model_name_or_path is not one.")
+    parser.add_argument("--tree-length", type=int, default=None,
+                        help="Input length of the sparse tree to use from the tree file (default: its largest).")
+    parser.add_argument("--tree-file", default=None, help="JSON tree specs (default: the shipped tree).")
+    args = parser.parse_args()
+    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
+    formatter = ChatFormatter(model.tokenizer, args.model_id)
+    decoder = make_decoder(model, formatter, args, tree_length=args.tree_length, tree_file=args.tree_file)
+    run_benchmark(args, decoder, formatter, "ppd")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Chat formatting: the tokenizer's chat template, or a FastChat conversation template (vicuna...)."""
+from __future__ import annotations
+
+import torch
+
+from prompt.errors import PPDError
+
+
+class ChatFormatter:
+    """Turns a conversation (alternating user/assistant texts) into input ids ending with the assistant's turn."""
+
+    def __init__(self, tokenizer, model_id: str | None = None):
+        if tokenizer is None:
+            raise PPDError("the model folder has no tokenizer")
+        self.tokenizer = tokenizer
+        self.template = None
+        if model_id:
+            from fastchat.model.model_adapter import get_conversation_template
+
+            template = get_conversation_template(model_id)
+            if template.name != "one_shot":  # FastChat's fallback when it does not know the model
+                self.template = template
+        if self.template is None and not getattr(tokenizer, "chat_template", None):
+            raise PPDError("the tokenizer has no chat template and --model-id names no FastChat template")
+
+    @property
+    def stop_token_ids(self) -> list:
+        ids = set()
+        if self.template is not None and self.template.stop_token_ids:
+            ids.update(self.template.stop_token_ids)
+        return sorted(ids)
+
+    def input_ids(self, turns: list[str]) -> torch.Tensor:
+        """turns = [user, assistant, user, ...] ending with a user message; returns [1, L] ids."""
+        if self.template is not None:
+            conv = self.template.copy()
+            for i, text in enumerate(turns):
+                conv.append_message(conv.roles[i % 2], text)
+            conv.append_message(conv.roles[1], None)
+            return self.tokenizer(conv.get_prompt(), return_tensors="pt").input_ids
+        messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+        if not torch.is_tensor(ids):
+            ids = ids["input_ids"]
+        return ids

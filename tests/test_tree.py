@@ -1,0 +1,77 @@
+"""Tree specs as data and the buffers built from them."""
+import json
+
+import pytest
+import torch
+
+from prompt import PPDError
+from prompt.inference.tree import (DEFAULT_TREE_FILE, DynamicTree, build_tree_buffers, load_tree_specs,
+                                   select_tree_spec)
+
+
+def test_buffers_of_a_small_tree():
+    nodes = [([0], 2), ([1], 1), ([0, 0], 1)]
+    buffers = build_tree_buffers(nodes, num_special_tokens=2, virtual_tokens=1,
+                                 vt_attention=torch.tril(torch.ones(2, 2, dtype=torch.bool)), depth=2)
+    assert buffers.node_paths == [[], [0], [1], [0, 0]]
+    assert buffers.node_parent == [-1, 0, 0, 1]
+    assert buffers.top_k == 2
+    assert buffers.candidate_index.tolist() == [0, 1, 2, 3]  # [root, s1 top0, s1 top1, s2 top0, s2 top1]
+    # special tokens: root 2, node [0] 2, node [1] 1, node [0,0] 1
+    assert buffers.special_rows == [[4, 5], [6, 7], [8], [9]]
+    assert buffers.num_inputs == 10
+    assert buffers.positions.tolist() == [0, 1, 1, 2, 1, 2, 2, 3, 2, 3]
+    allowed = buffers.allowed.int()
+    assert allowed[3].tolist() == [1, 1, 0, 1, 0, 0, 0, 0, 0, 0]  # [0,0] sees root, [0], itself
+    assert allowed[7].tolist() == [1, 1, 0, 0, 0, 0, 1, 1, 0, 0]  # 2nd special of [0] sees root, [0], both specials
+    assert allowed[8].tolist() == [1, 0, 1, 0, 0, 0, 0, 0, 1, 0]
+
+
+def test_dynamic_tree_picks_deepest_fillable_tree():
+    tree = DynamicTree(json.load(open(DEFAULT_TREE_FILE)), num_special_tokens=3)
+    assert tree.for_special_tokens(3).depth == 3
+    assert tree.for_special_tokens(2).depth == 2
+    assert tree.for_special_tokens(1).depth == 1
+    assert tree.input_length == max(b.num_inputs for b in tree.buffers.values())
+
+
+def test_virtual_tokens_multiply_special_inputs():
+    spec = {"1": [[[0], 0.5, 1]]}
+    one = DynamicTree(spec, num_special_tokens=1, virtual_tokens=1)
+    three = DynamicTree(spec, num_special_tokens=1, virtual_tokens=3)
+    assert one.input_length == 4 and three.input_length == 8
+    assert three.buffers[1].positions.tolist() == [0, 1, 1, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({}, "non-empty"),
+    ({"x": []}, "not an integer"),
+    ({"4": [[[0], 0.1, 1]]}, "outside"),
+    ({"1": [[[0, 0], 0.1, 1]]}, "deeper"),
+    ({"2": [[[0, 0], 0.1, 1]], "1": [[[0], 0.1, 1]]}, "no parent"),
+    ({"1": [[[0], 0.1, 5]]}, "special tokens"),
+    ({"1": [[[-1], 0.1, 1]]}, "bad node"),
+    ({"1": [["a", 0.1, 1]]}, "bad node"),
+    ({"3": [[[0], 0.1, 1]]}, "no tree of depth"),
+])
+def test_malformed_specs_are_clear_errors(spec, message):
+    with pytest.raises(PPDError, match=message):
+        DynamicTree(spec, num_special_tokens=3)
+
+
+def test_tree_files_and_lengths(tmp_path):
+    small = {"1": [[[0], 0.5, 1]]}
+    big = {"1": [[[0], 0.5, 1], [[1], 0.2, 1]]}
+    path = tmp_path / "trees.json"
+    path.write_text(json.dumps({"4": small, "6": big}))
+    assert set(load_tree_specs(str(path))) == {"4", "6"}
+    assert select_tree_spec(str(path), 1, tree_length=6) == big
+    assert select_tree_spec(str(path), 1, tree_length=4) == small
+    assert select_tree_spec(str(path), 1) == big
+    with pytest.raises(PPDError, match="no tree of length 9.*4, 6"):
+        select_tree_spec(str(path), 1, tree_length=9)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(PPDError, match="malformed"):
+        select_tree_spec(str(tmp_path / "bad.json"), 1)
+    with pytest.raises(PPDError, match="does not exist"):
+        select_tree_spec(str(tmp_path / "none.json"), 1)
