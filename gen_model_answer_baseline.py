@@ -1,7 +1,7 @@
 """Answer benchmark questions with plain decoding (no prompt tokens): our loop, or transformers `generate`."""
 from prompt.errors import cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.runner import ArgumentParser, HFGenerate, add_common_flags, make_decoder, run_benchmark
+from prompt.evaluation.runner import ArgumentParser, check_args, HFGenerate, add_common_flags, make_decoder, run_benchmark
 from prompt.inference.decoding import stop_token_ids_for
 from prompt.model.loading import load_base_model
 
@@ -14,6 +14,7 @@ def main():
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=None,
                         help="With --hf-generate: transformers prompt lookup decoding with this many tokens.")
     args = parser.parse_args()
+    questions = check_args(args)
     model, tokenizer = load_base_model(args.model_path, dtype=args.dtype)
     formatter = ChatFormatter(tokenizer, args.model_id)
     if args.hf_generate:
@@ -21,7 +22,7 @@ def main():
         decoder = HFGenerate(model, stops, args.prompt_lookup_num_tokens)
     else:
         decoder = make_decoder(model, formatter, args)
-    run_benchmark(args, decoder, formatter, "hf-generate" if args.hf_generate else "baseline")
+    run_benchmark(args, questions, decoder, formatter, "hf-generate" if args.hf_generate else "baseline")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Answer benchmark questions with Parallel Prompt Decoding (prompt tokens + dynamic sparse tree)."""
 from prompt.errors import cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.runner import ArgumentParser, add_common_flags, make_decoder, run_benchmark
+from prompt.evaluation.runner import ArgumentParser, check_args, add_common_flags, make_decoder, run_benchmark
 from prompt.model.defaults import load_prompt_decoder
 
 
@@ -16,10 +16,11 @@ def main():
                         help="Input length of the sparse tree to use from the tree file (default: its largest).")
     parser.add_argument("--tree-file", default=None, help="JSON tree specs (default: the shipped tree).")
     args = parser.parse_args()
+    questions = check_args(args)
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
     formatter = ChatFormatter(model.tokenizer, args.model_id)
     decoder = make_decoder(model, formatter, args, tree_length=args.tree_length, tree_file=args.tree_file)
-    run_benchmark(args, decoder, formatter, "ppd")
+    run_benchmark(args, questions, decoder, formatter, "ppd")
 
 
 if __name__ == "__main__":

@@ -188,3 +188,23 @@ def test_bad_decoder_arguments():
         Decoder(model, temperature=-1)
     with pytest.raises(PPDError):
         Decoder(model).generate(torch.randint(3, 97, (2, 5)), 5)
+
+
+def test_stream_can_be_resumed_from_other_threads():
+    """Web servers resume generators in any worker thread: each step must still run in inference mode."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_llama(7)
+    ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
+    ids = torch.randint(3, 97, (1, 6))
+    expected = Decoder(ppd).generate(ids, 20).token_ids
+    stream = Decoder(ppd).stream(ids, 20)
+    tokens = []
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        while True:
+            chunk = pool.submit(next, stream, None).result()
+            if chunk is None:
+                break
+            tokens.extend(chunk)
+    assert tokens == expected
+    assert not torch.is_inference_mode_enabled()

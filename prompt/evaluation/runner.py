@@ -79,22 +79,29 @@ def default_answer_file(bench_name, model_id):
     return os.path.join("data", bench_name, "model_answer", f"{model_id}.jsonl")
 
 
-def run_benchmark(args, decoder, formatter: ChatFormatter, label: str):
-    """Answer every selected question with `decoder` and append FastChat rows to the answer file."""
-    from tqdm import tqdm
-    import shortuuid
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def check_args(args) -> list[dict]:
+    """Validate the flags and read the questions before any model is loaded; returns the questions."""
     if args.max_new_token < 1:
         raise PPDError("--max-new-token must be >= 1")
     if args.num_choices < 1:
         raise PPDError("--num-choices must be >= 1")
-    questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
+    if args.threads is not None and args.threads < 1:
+        raise PPDError("--threads must be >= 1")
+    args.answer_file = args.answer_file or default_answer_file(args.bench_name, args.model_id)
+    if os.path.isdir(args.answer_file):
+        raise PPDError(f"--answer-file {args.answer_file!r} is a folder")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
+
+
+def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str):
+    """Answer every question with `decoder` and append FastChat rows to the answer file (never truncated)."""
+    from tqdm import tqdm
+    import shortuuid
+
     tokenizer = formatter.tokenizer
-    answer_file = args.answer_file or default_answer_file(args.bench_name, args.model_id)
-    if os.path.isdir(answer_file):
-        raise PPDError(f"--answer-file {answer_file!r} is a folder")
+    answer_file = args.answer_file
     os.makedirs(os.path.dirname(os.path.abspath(answer_file)), exist_ok=True)
 
     for _ in range(max(args.warmup, 0)):

@@ -197,8 +197,20 @@ class Decoder:
             generator = torch.Generator().manual_seed(seed)
         input_ids = input_ids.to(self.device)
         start = time.perf_counter()
-        with torch.inference_mode():
-            yield from self._run(input_ids, max_new_tokens, result, generator, start)
+        steps = self._run(input_ids, max_new_tokens, result, generator, start)
+        # Inference mode is per thread, and a consumer (a web server's thread pool) may resume this
+        # generator in another thread: enter it around each step rather than across the yields.
+        try:
+            while True:
+                with torch.inference_mode():
+                    try:
+                        accepted = next(steps)
+                    except StopIteration:
+                        return
+                yield accepted
+        finally:
+            with torch.inference_mode():
+                steps.close()
 
     def _run(self, input_ids, max_new_tokens, result, generator, start):
         model, ppd = self.model, self.ppd

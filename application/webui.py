@@ -1,0 +1,373 @@
+"""Chat web UI for Parallel Prompt Decoding: answers stream as the decoder accepts tokens.
+
+    python application/webui.py [--ppd-path PATH] [--host 127.0.0.1] [--port 7860]
+                                [--dtype float32|bfloat16] [--max-new-token 256]
+
+`build_demo(model, tokenizer)` builds the gradio app for any PromptDecoder (or plain causal LM);
+`main()` parses the command line, loads the model and serves the app. Each request builds its own
+`Decoder` and each `Decoder.stream` call owns its KV cache, so several browser sessions can chat
+at the same time.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the UI must work offline
+try:
+    import prompt  # noqa: F401
+except ImportError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from prompt.errors import PPDError, cli_entry  # noqa: E402
+from prompt.evaluation.runner import ArgumentParser  # noqa: E402
+from prompt.inference import Decoder, GenerationResult, stop_token_ids_for  # noqa: E402
+from prompt.model.loading import is_default_model  # noqa: E402
+from prompt.model.prompt_decoder import PromptDecoder  # noqa: E402
+
+TITLE = "Parallel Prompt Decoding chat"
+HIGHLIGHT_STYLE = "background-color: rgba(250, 204, 21, 0.45); border-radius: 3px;"
+# Used only when the tokenizer has no chat template of its own.
+FALLBACK_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}Assistant:{% endif %}")
+GENERATING = "generating…"
+STOPPED = "stopped"
+STOP_REASONS = {"eos": "end of answer", "length": "token limit reached", "context": "context window full"}
+
+log = logging.getLogger("ppd.webui")
+
+
+# --------------------------------------------------------------------------------------------------
+# Answer text: incremental detokenisation, split by where the tokens came from
+# --------------------------------------------------------------------------------------------------
+class AnswerText:
+    """The text of an answer being streamed, as pieces `[text, from_prompt_tokens]`.
+
+    Each step decodes the whole answer so far (correct for tokens that split multi-byte characters);
+    an incomplete character at the end waits for the tokens that complete it.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list = []
+        self.text = ""
+        self.pieces: list = []
+
+    def add(self, token_ids, from_prompt_tokens: bool, final: bool = False) -> None:
+        """Append tokens; `from_prompt_tokens` marks the guesses that the base model accepted."""
+        self.ids.extend(token_ids)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not final:
+            text = text.rstrip("\ufffd")
+        keep = len(os.path.commonprefix([self.text, text]))
+        if keep < len(self.text):  # decoding changed earlier text (rare): cut the pieces back
+            self._truncate(keep)
+        if len(text) > keep:
+            if self.pieces and self.pieces[-1][1] == from_prompt_tokens:
+                self.pieces[-1][0] += text[keep:]
+            else:
+                self.pieces.append([text[keep:], from_prompt_tokens])
+        self.text = text
+
+    def add_step(self, step_tokens) -> None:
+        """One decoding step: the base model's own token, then the accepted prompt-token guesses."""
+        self.add(step_tokens[:1], False)
+        if len(step_tokens) > 1:
+            self.add(step_tokens[1:], True)
+
+    def finish(self) -> None:
+        """Decode the end without holding back an incomplete character."""
+        self.add([], False, final=True)
+
+    def _truncate(self, length: int) -> None:
+        kept, total = [], 0
+        for text, flag in self.pieces:
+            if total >= length:
+                break
+            kept.append([text[: length - total], flag])
+            total += len(kept[-1][0])
+        self.pieces = kept
+
+
+def _span(text: str) -> str:
+    return f'<span class="ppd-guess" style="{HIGHLIGHT_STYLE}">{html.escape(text, quote=False)}</span>'
+
+
+def render_pieces(pieces, highlight: bool) -> str:
+    """Chat markdown for an answer; with `highlight`, prompt-token text is wrapped in coloured spans."""
+    if not highlight:
+        return "".join(text for text, _ in pieces)
+    out = []
+    for text, from_prompt in pieces:
+        if not from_prompt:
+            out.append(text)
+            continue
+        # one span per line, so that the markdown around (paragraphs, lists) stays intact
+        out.append("\n".join(_span(line) if line else "" for line in text.split("\n")))
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversation: turns {"role", "content", "pieces", "error"} in a per-session ChatSession
+# --------------------------------------------------------------------------------------------------
+class ChatSession:
+    """One browser session's conversation, and a run counter that lets Stop, Clear or a newer request
+    end the answer being generated (the answer checks `is_current` after every decoding step)."""
+
+    def __init__(self):
+        self.turns: list = []
+        self.run = 0
+        self.stopped_run = 0  # the last run that the Stop button ended
+
+    def begin(self) -> int:
+        """Start a new answer, superseding any running one; returns its run number."""
+        self.run += 1
+        return self.run
+
+    def supersede(self) -> None:
+        """End the running answer silently (Clear, Regenerate)."""
+        self.run += 1
+
+    def stop(self) -> None:
+        """End the running answer; it reports itself as stopped."""
+        self.stopped_run = self.run
+        self.run += 1
+
+    def is_current(self, run: int) -> bool:
+        return self.run == run
+
+
+def model_messages(turns) -> list:
+    """The turns that the model sees: errors and the messages that caused them are left out."""
+    return [{"role": t["role"], "content": t["content"]} for t in turns if not t.get("error")]
+
+
+def chat_messages(turns, highlight: bool) -> list:
+    """The Chatbot's value for a conversation."""
+    messages = []
+    for turn in turns:
+        content = turn["content"]
+        if turn["role"] == "assistant" and turn.get("pieces") and not turn.get("error"):
+            content = render_pieces(turn["pieces"], highlight)
+        messages.append({"role": turn["role"], "content": content})
+    return messages
+
+
+def mark_error(turns, message: str) -> None:
+    """Turn the last (assistant) turn into an error and keep the user message that caused it out of the prompt."""
+    turns[-1].update(content=message, pieces=None, error=True)
+    if len(turns) > 1 and turns[-2]["role"] == "user":
+        turns[-2]["error"] = True
+
+
+def format_stats(result: GenerationResult, use_ppd: bool, state: str = GENERATING) -> str:
+    """One line of markdown: speed, compression ratio, what the answer cost, and `state`."""
+    return (f"**Speed:** {result.tokens_per_second:.1f} tokens/s · "
+            f"**Compression:** {result.accept_length:.2f} tokens per forward pass · "
+            f"{result.new_tokens} tokens in {result.forward_passes} forward passes · "
+            f"{'PPD' if use_ppd else 'plain decoding'} · {state}")
+
+
+class ChatEngine:
+    """Turns a conversation into a streamed answer with a PromptDecoder (or a plain causal LM)."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int = 256, decoder_class=Decoder):
+        self.decoder_class = decoder_class
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.has_prompt_tokens = isinstance(model, PromptDecoder)
+        self.stop_token_ids = stop_token_ids_for(tokenizer)
+        self.chat_template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
+
+    def decoder(self, use_ppd: bool, temperature: float) -> Decoder:
+        """A Decoder for these settings (cheap to build; one per request)."""
+        sampling = "typical" if temperature > 0 else "greedy"
+        return self.decoder_class(self.model, stop_token_ids=self.stop_token_ids, temperature=temperature,
+                                  sampling=sampling, use_prompt_tokens=use_ppd and self.has_prompt_tokens)
+
+    def encode(self, messages) -> torch.Tensor:
+        """Token ids of the conversation, ending with the assistant's generation prompt."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 chat_template=self.chat_template)
+        if not torch.is_tensor(ids):  # transformers 5 may return a BatchEncoding
+            ids = ids["input_ids"]
+        return ids
+
+    def stream_answer(self, turns, use_ppd: bool, temperature: float, keep_going=lambda: True):
+        """Append an assistant turn to `turns` and fill it as tokens arrive; yields the stats line each step.
+
+        Once `keep_going()` is false, yields a last line that says "stopped" and ends. Input errors
+        (an over-long prompt) turn the answer into an "Error: ..." message.
+        """
+        use_ppd = bool(use_ppd) and self.has_prompt_tokens
+        result = GenerationResult()
+        answer = AnswerText(self.tokenizer)
+        turn = {"role": "assistant", "content": "", "pieces": answer.pieces}
+        turns.append(turn)
+        try:
+            input_ids = self.encode(model_messages(turns[:-1]))
+            stream = self.decoder(use_ppd, float(temperature)).stream(
+                input_ids, max_new_tokens=self.max_new_tokens, result=result)
+            for step_tokens in stream:
+                if not keep_going():  # the step is dropped: the answer stays as last shown
+                    del result.token_ids[len(answer.ids):]
+                    yield format_stats(result, use_ppd, STOPPED)
+                    return
+                answer.add_step(step_tokens)
+                turn["content"], turn["pieces"] = answer.text, answer.pieces
+                yield format_stats(result, use_ppd)
+            answer.finish()
+            turn["content"], turn["pieces"] = answer.text, answer.pieces
+            yield format_stats(result, use_ppd, STOP_REASONS.get(result.stop_reason, "done"))
+        except PPDError as exc:
+            mark_error(turns, f"Error: {exc}")
+            yield f"Error: {exc}"
+        except Exception as exc:  # keep the server and the session usable whatever happens
+            log.exception("generation failed")
+            mark_error(turns, f"Error: generation failed ({type(exc).__name__}: {exc})")
+            yield "Error: generation failed"
+
+
+# --------------------------------------------------------------------------------------------------
+# The gradio app
+# --------------------------------------------------------------------------------------------------
+def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, concurrency: int = 4,
+               decoder_class=Decoder) -> gr.Blocks:
+    """The chat app for `model` (a PromptDecoder, or a plain causal LM with PPD switched off).
+
+    `concurrency` answers are generated at once (across sessions); `decoder_class` (a Decoder
+    subclass) lets tests and experiments change how tokens are produced.
+
+    API endpoints (for gradio_client): /send (message, use_ppd, highlight, temperature),
+    /regenerate (use_ppd, highlight, temperature) and /clear return (message box, chat, stats);
+    /render (highlight) returns the chat. Each client is its own session.
+    """
+    engine = ChatEngine(model, tokenizer, max_new_tokens, decoder_class)
+
+    def send(message, session, use_ppd, highlight, temperature):
+        message = (message or "").strip()
+        if not message:
+            gr.Warning("The message is empty.")
+            session.turns.append({"role": "assistant", "content": "Error: the message is empty.", "error": True})
+            yield "", chat_messages(session.turns, highlight), session, "Error: the message is empty."
+            return
+        run = session.begin()
+        session.turns.append({"role": "user", "content": message})
+        yield "", chat_messages(session.turns, highlight), session, GENERATING
+        for stats in engine.stream_answer(session.turns, use_ppd, temperature, lambda: session.is_current(run)):
+            if not session.is_current(run) and session.stopped_run != run:
+                return  # superseded by Clear, Regenerate or a newer message: they own the display now
+            if stats.startswith("Error:"):
+                gr.Warning(stats)
+            yield "", chat_messages(session.turns, highlight), session, stats
+
+    def regenerate(session, use_ppd, highlight, temperature):
+        session.supersede()
+        turns = session.turns
+        while turns and turns[-1]["role"] != "user":
+            turns.pop()
+        if not turns:
+            gr.Warning("Nothing to regenerate.")
+            yield "", [], session, "Nothing to regenerate."
+            return
+        yield from send(turns.pop()["content"], session, use_ppd, highlight, temperature)
+
+    def clear(session):
+        session.supersede()
+        session.turns.clear()
+        return "", [], session, "Conversation cleared."
+
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(f"# {title}")
+        session = gr.State(ChatSession())
+        chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat", buttons=["copy", "copy_all"])
+        with gr.Row():
+            message = gr.Textbox(label="Message", placeholder="Type a message, then press Enter or Send",
+                                 show_label=False, scale=6, elem_id="message", autofocus=True)
+            send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+        with gr.Row():
+            stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+            regenerate_button = gr.Button("Regenerate", elem_id="regenerate")
+            clear_button = gr.Button("Clear", elem_id="clear")
+        with gr.Row():
+            use_ppd = gr.Checkbox(value=engine.has_prompt_tokens, interactive=engine.has_prompt_tokens,
+                                  label="Use PPD", elem_id="use-ppd")
+            highlight = gr.Checkbox(value=False, label="Highlight tokens that came from the prompt tokens",
+                                    elem_id="highlight")
+            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, elem_id="temperature",
+                                    label="Temperature (0 = greedy; above 0: typical acceptance)")
+        stats = gr.Markdown("Speed and compression (tokens per forward pass) of the last answer appear here.",
+                            label="Stats", elem_id="stats")
+
+        settings = [use_ppd, highlight, temperature]
+        outputs = [message, chatbot, session, stats]
+        generating = [
+            send_button.click(send, [message, session, *settings], outputs, api_name="send",
+                              concurrency_id="generate"),
+            message.submit(send, [message, session, *settings], outputs, api_visibility="private",
+                           concurrency_id="generate"),
+            regenerate_button.click(regenerate, [session, *settings], outputs, api_name="regenerate",
+                                    concurrency_id="generate"),
+        ]
+        # Stop flags the session; the answer sees the flag after its current step and ends itself
+        # with a last "stopped" update (a gradio `cancels` could race with that update).
+        stop_button.click(ChatSession.stop, session, None, queue=False, api_visibility="private")
+        clear_button.click(clear, session, outputs, api_name="clear", cancels=generating)
+        chatbot.clear(clear, session, outputs, cancels=generating, api_visibility="private")
+        highlight.change(lambda s, h: chat_messages(s.turns, h), [session, highlight], chatbot, api_name="render")
+    demo.queue(default_concurrency_limit=concurrency)
+    return demo
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    """The command line, checked before anything is loaded (bad values raise PPDError)."""
+    parser = ArgumentParser(description="Chat with a model through Parallel Prompt Decoding in the browser.")
+    parser.add_argument("--ppd-path", default=None,
+                        help="prompt-token folder (default: the default model with its default prompt tokens)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="model dtype (default float32)")
+    parser.add_argument("--max-new-token", type=int, default=256, help="most tokens per answer (default 256)")
+    parser.add_argument("--concurrency", type=int, default=4, help="answers generated at once (default 4)")
+    args = parser.parse_args(argv)
+    if args.max_new_token < 1:
+        raise PPDError(f"--max-new-token must be >= 1, got {args.max_new_token}")
+    if args.concurrency < 1:
+        raise PPDError(f"--concurrency must be >= 1, got {args.concurrency}")
+    if not 0 <= args.port <= 65535:
+        raise PPDError(f"--port must be in 0..65535, got {args.port}")
+    if not is_default_model(args.ppd_path) and not os.path.exists(os.path.expanduser(args.ppd_path)):
+        raise PPDError(f"--ppd-path {args.ppd_path!r} does not exist")
+    return args
+
+
+@cli_entry
+def main(argv=None):
+    """Load the model named on the command line and serve the chat UI until interrupted."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from prompt.model.defaults import load_prompt_decoder
+
+    model = load_prompt_decoder(args.ppd_path, dtype=args.dtype)
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise PPDError(f"no tokenizer found for {args.ppd_path!r}")
+    demo = build_demo(model, tokenizer, max_new_tokens=args.max_new_token, concurrency=args.concurrency)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, show_error=True)
+    except OSError as exc:  # e.g. the port is taken
+        raise PPDError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()
