@@ -15,9 +15,11 @@ from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import ArgumentParser, HFGenerate
 from prompt.inference.decoding import Decoder, stop_token_ids_for
+from prompt.model.config import PromptConfig
 from prompt.model.defaults import load_prompt_decoder
+from prompt.model.prompt_decoder import PromptDecoder
 
-METHODS = ("generate", "baseline", "ppd")
+METHODS = ("generate", "baseline", "ppd", "ppd_untrained")
 
 
 @dataclass
@@ -48,6 +50,12 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
             decoders[method] = Decoder(model.base_model, stop_token_ids=stops)
         elif method == "ppd":
             decoders[method] = Decoder(model, stop_token_ids=stops, tree_length=tree_length, tree_file=tree_file)
+        elif method == "ppd_untrained":  # text-initialised prompt tokens of the same shape: the untrained baseline
+            untrained = PromptDecoder(model.base_model, PromptConfig(
+                num_special_tokens=model.config.num_special_tokens,
+                virtual_tokens_per_special_token=model.config.virtual_tokens_per_special_token,
+                vt_attention_type=model.config.vt_attention_type), tokenizer=formatter.tokenizer).eval()
+            decoders[method] = Decoder(untrained, stop_token_ids=stops, tree_length=tree_length, tree_file=tree_file)
         else:
             raise PPDError(f"unknown method {method!r}; use {', '.join(METHODS)}")
     return decoders
@@ -98,7 +106,7 @@ def add_model_flags(parser):
     parser.add_argument("--tree-length", type=int, default=None)
     parser.add_argument("--tree-file", default=None)
     parser.add_argument("--max-new-token", type=int, default=128)
-    parser.add_argument("--methods", default=",".join(METHODS), help="Comma-separated subset of " + ", ".join(METHODS))
+    parser.add_argument("--methods", default="generate,baseline,ppd", help="Comma-separated subset of " + ", ".join(METHODS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1)
 

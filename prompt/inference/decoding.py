@@ -167,9 +167,14 @@ class Decoder:
     def _forward(self, embeds, allowed_new: torch.Tensor, positions: torch.Tensor, past: int, cache):
         """Body forward of new inputs that see the whole past plus the `allowed_new` pattern among themselves."""
         count = embeds.shape[1]
-        allowed = torch.ones(count, past + count, dtype=torch.bool, device=embeds.device)
-        allowed[:, past:] = allowed_new
-        mask = backbone.additive_mask(allowed, embeds.dtype)
+        if count == 1 or torch.equal(allowed_new, torch.tril(torch.ones_like(allowed_new))):
+            # plainly causal (prefill without prompt tokens, single-token steps): let the model build its
+            # own causal mask, the same kernel path (and bf16 rounding) as transformers' generate
+            mask = None
+        else:
+            allowed = torch.ones(count, past + count, dtype=torch.bool, device=embeds.device)
+            allowed[:, past:] = allowed_new
+            mask = backbone.additive_mask(allowed, embeds.dtype)
         return backbone.run_body(self.base, embeds, mask, (positions + past)[None].to(embeds.device), cache,
                                  output_hidden_states=self.ppd and self.model.needs_hidden_states())
 

@@ -1,0 +1,143 @@
+"""Build sparse candidate trees from the prompt tokens' measured top-k accuracies.
+
+Under the usual independence assumption, the guess of rank r of special token d is right with
+probability p[d][r] = acc@(r+1) - acc@r, and a tree node is accepted with the product of those
+probabilities along its path. The expected number of accepted candidates of a tree is the sum over its
+nodes, and a node's probability never exceeds its parent's, so the best tree of n nodes is made of the
+n most probable paths: a best-first search finds it.
+
+The dynamic extension gives every node a number of special tokens (how deep the next step's tree can
+be if it is the last accepted node): the nodes most likely to be the last accepted get all N, the
+others one, within the input-length budget.
+
+    python -m prompt.inference.sparse_tree_builder --accuracies-file accuracies.json --output-file trees.json \\
+        --min-input-length 8 --max-input-length 32
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+
+from prompt.errors import PPDError, cli_entry
+from prompt.evaluation.runner import ArgumentParser
+
+
+def rank_probabilities(top_k_accuracy) -> list[list[float]]:
+    """Cumulative top-k accuracies [N][K] -> probability that rank r of special token d is right."""
+    if (not isinstance(top_k_accuracy, list) or not top_k_accuracy
+            or not all(isinstance(row, list) and row for row in top_k_accuracy)):
+        raise PPDError("accuracies must be a non-empty list of top-k accuracy lists, one per special token")
+    probs = []
+    for row in top_k_accuracy:
+        if not all(isinstance(a, (int, float)) and 0 <= a <= 1 for a in row):
+            raise PPDError("accuracies must lie in [0, 1]")
+        if any(b < a - 1e-9 for a, b in zip(row, row[1:])):
+            raise PPDError("top-k accuracies must not decrease with k")
+        probs.append([row[0]] + [max(b - a, 0.0) for a, b in zip(row, row[1:])])
+    return probs
+
+
+def best_paths(probs, num_nodes: int, max_depth: int) -> list[tuple[list[int], float]]:
+    """The `num_nodes` most probable paths of depth <= max_depth (each path's parent comes first)."""
+    heap = [(-probs[0][r], [r]) for r in range(len(probs[0]))]
+    heapq.heapify(heap)
+    chosen = []
+    while heap and len(chosen) < num_nodes:
+        neg, path = heapq.heappop(heap)
+        chosen.append((path, -neg))
+        depth = len(path)
+        if depth < max_depth and depth < len(probs):
+            for r in range(len(probs[depth])):
+                heapq.heappush(heap, (neg * probs[depth][r], path + [r]))
+    return chosen
+
+
+def expected_accept_length(paths) -> float:
+    """1 (the base model's own token) + the expected number of accepted candidates."""
+    return 1.0 + sum(p for _, p in paths)
+
+
+def tree_spec(probs, num_nodes: int, input_budget: int | None = None) -> dict:
+    """A dynamic tree spec {depth: [[path, probability, n_special], ...]} with `num_nodes` nodes per tree."""
+    n = len(probs)
+    spec = {}
+    for depth in range(1, n + 1):
+        paths = best_paths(probs, num_nodes, depth)
+        accepted = {tuple(p): q for p, q in paths}
+        # probability that a node is the deepest accepted one: accepted, and no child accepted
+        last = {}
+        for path, q in paths:
+            children = sum(accepted.get(tuple(path) + (r,), 0.0) for r in range(len(probs[min(len(path), n - 1)])))
+            last[tuple(path)] = q - children
+        special = {tuple(p): 1 for p, _ in paths}
+        inputs = 1 + n + 2 * len(paths)  # root + its N special tokens + each node and one special token
+        for path in sorted(special, key=lambda p: -last[p]):
+            extra = n - 1
+            if input_budget is not None and inputs + extra > input_budget:
+                break
+            special[path] = n
+            inputs += extra
+        spec[str(depth)] = [[list(p), round(q, 6), special[tuple(p)]] for p, q in paths]
+    return spec
+
+
+def read_accuracies(path: str) -> list[list[float]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise PPDError(f"accuracies file {path!r} does not exist") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PPDError(f"cannot read accuracies file {path!r}: {exc}") from None
+    accuracies = data.get("top_k_accuracy") if isinstance(data, dict) else data
+    rank_probabilities(accuracies)  # validates the shape
+    return accuracies
+
+
+def build_trees(accuracies, min_input_length: int, max_input_length: int) -> dict:
+    """The best tree spec for each input length in the range (keyed by its real input length)."""
+    from prompt.inference.tree import spec_input_length
+
+    probs = rank_probabilities(accuracies)
+    n = len(probs)
+    smallest = 1 + n + 2  # root, its special tokens, one node with one special token
+    if max_input_length < smallest:
+        raise PPDError(f"--max-input-length {max_input_length} is smaller than the smallest tree ({smallest} inputs)")
+    trees = {}
+    for budget in range(max(min_input_length, smallest), max_input_length + 1):
+        best = None
+        for nodes in range(1, budget):
+            if 1 + n + 2 * nodes > budget:
+                break
+            spec = tree_spec(probs, nodes, budget)
+            length = spec_input_length(spec, n)
+            if length <= budget:
+                best = spec
+        if best is not None:
+            trees[str(spec_input_length(best, n))] = best
+    return trees
+
+
+@cli_entry
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--accuracies-file", required=True)
+    parser.add_argument("--output-file", required=True)
+    parser.add_argument("--min-input-length", type=int, default=8)
+    parser.add_argument("--max-input-length", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    if os.path.exists(args.output_file) and not args.overwrite:
+        raise PPDError(f"{args.output_file!r} exists; pass --overwrite to replace it")
+    trees = build_trees(read_accuracies(args.accuracies_file), args.min_input_length, args.max_input_length)
+    with open(args.output_file, "w", encoding="utf-8") as f:
+        json.dump(trees, f, indent=1)
+    for length, spec in trees.items():
+        deepest = spec[str(max(int(k) for k in spec))]
+        print(f"input length {length}: {len(deepest)} nodes, predicted accept length "
+              f"{expected_accept_length([(p, q) for p, q, _ in deepest]):.3f}")
+
+
+if __name__ == "__main__":
+    main()

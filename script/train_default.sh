@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Train the prompt tokens shipped for the default model (SmolLM2-135M-Instruct): 3 special tokens x 1 virtual
+# token, decoder attention, self-distillation with many cuts per forward. On a 2-core CPU: about 10 minutes of
+# reply generation, at most MINUTES (20) of training, a minute of evaluation. Re-running it skips the datasets
+# that exist and resumes training from the latest checkpoint (the time budget counts over resumes).
+#
+#   bash script/train_default.sh [DATA_DIR]        # DATA_DIR defaults to ../shared/data
+#
+# Environment: WORK (default outputs/train-default), MINUTES (20), THREADS (torch threads, default: torch's
+# choice; lower it if something else runs on the machine), PYTHON (python3).
+# Training data: ShareGPT prompts 0-299 and GSM8K-train questions 0-83 (384 prompts, replies of at most 128
+# tokens). Held out: ShareGPT prompts 900-939, a slice the training set does not touch. MT-Bench, GSM8K test and
+# AlpacaEval are never used (generate_dataset.py refuses them by content).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-${DATA:-../shared/data}}
+WORK=${WORK:-outputs/train-default}
+MINUTES=${MINUTES:-20}
+PYTHON=${PYTHON:-python3}
+SHAREGPT=${SHAREGPT:-$DATA/sharegpt/ShareGPT_V3_filtered_1000.json}
+GSM8K=${GSM8K:-$DATA/gsm8k/train.jsonl}
+MODEL=HuggingFaceTB/SmolLM2-135M-Instruct
+DEST=prompt/weights/smollm2-135m-instruct
+THREAD_FLAGS=()
+if [ -n "${THREADS:-}" ]; then THREAD_FLAGS=(--threads "$THREADS"); fi
+mkdir -p "$WORK"
+
+TRAIN_SET=$WORK/train_3_self_distillation_1024.pt
+HELDOUT_SET=$WORK/heldout_3_self_distillation_1024.pt
+if [ ! -f "$TRAIN_SET" ]; then
+  "$PYTHON" generate_dataset.py --dataset_type self_distillation --model_name_or_path "$MODEL" \
+      --data_path "$SHAREGPT:0:300" "$GSM8K:0:84" --save_path "$WORK/train" \
+      --num_special_tokens 3 --model_max_length 1024 --max_new_tokens 128 --batch_size 32 --dtype bfloat16 \
+      ${THREAD_FLAGS[@]+"${THREAD_FLAGS[@]}"}
+fi
+if [ ! -f "$HELDOUT_SET" ]; then
+  "$PYTHON" generate_dataset.py --dataset_type self_distillation --model_name_or_path "$MODEL" \
+      --data_path "$SHAREGPT:900:940" --save_path "$WORK/heldout" \
+      --num_special_tokens 3 --model_max_length 1024 --max_new_tokens 128 --batch_size 32 --dtype bfloat16 \
+      ${THREAD_FLAGS[@]+"${THREAD_FLAGS[@]}"}
+fi
+
+"$PYTHON" prompt/train/train.py --model_name_or_path "$MODEL" \
+    --dataset_path "$TRAIN_SET" \
+    --output_dir "$WORK/prompt-tokens" \
+    --num_train_epochs 3 \
+    --max_train_minutes "$MINUTES" \
+    --save_steps 50 \
+    --model_max_length 1024 \
+    --num_special_tokens 3 \
+    --virtual_tokens_per_special_token 1 \
+    --per_device_train_batch_size 1 \
+    --per_device_eval_batch_size 1 \
+    --gradient_accumulation_steps 1 \
+    --evaluation_strategy "no" \
+    --learning_rate 1e-2 \
+    --weight_decay 0.0 \
+    --warmup_ratio 0.0 \
+    --lr_scheduler_type "cosine" \
+    --logging_steps 10 \
+    --vt_attention_type "decoder" \
+    --trainer_type "distillation_trainer" \
+    --dtype bfloat16 \
+    --many_cuts true \
+    --cuts_per_sequence 0 \
+    --seed 42 \
+    ${THREAD_FLAGS[@]+"${THREAD_FLAGS[@]}"}
+
+"$PYTHON" -m prompt.evaluation.accuracy --model-path "$WORK/prompt-tokens" --data_path "$HELDOUT_SET" \
+    --output "$WORK/prompt-tokens/accuracies.json" --plot "$WORK/prompt-tokens/accuracies.png" --dtype float32
+
+# Ship: the folder prompt.model.defaults.SHIPPED_PROMPT_TOKENS reads (the decode loop then uses these tokens).
+mkdir -p "$DEST"
+for name in adapter_config.json adapter_model.safetensors accuracies.json accuracies.png trainer_state.json; do
+  cp "$WORK/prompt-tokens/$name" "$DEST/$name"
+done
+echo "shipped prompt tokens in $DEST"

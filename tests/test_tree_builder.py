@@ -1,0 +1,69 @@
+"""The sparse tree builder: best trees from accuracies, agreement with a Monte-Carlo simulation, bad input."""
+import itertools
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+
+from prompt import PPDError
+from prompt.inference.sparse_tree_builder import (best_paths, build_trees, expected_accept_length,
+                                                  rank_probabilities, tree_spec)
+from prompt.inference.tree import DynamicTree
+
+ACCURACIES = [[0.3, 0.4, 0.45, 0.5], [0.15, 0.22, 0.26, 0.3], [0.1, 0.14, 0.17, 0.2]]
+
+
+def test_best_paths_is_the_best_tree_by_brute_force():
+    probs = rank_probabilities(ACCURACIES)
+    all_paths = [list(p) for d in (1, 2) for p in itertools.product(range(4), repeat=d)]
+
+    def value(paths):
+        return sum(probs[0][p[0]] * (probs[1][p[1]] if len(p) > 1 else 1) for p in paths)
+
+    for n in (1, 3, 5):
+        best = max((c for c in itertools.combinations(all_paths, n)
+                    if all(len(p) == 1 or [p[0]] in c for p in c)), key=value)
+        chosen = best_paths(probs, n, max_depth=2)
+        assert value([p for p, _ in chosen]) == pytest.approx(value(best))
+
+
+def test_predicted_accept_length_matches_monte_carlo():
+    probs = rank_probabilities(ACCURACIES)
+    paths = best_paths(probs, 12, max_depth=3)
+    tree = {tuple(p) for p, _ in paths}
+    rng = random.Random(0)
+    total, trials = 0, 40000
+    for _ in range(trials):
+        # the rank at which each special token's guess list holds the true token (4 = not in its top-4)
+        ranks = [rng.choices(range(5), weights=row + [1 - sum(row)])[0] for row in probs]
+        accepted = 0
+        while accepted < 3 and tuple(ranks[: accepted + 1]) in tree:
+            accepted += 1
+        total += 1 + accepted
+    assert total / trials == pytest.approx(expected_accept_length(paths), abs=0.02)
+
+
+def test_specs_are_valid_and_fit_their_budget():
+    trees = build_trees(ACCURACIES, 8, 24)
+    assert trees
+    for length, spec in trees.items():
+        tree = DynamicTree(spec, num_special_tokens=3)
+        assert tree.input_length == int(length) <= 24
+    spec = tree_spec(rank_probabilities(ACCURACIES), 6)
+    assert [len(v) for v in spec.values()] == [4, 6, 6]  # depth 1 has only 4 candidates (top-4)
+
+
+def test_bad_accuracies_and_budgets(tmp_path):
+    with pytest.raises(PPDError):
+        rank_probabilities([[0.5, 0.4]])  # decreasing
+    with pytest.raises(PPDError):
+        rank_probabilities([])
+    with pytest.raises(PPDError, match="smaller than the smallest tree"):
+        build_trees(ACCURACIES, 2, 4)
+    bad = tmp_path / "acc.json"
+    bad.write_text(json.dumps({"top_k_accuracy": [[1.5]]}))
+    proc = subprocess.run([sys.executable, "-m", "prompt.inference.sparse_tree_builder", "--accuracies-file", str(bad),
+                           "--output-file", str(tmp_path / "t.json")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
