@@ -1,7 +1,7 @@
 """The main job on the default model: PPD answers a few questions; tokens/s, accept length and the
 speed-up over plain greedy decoding are measured in the same run.
 
-    python -m prompt.demo [--dtype bfloat16] [--question-file ../shared/data/mt_bench/question.jsonl]
+    python -m prompt.demo [--dtype float32] [--question-file ../shared/data/mt_bench/question.jsonl]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--question-file", default=None, help="MT-Bench style jsonl; default: three built-in questions")
     parser.add_argument("--num-questions", type=int, default=3)
     add_model_flags(parser)
-    parser.set_defaults(max_new_token=96)
+    parser.set_defaults(max_new_token=96, dtype="bfloat16")  # bf16: where PPD pays on this CPU
     args = parser.parse_args(argv)
     if args.question_file:
         prompts = [q["turns"][0] for q in load_questions("mt_bench", args.question_file, 0, args.num_questions)]

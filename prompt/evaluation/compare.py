@@ -124,6 +124,9 @@ def run(args, prompts):
     print(f"\n{len(prompts)} prompts, {args.max_new_token} new tokens at most, {args.dtype}, "
           f"{torch.get_num_threads()} threads")
     print(format_table(totals))
+    if args.dtype != "float32":
+        print(f"({args.dtype}: a tree forward and a one-token step round differently, so greedy outputs can part "
+              "at near-ties; exactness is checked in float32)")
     return totals, formatter.tokenizer
 
 

@@ -86,6 +86,7 @@ class Decoder:
         self.tree = None
         if self.ppd:
             config = model.config
+            tree_file = tree_file or getattr(model, "tree_file", None)  # the checkpoint's own tuned trees
             spec = tree_spec if tree_spec is not None else select_tree_spec(
                 tree_file, config.num_special_tokens, config.virtual_tokens_per_special_token, tree_length)
             self.tree = DynamicTree(spec, config.num_special_tokens, config.virtual_tokens_per_special_token,

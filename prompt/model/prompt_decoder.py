@@ -20,6 +20,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 WEIGHTING_LAYERS_NAME = "weighting_layers.pt"
 CUSTOM_LM_HEAD_NAME = "custom_lm_head.pt"
+TREES_NAME = "trees.json"
 
 
 def virtual_token_attention(config: PromptConfig) -> torch.Tensor:
@@ -53,6 +54,7 @@ class PromptDecoder(nn.Module):
         self.base_model = base_model
         self.config = config
         self.tokenizer = tokenizer
+        self.tree_file = None  # tree specs tuned for these prompt tokens (trees.json beside a loaded checkpoint)
         device = base_model.get_input_embeddings().weight.device
         if prompt_embeddings is None:
             prompt_embeddings = self._initial_embeddings()
@@ -266,5 +268,7 @@ class AutoPromptDecoder:
             extra = os.path.join(path, CUSTOM_LM_HEAD_NAME)
             if os.path.isfile(extra):
                 model.custom_lm_head.load_state_dict(_load_state(extra))
+        if os.path.isfile(os.path.join(path, TREES_NAME)):
+            model.tree_file = os.path.join(path, TREES_NAME)
         model.eval()
         return model
