@@ -2,7 +2,6 @@
 import os
 
 import pytest
-import torch
 
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import build_decoders, compare

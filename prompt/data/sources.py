@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from prompt.errors import PPDError
+from prompt.jsonio import parse_jsonl
 
 # sha256 of the evaluation-only files in ../shared/data (see its README): never train or distil on them.
 EVALUATION_SETS = {
@@ -81,15 +82,7 @@ def read_records(path: str) -> list:
             if not isinstance(data, list):
                 raise PPDError(f"malformed data file {path!r}: expected a JSON list of records")
             return data
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise PPDError(f"malformed JSON Lines file {path!r}: line {number}: {exc.msg}") from None
-    return records
+    return parse_jsonl(text.splitlines(), path, "JSON Lines file")
 
 
 def _conversation(record, path: str, index: int) -> list[dict]:

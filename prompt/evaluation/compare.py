@@ -5,7 +5,6 @@ reported as ratios to `generate` greedy, and every greedy output is checked agai
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import torch

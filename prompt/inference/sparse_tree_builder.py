@@ -20,6 +20,7 @@ import json
 import os
 
 from prompt.errors import PPDError, cli_entry
+from prompt.jsonio import read_json
 from prompt.evaluation.runner import ArgumentParser
 
 
@@ -83,13 +84,7 @@ def tree_spec(probs, num_nodes: int, input_budget: int | None = None) -> dict:
 
 
 def read_accuracies(path: str) -> list[list[float]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise PPDError(f"accuracies file {path!r} does not exist") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PPDError(f"cannot read accuracies file {path!r}: {exc}") from None
+    data = read_json(path, "accuracies file")
     accuracies = data.get("top_k_accuracy") if isinstance(data, dict) else data
     rank_probabilities(accuracies)  # validates the shape
     return accuracies

@@ -14,13 +14,13 @@ A file may hold one spec, or several keyed by tree length (the number of inputs 
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import torch
 
 from prompt.errors import PPDError
+from prompt.jsonio import read_json
 
 TREES_DIR = os.path.join(os.path.dirname(__file__), "trees")
 DEFAULT_TREE_FILE = os.path.join(TREES_DIR, "default_3.json")
@@ -198,13 +198,7 @@ def spec_input_length(spec, num_special_tokens: int, virtual_tokens: int = 1) ->
 
 def load_tree_specs(path: str) -> dict:
     """Read a tree file: one spec, or several keyed by tree length. Returns {name: spec}."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise PPDError(f"tree file {path!r} does not exist") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PPDError(f"malformed tree spec file {path!r}: {exc}") from None
+    data = read_json(path, "tree spec file")
     if not isinstance(data, dict) or not data:
         raise PPDError(f"malformed tree spec file {path!r}: expected a JSON object")
     if all(isinstance(v, dict) for v in data.values()):
