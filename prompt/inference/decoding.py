@@ -166,9 +166,10 @@ class Decoder:
         return torch.cat([root_tensor, guesses])[tree.candidate_index.to(self.device)]
 
     def _forward(self, embeds, allowed_new: torch.Tensor, positions: torch.Tensor, past: int, cache):
-        """Body forward of new inputs that see the whole past plus the `allowed_new` pattern among themselves."""
+        """Body forward of new inputs that see the whole past plus the `allowed_new` pattern among themselves
+        (None: plainly causal)."""
         count = embeds.shape[1]
-        if count == 1 or torch.equal(allowed_new, torch.tril(torch.ones_like(allowed_new))):
+        if allowed_new is None or count == 1 or torch.equal(allowed_new, torch.tril(torch.ones_like(allowed_new))):
             # plainly causal (prefill without prompt tokens, single-token steps): let the model build its
             # own causal mask, the same kernel path (and bf16 rounding) as transformers' generate
             mask = None
@@ -225,19 +226,19 @@ class Decoder:
         cache = DynamicCache(config=self.base.config)
         length = input_ids.shape[1]
         embeds = self.base.get_input_embeddings()(input_ids)
-        allowed = torch.tril(torch.ones(length, length, dtype=torch.bool))
+        allowed = None  # plainly causal
         positions = torch.arange(length)
         if ppd:
             config = model.config
             nv, v = config.num_virtual_tokens, config.virtual_tokens_per_special_token
             embeds = torch.cat([embeds, model.prompt_embeds()[None]], 1)
             grown = torch.zeros(length + nv, length + nv, dtype=torch.bool)
-            grown[:length, :length] = allowed
+            grown[:length, :length] = torch.tril(torch.ones(length, length, dtype=torch.bool))
             grown[length:, :length] = True
             grown[length:, length:] = model.vt_attention.cpu()
             allowed = grown
             positions = torch.cat([positions, length + torch.arange(nv) // v])
-        output = self._forward(embeds, allowed.to(embeds.device), positions, 0, cache)
+        output = self._forward(embeds, allowed if allowed is None else allowed.to(embeds.device), positions, 0, cache)
         result.forward_passes += 1
         hidden = output.last_hidden_state
         root = self._pick(backbone.head_logits(self.base, hidden[0, length - 1]), generator)
