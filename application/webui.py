@@ -25,6 +25,7 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from prompt.errors import PPDError, cli_entry  # noqa: E402
+from prompt.evaluation.chat import chat_template_ids  # noqa: E402
 from prompt.evaluation.runner import ArgumentParser  # noqa: E402
 from prompt.inference import Decoder, GenerationResult, stop_token_ids_for  # noqa: E402
 from prompt.model.loading import is_default_model  # noqa: E402
@@ -193,11 +194,7 @@ class ChatEngine:
 
     def encode(self, messages) -> torch.Tensor:
         """Token ids of the conversation, ending with the assistant's generation prompt."""
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                 chat_template=self.chat_template)
-        if not torch.is_tensor(ids):  # transformers 5 may return a BatchEncoding
-            ids = ids["input_ids"]
-        return ids
+        return chat_template_ids(self.tokenizer, messages, chat_template=self.chat_template)
 
     def stream_answer(self, turns, use_ppd: bool, temperature: float, keep_going=lambda: True):
         """Append an assistant turn to `turns` and fill it as tokens arrive; yields the stats line each step.

@@ -9,15 +9,14 @@ import random
 
 import torch
 
+from prompt.evaluation.chat import chat_template_ids
+
 IGNORE_INDEX = -100
 
 
 def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
     """Token ids of `messages` under the tokenizer's chat template (transformers 5 may return a BatchEncoding)."""
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    if not isinstance(ids, list):
-        ids = ids["input_ids"]
-    return [int(i) for i in ids]
+    return chat_template_ids(tokenizer, messages, add_generation_prompt)[0].tolist()
 
 
 def tokenize_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]] | None:

@@ -6,6 +6,19 @@ import torch
 from prompt.errors import PPDError
 
 
+def chat_template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                      chat_template: str | None = None) -> torch.Tensor:
+    """[1, L] ids of `messages` under the tokenizer's chat template (or `chat_template`).
+
+    transformers 5 may return a BatchEncoding instead of a tensor; this always gives the ids.
+    """
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, return_tensors="pt",
+                                        chat_template=chat_template)
+    if not torch.is_tensor(ids):
+        ids = ids["input_ids"]
+    return ids
+
+
 class ChatFormatter:
     """Turns a conversation (alternating user/assistant texts) into input ids ending with the assistant's turn."""
 
@@ -39,7 +52,4 @@ class ChatFormatter:
             conv.append_message(conv.roles[1], None)
             return self.tokenizer(conv.get_prompt(), return_tensors="pt").input_ids
         messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        if not torch.is_tensor(ids):
-            ids = ids["input_ids"]
-        return ids
+        return chat_template_ids(self.tokenizer, messages)
