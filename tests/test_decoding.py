@@ -30,7 +30,7 @@ class OracleDecoder(Decoder):
         vocab = self.base.config.vocab_size
         ranks = [self.rng.randrange(tree.top_k + 1) for _ in range(tree.depth + 1)]  # top_k means "not in the tree"
         tokens = [root]
-        for path in tree.node_paths[1:]:
+        for path in tree.node_paths[1:tree.num_prompt_nodes]:
             depth = len(path)
             position = len(context) + depth - 1
             true = self.full_sequence[position] if position < len(self.full_sequence) else 0

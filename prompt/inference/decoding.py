@@ -10,6 +10,8 @@
    the special tokens appended to that node: their number picks the next tree (dynamic depth).
 
 Plain decoding is the same loop with no prompt tokens: each tree is the root alone.
+Context sources (prompt lookup, `prompt.inference.candidates`) add one chain each to the step's tree, as
+a branch from the root, verified in the same forward.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from prompt.errors import PPDError
-from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, select_tree_spec
+from prompt.inference.candidates import PromptLookup
+from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, select_tree_spec, with_chains
+from prompt.jsonio import read_json
 from prompt.model import backbone
 from prompt.model.prompt_decoder import PromptDecoder
 
@@ -37,6 +41,7 @@ class GenerationResult:
     forward_passes: int = 0  # prefill included
     wall_time: float = 0.0
     step_tokens: list = field(default_factory=list)  # tokens emitted per forward pass after the prefill
+    chain_wins: int = 0  # steps whose accepted path ended in a context source's chain
     stop_reason: str = ""  # "eos", "length" or "context"
 
     @property
@@ -62,35 +67,88 @@ def _typical_filter(logits: torch.Tensor, temperature: float, threshold: float, 
     return probs / probs.sum(-1, keepdim=True)
 
 
+def tuned_decoding(model, dtype: str) -> dict:
+    """The decoding recorded for `model`'s prompt tokens in `dtype` by `prompt.inference.tune` ({} if none):
+    {"tree_length": inputs of the tree (0: no prompt tokens), "prompt_lookup_num_tokens": chain length (0: off)}."""
+    path = getattr(model, "decoding_file", None)
+    if not path:
+        return {}
+    data = read_json(path, "tuned decoding file")
+    entry = data.get(dtype) if isinstance(data, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
 class Decoder:
-    """Decoding settings bound to a model. `stream()` and `generate()` own their cache: calls may run concurrently."""
+    """Decoding settings bound to a model. `stream()` and `generate()` own their cache: calls may run concurrently.
+
+    `tree_length` picks the tree from the tree file by its input length; 0 decodes without the prompt
+    tokens. `prompt_lookup_num_tokens` adds a prompt-lookup chain of that length to every tree (0: off).
+    Left as None, both come from the checkpoint's tuned decoding for the model's dtype, if it has one,
+    else the largest tree and no lookup. `sources` adds other context sources.
+    """
 
     def __init__(self, model, tree_spec=None, tree_length: int | None = None, tree_file: str | None = None,
                  temperature: float = 0.0, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
-                 sampling: str = "greedy", stop_token_ids=None, use_prompt_tokens: bool = True):
+                 sampling: str = "greedy", stop_token_ids=None, use_prompt_tokens: bool = True,
+                 prompt_lookup_num_tokens: int | None = None, sources=(), chain_special_tokens: int = 0):
         if sampling not in SAMPLING_MODES:
             raise PPDError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {sampling!r}")
         if temperature < 0:
             raise PPDError(f"temperature must be >= 0, got {temperature}")
-        self.ppd = isinstance(model, PromptDecoder) and use_prompt_tokens
         self.model = model
         self.base = model.base_model if isinstance(model, PromptDecoder) else model
+        is_ppd = isinstance(model, PromptDecoder)
+        tuned = tuned_decoding(model, str(self.base.dtype).replace("torch.", "")) if is_ppd and tree_spec is None else {}
+        if tree_length is None and tree_spec is None and tree_file is None:
+            tree_length = tuned.get("tree_length")
+        if prompt_lookup_num_tokens is None:
+            prompt_lookup_num_tokens = tuned.get("prompt_lookup_num_tokens", 0)
+        if tree_length is not None and tree_length < 0:
+            raise PPDError(f"the tree length must be >= 0 (0: no prompt tokens), got {tree_length}")
+        if prompt_lookup_num_tokens < 0:
+            raise PPDError(f"prompt_lookup_num_tokens must be >= 0 (0: off), got {prompt_lookup_num_tokens}")
+        self.ppd = is_ppd and use_prompt_tokens and tree_length != 0
         self.temperature = float(temperature)
         self.posterior_threshold = posterior_threshold
         self.posterior_alpha = posterior_alpha
         self.sampling = sampling
         self.stop_token_ids = set(stop_token_ids or [])
+        self.sources = list(sources)
+        if prompt_lookup_num_tokens:
+            self.sources.append(PromptLookup(prompt_lookup_num_tokens, stop_token_ids=self.stop_token_ids))
+        self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
         self.max_positions = getattr(self.base.config, "max_position_embeddings", None)
         self.device = self.base.get_input_embeddings().weight.device
         self.root_only = root_only_buffers()
         self.tree = None
+        self.virtual_tokens, self.vt_attention = 1, torch.zeros(0, 0, dtype=torch.bool)
+        self.chain_special_tokens = 0
         if self.ppd:
             config = model.config
             tree_file = tree_file or getattr(model, "tree_file", None)  # the checkpoint's own tuned trees
             spec = tree_spec if tree_spec is not None else select_tree_spec(
                 tree_file, config.num_special_tokens, config.virtual_tokens_per_special_token, tree_length)
-            self.tree = DynamicTree(spec, config.num_special_tokens, config.virtual_tokens_per_special_token,
-                                    model.vt_attention.cpu())
+            self.virtual_tokens, self.vt_attention = config.virtual_tokens_per_special_token, model.vt_attention.cpu()
+            self.tree = DynamicTree(spec, config.num_special_tokens, self.virtual_tokens, self.vt_attention)
+            if not 0 <= chain_special_tokens <= config.num_special_tokens:
+                raise PPDError(f"chain_special_tokens must lie in 0..{config.num_special_tokens}")
+            self.chain_special_tokens = chain_special_tokens
+        self._merged = {}  # (tree, chain lengths) -> buffers, built once per shape
+
+    def describe(self) -> str:
+        """The decoding in words, e.g. 'PPD tree of 24 inputs + prompt lookup 10'."""
+        parts = [f"PPD tree of {self.tree.input_length} inputs"] if self.ppd else []
+        if self.prompt_lookup_num_tokens:
+            parts.append(f"prompt lookup {self.prompt_lookup_num_tokens}")
+        return " + ".join(parts) or ("plain greedy" if self.temperature == 0 else "plain sampling")
+
+    def _with_chains(self, tree: TreeBuffers, chain_lengths: tuple) -> TreeBuffers:
+        key = (id(tree), chain_lengths)
+        merged = self._merged.get(key)
+        if merged is None:
+            merged = with_chains(tree, chain_lengths, self.chain_special_tokens, self.virtual_tokens, self.vt_attention)
+            self._merged[key] = merged
+        return merged
 
     # ----------------------------------------------------------------------------------------------
     def _pick(self, logits: torch.Tensor, generator) -> int:
@@ -130,7 +188,7 @@ class Decoder:
             accepted[i] = ok[i] and (i == 0 or accepted[parents[i]])
             if not accepted[i]:
                 continue
-            depth = len(tree.node_paths[i])
+            depth = tree.node_depth(i)
             if score is not None and i > 0:
                 loglik[i] = loglik[parents[i]] + score[i]
             if depth > best_depth or (score is not None and depth == best_depth and loglik[i] > best_score):
@@ -155,12 +213,12 @@ class Decoder:
                 layer.crop(-remove)
 
     def _propose(self, root: int, special_logits, tree: TreeBuffers, context: list) -> torch.Tensor:
-        """Token of every tree node: the root, then the top-k guesses of each special token, placed by the tree.
-
-        `context` holds the prompt and every token so far, root included (used by context-based sources).
+        """Token of every prompt-token node: the root, then the top-k guesses of each special token, placed by
+        the tree (context sources' chains follow them). `context` holds the prompt and every token so far,
+        root included.
         """
         root_tensor = torch.tensor([root], device=self.device)
-        if tree.num_nodes == 1:
+        if tree.num_prompt_nodes == 1:
             return root_tensor
         guesses = torch.topk(special_logits[: tree.depth], tree.top_k, dim=-1).indices.reshape(-1)
         return torch.cat([root_tensor, guesses])[tree.candidate_index.to(self.device)]
@@ -262,11 +320,18 @@ class Decoder:
                 result.wall_time = time.perf_counter() - start
                 return
             tree = self.root_only
-            if special_logits is not None and special_logits.shape[0]:
+            if special_logits is not None:
                 tree = self.tree.for_special_tokens(special_logits.shape[0])
-                if self.max_positions is not None and past + tree.num_inputs > self.max_positions:
-                    tree = self.root_only
-            node_tokens = self._propose(root, special_logits, tree, context + [root])
+            context.append(root)  # popped below: the accepted tokens (root first) extend it after the step
+            chains = [chain for chain in (source.propose(context) for source in self.sources) if chain]
+            if chains:
+                tree = self._with_chains(tree, tuple(len(chain) for chain in chains))
+            if self.max_positions is not None and past + tree.num_inputs > self.max_positions:
+                tree, chains = self.root_only, []
+            node_tokens = self._propose(root, special_logits, tree, context)
+            context.pop()
+            if chains:
+                node_tokens = torch.cat([node_tokens, torch.tensor([t for c in chains for t in c], device=self.device)])
             embeds = self.base.get_input_embeddings()(node_tokens)[None]
             if tree.special_prompt_index.numel():
                 embeds = torch.cat([embeds, model.prompt_embeds()[tree.special_prompt_index][None]], 1)
@@ -281,7 +346,11 @@ class Decoder:
             past += len(path)
             if special_logits is not None:
                 rows = tree.special_rows[last]
-                special_logits = model.special_token_logits(model.special_hidden(output, rows))[0]
+                if not rows:  # a chain node without special tokens: the next step recovers from the root
+                    special_logits = special_logits[:0]
+                else:
+                    special_logits = model.special_token_logits(model.special_hidden(output, rows))[0]
+            result.chain_wins += int(last >= tree.num_prompt_nodes)
             accepted = [node_tokens[i] for i in path][:remaining]
             for i, token in enumerate(accepted):
                 if token in self.stop_token_ids:

@@ -30,13 +30,19 @@ DEFAULT_TREE_FILE = os.path.join(TREES_DIR, "default_3.json")
 class TreeBuffers:
     """Everything the decode loop indexes for one tree shape. Inputs: token nodes first, then special tokens.
 
-    node_paths[i]        path of token node i (node 0 is the root, path [])
+    Token nodes: the root, the prompt-token candidates (`num_prompt_nodes` counts the root and them),
+    then the chain of each context source (prompt lookup), each chain a branch from the root.
+
+    node_paths[i]        path of top-k ranks of a prompt-token node (the root's is []); a chain node's
+                         path is -1 repeated to its depth
     node_parent[i]       parent node index (-1 for the root)
     candidate_index[i]   index into the flat candidate vector [root, top-K of special 1, top-K of special 2, ...]
+                         (prompt-token nodes only)
     special_rows[i]      input rows of the special tokens appended after node i (n_i * V rows)
     special_prompt_index prompt-embedding row of every special-token input
     allowed              [T, T] boolean tree mask (row attends to column)
     positions            [T] position offsets from the current sequence length
+    chain_lengths        nodes of each context-source chain, in order
     """
 
     depth: int
@@ -48,6 +54,7 @@ class TreeBuffers:
     special_prompt_index: torch.Tensor
     allowed: torch.Tensor
     positions: torch.Tensor
+    chain_lengths: tuple = ()
 
     @property
     def num_nodes(self) -> int:
@@ -56,6 +63,13 @@ class TreeBuffers:
     @property
     def num_inputs(self) -> int:
         return int(self.positions.shape[0])
+
+    @property
+    def num_prompt_nodes(self) -> int:
+        return self.num_nodes - sum(self.chain_lengths)
+
+    def node_depth(self, i: int) -> int:
+        return len(self.node_paths[i])
 
 
 def _validate_spec(spec, num_special_tokens: int) -> dict[int, list]:
@@ -112,16 +126,36 @@ def build_tree_buffers(nodes, num_special_tokens: int, virtual_tokens: int, vt_a
     node_parent = [-1] + [index_of[tuple(p[:-1])] for p in node_paths[1:]]
     top_k = max([p[-1] for p in node_paths[1:]], default=-1) + 1
     candidate_index = [0] + [1 + (len(p) - 1) * top_k + p[-1] for p in node_paths[1:]]
+    return _assemble(node_paths, node_parent, node_special, candidate_index, top_k, depth, virtual_tokens,
+                     vt_attention)
 
+
+def with_chains(tree: TreeBuffers, chain_lengths, chain_special_tokens: int, virtual_tokens: int,
+                vt_attention: torch.Tensor) -> TreeBuffers:
+    """`tree` with one extra branch from the root per context-source chain, each node carrying
+    `chain_special_tokens` special tokens (0: none; the step after a chain wins then restarts the prompt
+    tokens from the root)."""
+    v = virtual_tokens
+    node_paths, node_parent = list(tree.node_paths), list(tree.node_parent)
+    node_special = [len(rows) // v for rows in tree.special_rows]
+    for length in chain_lengths:
+        for d in range(1, length + 1):
+            node_parent.append(0 if d == 1 else len(node_paths) - 1)
+            node_paths.append([-1] * d)
+            node_special.append(chain_special_tokens)
+    return _assemble(node_paths, node_parent, node_special, tree.candidate_index.tolist(), tree.top_k, tree.depth,
+                     v, vt_attention, tuple(tree.chain_lengths) + tuple(chain_lengths))
+
+
+def _assemble(node_paths, node_parent, node_special, candidate_index, top_k, depth, virtual_tokens, vt_attention,
+              chain_lengths=()) -> TreeBuffers:
     num_nodes = len(node_paths)
     v = virtual_tokens
-    special_rows, special_prompt_index, special_owner = [], [], []
+    special_rows, special_prompt_index = [], []
     row = num_nodes
-    for i, n in enumerate(node_special):
-        rows = list(range(row, row + n * v))
-        special_rows.append(rows)
+    for n in node_special:
+        special_rows.append(list(range(row, row + n * v)))
         special_prompt_index.extend(range(n * v))
-        special_owner.extend([i] * (n * v))
         row += n * v
     total = row
 
@@ -155,6 +189,7 @@ def build_tree_buffers(nodes, num_special_tokens: int, virtual_tokens: int, vt_a
         special_prompt_index=torch.tensor(special_prompt_index, dtype=torch.long),
         allowed=allowed,
         positions=positions,
+        chain_lengths=tuple(chain_lengths),
     )
 
 
@@ -171,11 +206,14 @@ class DynamicTree:
         self.buffers = {d: build_tree_buffers(nodes, num_special_tokens, virtual_tokens, vt_attention, d)
                         for d, nodes in trees.items()}
         self.depths = sorted(self.buffers)
+        # no special-token logits to read (the last accepted node carried none): the root alone, with
+        # all special tokens appended so that the next step has a full tree again
+        self.recovery = build_tree_buffers([], num_special_tokens, virtual_tokens, vt_attention, 0)
 
     def for_special_tokens(self, available: int) -> TreeBuffers:
         """The deepest tree that `available` special-token logits can fill."""
         usable = [d for d in self.depths if d <= available]
-        return self.buffers[usable[-1]]
+        return self.buffers[usable[-1]] if usable else self.recovery
 
     @property
     def input_length(self) -> int:

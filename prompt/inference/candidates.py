@@ -1,0 +1,54 @@
+"""Candidate sources from the context, beside the prompt tokens.
+
+A context source looks at the token context (prompt and every token so far, the step's root last) and
+proposes one chain of tokens to follow the root. The decode loop puts each chain into the step's tree as
+a branch from the root, so one forward verifies the prompt tokens' guesses and every chain together.
+
+    class CandidateSource(Protocol):
+        def propose(self, context: list[int]) -> list[int]: ...
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from prompt.errors import PPDError
+
+
+class CandidateSource(Protocol):
+    def propose(self, context: list[int]) -> list[int]:
+        """A chain of tokens guessed to follow `context` (empty: no guess this step)."""
+
+
+class PromptLookup:
+    """Prompt lookup decoding's rule: find the latest n-gram of the context earlier in the context (n from
+    `max_ngram` down to 1) and propose up to `num_tokens` tokens that followed it there.
+
+    transformers takes the first match in the text; the most recent one (the default here) is a little
+    better on chat, where most copied tokens come from earlier in the reply itself.
+    """
+
+    def __init__(self, num_tokens: int = 10, max_ngram: int = 3, most_recent: bool = True, stop_token_ids=()):
+        if num_tokens < 1:
+            raise PPDError(f"the prompt lookup length must be >= 1, got {num_tokens}")
+        if max_ngram < 1:
+            raise PPDError(f"the prompt lookup n-gram size must be >= 1, got {max_ngram}")
+        self.num_tokens = num_tokens
+        self.max_ngram = max_ngram
+        self.most_recent = most_recent
+        self.stop_token_ids = set(stop_token_ids)
+
+    def propose(self, context: list[int]) -> list[int]:
+        length = len(context)
+        for n in range(min(self.max_ngram, length - 1), 0, -1):
+            tail = context[length - n:]
+            first = tail[0]
+            # windows context[i:i+n] that end before the tail itself, so a continuation exists
+            starts = range(length - n - 1, -1, -1) if self.most_recent else range(0, length - n)
+            for i in starts:
+                if context[i] == first and context[i: i + n] == tail:
+                    chain = context[i + n: i + n + self.num_tokens]
+                    for j, token in enumerate(chain):
+                        if token in self.stop_token_ids:
+                            return chain[: j + 1]
+                    return chain
+        return []
