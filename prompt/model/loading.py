@@ -83,12 +83,17 @@ def resolve_model_path(name_or_path) -> str:
     return path
 
 
-def load_base_model(name_or_path=None, dtype="float32", device="cpu", attn_implementation="sdpa", **kwargs):
+def load_base_model(name_or_path=None, dtype="float32", device="cpu", attn_implementation=None, **kwargs):
     """Load a causal LM and its tokenizer (None if the folder has none) from a local folder or the default model.
 
-    The model is frozen and in eval mode.
+    The model is frozen and in eval mode. Attention defaults to sdpa, with grouped key/value heads kept
+    under tree masks on CPU (`prompt.model.attention`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prompt.model import attention
+
+    attn_implementation = attn_implementation or attention.NAME
 
     path = resolve_model_path(name_or_path)
     try:
