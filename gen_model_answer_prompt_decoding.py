@@ -13,13 +13,19 @@ def main():
     parser.add_argument("--base-model-path", default=None,
                         help="Local base model folder, if the checkpoint's base_model_name_or_path is not one.")
     parser.add_argument("--tree-length", type=int, default=None,
-                        help="Input length of the sparse tree to use from the tree file (default: its largest).")
-    parser.add_argument("--tree-file", default=None, help="JSON tree specs (default: the shipped tree).")
+                        help="Input length of the sparse tree to use from the tree file; 0: no prompt tokens "
+                             "(default: the checkpoint's tuned tree for the dtype, else the file's largest).")
+    parser.add_argument("--tree-file", default=None, help="JSON tree specs (default: the checkpoint's or the shipped tree).")
+    parser.add_argument("--prompt-lookup-num-tokens", type=int, default=None,
+                        help="Add a prompt-lookup chain of this many tokens to every tree; 0: off "
+                             "(default: the checkpoint's tuned setting for the dtype, else off).")
     args = parser.parse_args()
     questions = check_args(args)
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
     formatter = ChatFormatter(model.tokenizer, args.model_id)
-    decoder = make_decoder(model, formatter, args, tree_length=args.tree_length, tree_file=args.tree_file)
+    decoder = make_decoder(model, formatter, args, tree_length=args.tree_length, tree_file=args.tree_file,
+                           prompt_lookup_num_tokens=args.prompt_lookup_num_tokens)
+    print(f"decoding: {decoder.describe()}")
     run_benchmark(args, questions, decoder, formatter, "ppd")
 
 

@@ -166,12 +166,12 @@ def mark_error(turns, message: str) -> None:
         turns[-2]["error"] = True
 
 
-def format_stats(result: GenerationResult, use_ppd: bool, state: str = GENERATING) -> str:
-    """One line of markdown: speed, compression ratio, what the answer cost, and `state`."""
+def format_stats(result: GenerationResult, decoding: str, state: str = GENERATING) -> str:
+    """One line of markdown: speed, compression ratio, what the answer cost, the decoding used, and `state`."""
     return (f"**Speed:** {result.tokens_per_second:.1f} tokens/s · "
             f"**Compression:** {result.accept_length:.2f} tokens per forward pass · "
             f"{result.new_tokens} tokens in {result.forward_passes} forward passes · "
-            f"{'PPD' if use_ppd else 'plain decoding'} · {state}")
+            f"{decoding} · {state}")
 
 
 class ChatEngine:
@@ -187,10 +187,12 @@ class ChatEngine:
         self.chat_template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
 
     def decoder(self, use_ppd: bool, temperature: float) -> Decoder:
-        """A Decoder for these settings (cheap to build; one per request)."""
+        """A Decoder for these settings (cheap to build; one per request). With PPD on, the checkpoint's tuned
+        decoding for the dtype (tree size, prompt lookup); off, plain decoding."""
         sampling = "typical" if temperature > 0 else "greedy"
         return self.decoder_class(self.model, stop_token_ids=self.stop_token_ids, temperature=temperature,
-                                  sampling=sampling, use_prompt_tokens=use_ppd and self.has_prompt_tokens)
+                                  sampling=sampling, use_prompt_tokens=use_ppd and self.has_prompt_tokens,
+                                  prompt_lookup_num_tokens=None if use_ppd else 0)
 
     def encode(self, messages) -> torch.Tensor:
         """Token ids of the conversation, ending with the assistant's generation prompt."""
@@ -209,19 +211,21 @@ class ChatEngine:
         turns.append(turn)
         try:
             input_ids = self.encode(model_messages(turns[:-1]))
-            stream = self.decoder(use_ppd, float(temperature)).stream(
-                input_ids, max_new_tokens=self.max_new_tokens, result=result)
+            decoder = self.decoder(use_ppd, float(temperature))
+            # with PPD on, the tuned decoding (which may be plain greedy where no tree pays, e.g. float32 on a CPU)
+            decoding = decoder.describe() if use_ppd else "plain decoding"
+            stream = decoder.stream(input_ids, max_new_tokens=self.max_new_tokens, result=result)
             for step_tokens in stream:
                 if not keep_going():  # the step is dropped: the answer stays as last shown
                     del result.token_ids[len(answer.ids):]
-                    yield format_stats(result, use_ppd, STOPPED)
+                    yield format_stats(result, decoding, STOPPED)
                     return
                 answer.add_step(step_tokens)
                 turn["content"], turn["pieces"] = answer.text, answer.pieces
-                yield format_stats(result, use_ppd)
+                yield format_stats(result, decoding)
             answer.finish()
             turn["content"], turn["pieces"] = answer.text, answer.pieces
-            yield format_stats(result, use_ppd, STOP_REASONS.get(result.stop_reason, "done"))
+            yield format_stats(result, decoding, STOP_REASONS.get(result.stop_reason, "done"))
         except PPDError as exc:
             mark_error(turns, f"Error: {exc}")
             yield f"Error: {exc}"

@@ -1,5 +1,6 @@
-"""The main job on the default model: PPD answers a few questions; tokens/s, accept length and the
-speed-up over plain greedy decoding are measured in the same run.
+"""The main job on the default model: PPD answers a few questions with the decoding tuned for this dtype
+(prompt tokens and prompt lookup in one tree); tokens/s, accept length and the speed-up over plain greedy
+decoding are measured in the same run.
 
     python -m prompt.demo [--dtype float32] [--question-file ../shared/data/mt_bench/question.jsonl]
 """
@@ -23,14 +24,14 @@ def main(argv=None):
     parser.add_argument("--question-file", default=None, help="MT-Bench style jsonl; default: three built-in questions")
     parser.add_argument("--num-questions", type=int, default=3)
     add_model_flags(parser)
-    parser.set_defaults(max_new_token=96, dtype="bfloat16")  # bf16: where PPD pays on this CPU
+    parser.set_defaults(max_new_token=96, dtype="bfloat16", methods="generate,baseline,tuned")  # bf16: where PPD pays on this CPU
     args = parser.parse_args(argv)
     if args.question_file:
         prompts = [q["turns"][0] for q in load_questions("mt_bench", args.question_file, 0, args.num_questions)]
     else:
         prompts = DEMO_QUESTIONS[: args.num_questions]
     totals, tokenizer = run(args, prompts)
-    for name in ("ppd", "baseline"):
+    for name in ("tuned", "ppd", "baseline"):
         if name in totals:
             print(f"\nFirst answer ({name}):")
             print(tokenizer.decode(totals[name].outputs[0], skip_special_tokens=True))

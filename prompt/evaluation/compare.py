@@ -1,4 +1,5 @@
-"""Side-by-side comparison, in one process: transformers `generate` greedy, our plain loop, and PPD.
+"""Side-by-side comparison, in one process: transformers `generate` greedy (alone and with prompt lookup),
+our plain loop (alone and with prompt lookup), PPD (alone, with prompt lookup, untrained) and the tuned decoding.
 
 Methods run interleaved question by question, so machine noise hits them alike; speeds are
 reported as ratios to `generate` greedy, and every greedy output is checked against it.
@@ -13,12 +14,15 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import ArgumentParser, HFGenerate
-from prompt.inference.decoding import Decoder, stop_token_ids_for
+from prompt.inference.decoding import Decoder, stop_token_ids_for, tuned_decoding
 from prompt.model.config import PromptConfig
 from prompt.model.defaults import load_prompt_decoder
 from prompt.model.prompt_decoder import PromptDecoder
 
-METHODS = ("generate", "baseline", "ppd", "ppd_untrained")
+METHODS = ("generate", "generate_lookup", "baseline", "lookup", "ppd", "ppd_lookup", "ppd_untrained", "tuned")
+METHOD_HELP = ("generate: transformers greedy; generate_lookup: transformers prompt lookup decoding; baseline: our "
+               "plain loop; lookup: our loop with prompt lookup alone; ppd: prompt tokens alone; ppd_lookup: both in "
+               "one tree; ppd_untrained: text-initialised prompt tokens; tuned: the checkpoint's tuned decoding")
 
 
 @dataclass
@@ -29,6 +33,7 @@ class MethodTotals:
     identical: int = 0
     answers: int = 0
     outputs: list = field(default_factory=list)
+    step_tokens: list = field(default_factory=list)  # tokens accepted per forward after the prefill (our loop only)
 
     @property
     def tokens_per_second(self) -> float:
@@ -39,50 +44,82 @@ class MethodTotals:
         return self.tokens / self.passes if self.passes else None
 
 
-def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, tree_file=None):
+def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, tree_file=None, lookup_tokens=10,
+                   dtype="float32"):
+    """Decoders by method name. PPD methods use `tree_length` if given, else the tuned tree for `dtype` (if
+    it uses the prompt tokens), else the tree file's largest; lookup methods use chains of `lookup_tokens`."""
     stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
+    if tree_length is None and tree_file is None:
+        tree_length = tuned_decoding(model, dtype).get("tree_length") or None
+    # an explicit tree file keeps the decoder from applying the tuned decoding (which may turn PPD off)
+    tree = {"tree_length": tree_length, "tree_file": tree_file or model.tree_file, "prompt_lookup_num_tokens": 0}
     decoders = {}
     for method in methods:
         if method == "generate":
             decoders[method] = HFGenerate(model.base_model, stops)
+        elif method == "generate_lookup":
+            decoders[method] = HFGenerate(model.base_model, stops, prompt_lookup_num_tokens=lookup_tokens)
         elif method == "baseline":
             decoders[method] = Decoder(model.base_model, stop_token_ids=stops)
+        elif method == "lookup":
+            decoders[method] = Decoder(model.base_model, stop_token_ids=stops, prompt_lookup_num_tokens=lookup_tokens)
         elif method == "ppd":
-            decoders[method] = Decoder(model, stop_token_ids=stops, tree_length=tree_length, tree_file=tree_file)
+            decoders[method] = Decoder(model, stop_token_ids=stops, **tree)
+        elif method == "ppd_lookup":
+            decoders[method] = Decoder(model, stop_token_ids=stops, **{**tree, "prompt_lookup_num_tokens": lookup_tokens})
+        elif method == "tuned":
+            decoders[method] = Decoder(model, stop_token_ids=stops)
         elif method == "ppd_untrained":  # text-initialised prompt tokens of the same shape: the untrained baseline
             untrained = PromptDecoder(model.base_model, PromptConfig(
                 num_special_tokens=model.config.num_special_tokens,
                 virtual_tokens_per_special_token=model.config.virtual_tokens_per_special_token,
                 vt_attention_type=model.config.vt_attention_type), tokenizer=formatter.tokenizer).eval()
-            decoders[method] = Decoder(untrained, stop_token_ids=stops, tree_length=tree_length, tree_file=tree_file)
+            untrained.tree_file = model.tree_file
+            decoders[method] = Decoder(untrained, stop_token_ids=stops, **tree)
         else:
             raise PPDError(f"unknown method {method!r}; use {', '.join(METHODS)}")
     return decoders
 
 
-def compare(decoders: dict, formatter: ChatFormatter, prompts: list[str], max_new_tokens: int, warmup: int = 1,
-            progress: bool = True) -> dict:
-    """Run every decoder on every prompt (interleaved); return MethodTotals per method."""
+def answer_conversation(decoder, formatter: ChatFormatter, turns: list[str], max_new_tokens: int, seed=None) -> list:
+    """Answer each user turn in order, the decoder's own answers becoming the conversation; one result per turn."""
+    conversation, results = [], []
+    for turn in turns:
+        conversation.append(turn)
+        result = decoder.generate(formatter.input_ids(conversation), max_new_tokens, seed=seed)
+        conversation.append(formatter.tokenizer.decode(result.token_ids, skip_special_tokens=True).strip())
+        results.append(result)
+    return results
+
+
+def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tokens: int, warmup: int = 1,
+            progress: bool = True, seed: int = 0, offset: int = 0) -> dict:
+    """Run every decoder on every prompt (a user message, or a list of user turns answered in one conversation),
+    interleaved and rotated against drift; return MethodTotals per method. An answer counts as identical when
+    its tokens equal the reference method's (`generate` if present) for the same turn. `offset` shifts the
+    rotation and the sampling seeds (for callers that run one question per call)."""
     from tqdm import tqdm
 
-    inputs = [formatter.input_ids([p]) for p in prompts]
+    conversations = [[p] if isinstance(p, str) else list(p) for p in prompts]
     for _ in range(warmup):
         for decoder in decoders.values():
-            decoder.generate(inputs[0], min(max_new_tokens, 16))
+            decoder.generate(formatter.input_ids(conversations[0][:1]), min(max_new_tokens, 16))
     totals = {name: MethodTotals() for name in decoders}
     reference = "generate" if "generate" in decoders else next(iter(decoders))
-    for i, input_ids in enumerate(tqdm(inputs, desc="questions", disable=not progress)):
+    for i, turns in enumerate(tqdm(conversations, desc="questions", disable=not progress), start=offset):
         names = list(decoders)
         names = names[i % len(names):] + names[: i % len(names)]  # rotate the order against drift
-        results = {name: decoders[name].generate(input_ids, max_new_tokens) for name in names}
-        for name, result in results.items():
+        results = {name: answer_conversation(decoders[name], formatter, turns, max_new_tokens, seed + i) for name in names}
+        for name in decoders:
             t = totals[name]
-            t.tokens += result.new_tokens
-            t.seconds += result.wall_time
-            t.passes += result.forward_passes
-            t.answers += 1
-            t.identical += int(result.token_ids == results[reference].token_ids)
-            t.outputs.append(result.token_ids)
+            for turn, result in enumerate(results[name]):
+                t.tokens += result.new_tokens
+                t.seconds += result.wall_time
+                t.passes += result.forward_passes
+                t.answers += 1
+                t.identical += int(result.token_ids == results[reference][turn].token_ids)
+                t.outputs.append(result.token_ids)
+                t.step_tokens.extend(result.step_tokens)
     return totals
 
 
@@ -102,10 +139,12 @@ def add_model_flags(parser):
     parser.add_argument("--base-model-path", default=None)
     parser.add_argument("--model-id", default=None, help="FastChat template name, if the model needs one (e.g. vicuna).")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--tree-length", type=int, default=None)
+    parser.add_argument("--tree-length", type=int, default=None,
+                        help="Tree of the PPD methods (default: the tuned one for the dtype, else the largest).")
     parser.add_argument("--tree-file", default=None)
+    parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10, help="Chain length of the lookup methods.")
     parser.add_argument("--max-new-token", type=int, default=128)
-    parser.add_argument("--methods", default="generate,baseline,ppd", help="Comma-separated subset of " + ", ".join(METHODS))
+    parser.add_argument("--methods", default="generate,baseline,ppd", help="Comma-separated methods. " + METHOD_HELP)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1)
 
@@ -118,7 +157,11 @@ def run(args, prompts):
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
     formatter = ChatFormatter(model.tokenizer, args.model_id)
-    decoders = build_decoders(model, formatter, methods, args.tree_length, args.tree_file)
+    decoders = build_decoders(model, formatter, methods, args.tree_length, args.tree_file,
+                              args.prompt_lookup_num_tokens, args.dtype)
+    for name, decoder in decoders.items():
+        if isinstance(decoder, Decoder):
+            print(f"{name}: {decoder.describe()}")
     totals = compare(decoders, formatter, prompts, args.max_new_token, args.warmup)
     print(f"\n{len(prompts)} prompts, {args.max_new_token} new tokens at most, {args.dtype}, "
           f"{torch.get_num_threads()} threads")

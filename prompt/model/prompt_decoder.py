@@ -21,6 +21,7 @@ LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 WEIGHTING_LAYERS_NAME = "weighting_layers.pt"
 CUSTOM_LM_HEAD_NAME = "custom_lm_head.pt"
 TREES_NAME = "trees.json"
+DECODING_NAME = "decoding.json"  # the tuned decoding per dtype (prompt.inference.tune)
 
 
 def virtual_token_attention(config: PromptConfig) -> torch.Tensor:
@@ -55,6 +56,7 @@ class PromptDecoder(nn.Module):
         self.config = config
         self.tokenizer = tokenizer
         self.tree_file = None  # tree specs tuned for these prompt tokens (trees.json beside a loaded checkpoint)
+        self.decoding_file = None  # decoding.json beside a loaded checkpoint: the tuned tree length and lookup per dtype
         device = base_model.get_input_embeddings().weight.device
         if prompt_embeddings is None:
             prompt_embeddings = self._initial_embeddings()
@@ -270,5 +272,7 @@ class AutoPromptDecoder:
                 model.custom_lm_head.load_state_dict(_load_state(extra))
         if os.path.isfile(os.path.join(path, TREES_NAME)):
             model.tree_file = os.path.join(path, TREES_NAME)
+        if os.path.isfile(os.path.join(path, DECODING_NAME)):
+            model.decoding_file = os.path.join(path, DECODING_NAME)
         model.eval()
         return model

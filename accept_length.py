@@ -1,0 +1,83 @@
+"""Mean accept length and tokens/s of PPD for each tree length, on validation prompts, and the best.
+
+    python accept_length.py --question-file ../shared/data/sharegpt/ShareGPT_V3_filtered_1000.json \
+        --choices "[10, 16, 24, 32]" --dtype bfloat16 [--prompt-lookup-num-tokens 10] [--dir-path out --file-name sizes]
+
+Runs the same decode loop as gen_model_answer_prompt_decoding.py with each tree (from the checkpoint's tree
+file), interleaved prompt by prompt with plain greedy decoding as the reference. Without --choices, the tree
+lengths from --min-length to --max-length in steps of --length-interval that the tree file has.
+Use validation prompts (ShareGPT beyond the training slice), never an evaluation set.
+"""
+import json
+import os
+
+import torch
+
+from prompt.errors import PPDError, cli_entry
+from prompt.evaluation.chat import ChatFormatter
+from prompt.evaluation.questions import BENCH_NAMES, load_questions
+from prompt.evaluation.runner import ArgumentParser
+from prompt.inference.tune import (PLAIN, available_tree_lengths, check_tree_lengths, choose, config_name,
+                                   measure_configs, parse_lengths, results_table)
+from prompt.model.defaults import load_prompt_decoder
+
+
+@cli_entry
+def main():
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model-name", "--model-path", dest="model_path", default=None,
+                        help="Prompt-token folder (default: the default model's).")
+    parser.add_argument("--base-model-path", default=None)
+    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--bench-name", default="sharegpt", choices=BENCH_NAMES)
+    parser.add_argument("--question-file", required=True)
+    parser.add_argument("--question-begin", type=int, default=940)
+    parser.add_argument("--question-end", type=int, default=946)
+    parser.add_argument("--max-new-token", type=int, default=128)
+    parser.add_argument("--choices", default=None, help='Tree lengths, e.g. "[10, 16, 24]".')
+    parser.add_argument("--min-length", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=32)
+    parser.add_argument("--length-interval", type=int, default=8)
+    parser.add_argument("--prompt-lookup-num-tokens", type=int, default=0, help="Add a lookup chain to every tree (0: off).")
+    parser.add_argument("--n", type=int, default=1, help="Passes over the prompts.")
+    parser.add_argument("--dir-path", default=None, help="Folder for the results JSON (default: print only).")
+    parser.add_argument("--file-name", default="accept_length", help="Results file name (without .json).")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.n < 1 or args.max_new_token < 1 or args.length_interval < 1 or args.prompt_lookup_num_tokens < 0:
+        raise PPDError("--n, --max-new-token and --length-interval must be >= 1, --prompt-lookup-num-tokens >= 0")
+    out_file = os.path.join(args.dir_path, args.file_name + ".json") if args.dir_path else None
+    if out_file and os.path.exists(out_file):
+        raise PPDError(f"{out_file!r} exists; choose another --file-name or remove it")
+    questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
+    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
+    if args.choices:
+        lengths = parse_lengths(args.choices, "--choices")
+        check_tree_lengths(model, lengths)
+    else:
+        lengths = [n for n in available_tree_lengths(model)
+                   if args.min_length <= n <= args.max_length and (n - args.min_length) % args.length_interval == 0]
+        if not lengths:
+            raise PPDError(f"no tree in {model.tree_file!r} has a length in {args.min_length}..{args.max_length} "
+                           f"at interval {args.length_interval}; available: "
+                           f"{', '.join(map(str, available_tree_lengths(model))) or 'none'}")
+    lookup = args.prompt_lookup_num_tokens
+    configs = [PLAIN] + [(n, lookup) for n in lengths if n]
+    prompts = [q["turns"][0] for q in questions] * args.n
+    totals = measure_configs(model, ChatFormatter(model.tokenizer), prompts, configs, args.max_new_token)
+    print(f"{args.dtype}, {len(prompts)} prompts, {args.max_new_token} new tokens")
+    print(results_table(totals))
+    best = choose(totals)
+    print(f"best: {config_name(best)}")
+    if out_file:
+        os.makedirs(args.dir_path, exist_ok=True)
+        with open(out_file, "w", encoding="utf-8") as f:
+            json.dump({"dtype": args.dtype, "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t}
+                                                        for c, t in totals.items()], "best": list(best)}, f, indent=1)
+        print(f"saved {out_file}")
+
+
+if __name__ == "__main__":
+    main()

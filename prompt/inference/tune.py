@@ -1,0 +1,337 @@
+"""Hardware-aware decoding: measure this machine, then record the tree size and lookup length that run fastest.
+
+1. The latency curve: one decode-step forward (tree mask, lm head over every row) after a fixed prefix, for
+   each input length in a range (`tree_latency.py` prints and plots it).
+2. The real decode loop on validation prompts (never an evaluation set) for each tree length and prompt
+   lookup length, interleaved prompt by prompt: accept length and tokens/s (`accept_length.py`).
+3. The fastest configuration is written to the checkpoint's `decoding.json` under the dtype's name, which the
+   answer scripts and the web UI then use by default. Where no tree beats plain greedy, plain greedy is
+   recorded (tree length 0) and the tool says so.
+
+    python -m prompt.inference.tune --dtype bfloat16 \\
+        --question-file ../shared/data/sharegpt/ShareGPT_V3_filtered_1000.json --question-begin 940 --question-end 946
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from transformers import DynamicCache
+
+from prompt.errors import PPDError, cli_entry
+from prompt.inference.tree import load_tree_specs, spec_input_length
+from prompt.jsonio import read_json
+from prompt.model import backbone
+
+PLAIN = (0, 0)  # (tree length, prompt lookup tokens): plain greedy
+
+
+def machine_name() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def forward_latency(base, input_lengths, prefix_length: int = 300, repeats: int = 7, seed: int = 0) -> dict[int, float]:
+    """Median milliseconds of a decode-step forward over n new inputs after `prefix_length` cached tokens,
+    with a 4D mask as a tree forward uses and the lm head over every input, for each n."""
+    device = base.get_input_embeddings().weight.device
+    generator = torch.Generator().manual_seed(seed)
+    vocab = base.config.vocab_size
+    prefix = torch.randint(0, vocab, (1, prefix_length), generator=generator).to(device)
+    times = {n: [] for n in input_lengths}
+    with torch.inference_mode():
+        cache = DynamicCache(config=base.config)
+        backbone.run_body(base, base.get_input_embeddings()(prefix), None, None, cache)
+        for repeat in range(repeats + 1):  # the first round warms up
+            for n in input_lengths:
+                ids = torch.randint(0, vocab, (1, n), generator=generator).to(device)
+                embeds = base.get_input_embeddings()(ids)
+                allowed = torch.ones(n, prefix_length + n, dtype=torch.bool)
+                allowed[:, prefix_length:] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+                mask = backbone.additive_mask(allowed.to(device), embeds.dtype) if n > 1 else None
+                positions = (prefix_length + torch.arange(n))[None].to(device)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                out = backbone.run_body(base, embeds, mask, positions, cache)
+                backbone.head_logits(base, out.last_hidden_state[0]).argmax(-1).tolist()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - start
+                for layer in cache.layers:
+                    layer.crop(-n)
+                if repeat:
+                    times[n].append(elapsed * 1000)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def available_tree_lengths(model) -> list[int]:
+    if not model.tree_file:
+        return []
+    n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
+    return sorted(spec_input_length(spec, n, v) for spec in load_tree_specs(model.tree_file).values())
+
+
+def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, warmup: int = 1, progress: bool = True):
+    """Run the decode loop with each (tree length, lookup tokens) on every prompt, interleaved and rotated.
+
+    Returns {config: {"tokens", "seconds", "passes", "chain_wins", "accept_length", "tokens_per_second"}}.
+    """
+    from tqdm import tqdm
+
+    from prompt.inference.decoding import Decoder, stop_token_ids_for
+
+    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
+    decoders = {}
+    for tree_length, lookup in configs:
+        if tree_length:
+            decoders[(tree_length, lookup)] = Decoder(model, tree_length=tree_length, tree_file=model.tree_file,
+                                                      prompt_lookup_num_tokens=lookup, stop_token_ids=stops)
+        else:
+            decoders[(tree_length, lookup)] = Decoder(model.base_model, prompt_lookup_num_tokens=lookup,
+                                                      stop_token_ids=stops)
+    inputs = [formatter.input_ids([p]) for p in prompts]
+    for _ in range(warmup):
+        for decoder in decoders.values():
+            decoder.generate(inputs[0], min(16, max_new_tokens))
+    totals = {c: {"tokens": 0, "seconds": 0.0, "passes": 0, "chain_wins": 0} for c in decoders}
+    keys = list(decoders)
+    for i, input_ids in enumerate(tqdm(inputs, desc="prompts", disable=not progress)):
+        for config in keys[i % len(keys):] + keys[: i % len(keys)]:
+            result = decoders[config].generate(input_ids, max_new_tokens)
+            t = totals[config]
+            t["tokens"] += result.new_tokens
+            t["seconds"] += result.wall_time
+            t["passes"] += result.forward_passes
+            t["chain_wins"] += result.chain_wins
+    for t in totals.values():
+        t["accept_length"] = t["tokens"] / max(t["passes"], 1)
+        t["tokens_per_second"] = t["tokens"] / t["seconds"] if t["seconds"] else 0.0
+    return totals
+
+
+def config_name(config) -> str:
+    tree_length, lookup = config
+    parts = [f"tree {tree_length}"] if tree_length else []
+    if lookup:
+        parts.append(f"lookup {lookup}")
+    return " + ".join(parts) or "plain greedy"
+
+
+def results_table(totals: dict, latency: dict | None = None) -> str:
+    """Markdown table; speed as a ratio to plain greedy (our loop) when it was measured."""
+    plain = totals.get(PLAIN)
+    lines = ["| decoding | accept length | tokens/s | speed vs plain greedy | predicted from latency curve |",
+             "|---|---|---|---|---|"]
+    for config, t in totals.items():
+        ratio = f"{t['tokens_per_second'] / plain['tokens_per_second']:.2f}x" if plain and plain["tokens_per_second"] else "-"
+        predicted = "-"
+        if latency and config[1] == 0 and config[0] in latency and 1 in latency:
+            predicted = f"{t['accept_length'] * latency[1] / latency[config[0]]:.2f}x"
+        lines.append(f"| {config_name(config)} | {t['accept_length']:.3f} | {t['tokens_per_second']:.2f} | {ratio} | {predicted} |")
+    return "\n".join(lines)
+
+
+def choose(totals: dict):
+    return max(totals, key=lambda c: totals[c]["tokens_per_second"])
+
+
+def plot_latency(latency: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted(latency)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lengths, [latency[n] for n in lengths], marker="o")
+    ax.set_xlabel("inputs per forward (tree length)")
+    ax.set_ylabel("forward latency, ms (median)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str) -> None:
+    """Accept length (measured and predicted by the builder) and speed against tree length, per lookup length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plain = totals.get(PLAIN)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for lookup in sorted({c[1] for c in totals}):
+        configs = sorted(c for c in totals if c[1] == lookup)
+        label = f"lookup {lookup}" if lookup else "prompt tokens only"
+        left.plot([c[0] for c in configs], [totals[c]["accept_length"] for c in configs], marker="o", label=f"measured, {label}")
+        if plain:
+            right.plot([c[0] for c in configs], [totals[c]["tokens_per_second"] / plain["tokens_per_second"] for c in configs],
+                       marker="o", label=label)
+    if predicted:
+        lengths = sorted(predicted)
+        left.plot(lengths, [predicted[n] for n in lengths], linestyle="--", label="predicted by the builder")
+    left.set_xlabel("tree length (inputs, 0 = no prompt tokens)")
+    left.set_ylabel("accept length (tokens per forward)")
+    right.set_xlabel("tree length (inputs, 0 = no prompt tokens)")
+    right.set_ylabel("speed vs plain greedy")
+    right.axhline(1.0, color="grey", linewidth=0.8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def predicted_accept_lengths(model) -> dict[int, float]:
+    """The builder's predicted accept length of each tree in the tree file (its deepest tree's node probabilities)."""
+    predicted = {}
+    if not model.tree_file:
+        return predicted
+    n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
+    for spec in load_tree_specs(model.tree_file).values():
+        deepest = spec[str(max(int(k) for k in spec))]
+        predicted[spec_input_length(spec, n, v)] = 1.0 + sum(float(p) for _, p, _ in deepest)
+    return predicted
+
+
+def record_choice(path: str, dtype: str, entry: dict, overwrite: bool) -> None:
+    """Add the dtype's entry to decoding.json, keeping the other dtypes' entries."""
+    data = read_json(path, "tuned decoding file") if os.path.isfile(path) else {}
+    if not isinstance(data, dict):
+        raise PPDError(f"{path!r} is not a tuned decoding file (expected a JSON object)")
+    if dtype in data and not overwrite:
+        raise PPDError(f"{path!r} already records a {dtype} decoding; pass --overwrite to replace it")
+    data[dtype] = entry
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def parse_lengths(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.replace("[", "").replace("]", "").split(",") if x.strip()]
+    except ValueError:
+        raise PPDError(f"{flag} must be a comma-separated list of integers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise PPDError(f"{flag} must list integers >= 0, got {text!r}")
+    return values
+
+
+def check_tree_lengths(model, lengths) -> None:
+    available = available_tree_lengths(model)
+    missing = [n for n in lengths if n and n not in available]
+    if missing:
+        raise PPDError(f"no tree of length {', '.join(map(str, missing))} in {model.tree_file!r}; available: "
+                       f"{', '.join(map(str, available)) or 'none'} (build more with prompt.inference.sparse_tree_builder)")
+
+
+@cli_entry
+def main(argv=None):
+    from prompt.evaluation.chat import ChatFormatter
+    from prompt.evaluation.questions import BENCH_NAMES, load_questions
+    from prompt.evaluation.runner import ArgumentParser
+    from prompt.model.defaults import load_prompt_decoder
+    from prompt.model.prompt_decoder import DECODING_NAME
+
+    parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    parser.add_argument("--model-path", default=None, help="Prompt-token folder (default: the default model's).")
+    parser.add_argument("--base-model-path", default=None)
+    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--bench-name", default="sharegpt", choices=BENCH_NAMES,
+                        help="Validation prompts' format (never tune on an evaluation set).")
+    parser.add_argument("--question-file", required=True)
+    parser.add_argument("--question-begin", type=int, default=940)
+    parser.add_argument("--question-end", type=int, default=946)
+    parser.add_argument("--max-new-token", type=int, default=128)
+    parser.add_argument("--tree-lengths", default="10,16,24,32", help="Tree lengths to try (0: no prompt tokens).")
+    parser.add_argument("--lookup-lengths", default="0,10", help="Prompt lookup chain lengths to try (0: off).")
+    parser.add_argument("--latency-lengths", default="1,4,8,12,16,20,24,28,32,40,48,64")
+    parser.add_argument("--output-file", default=None, help=f"Default: {DECODING_NAME} in the prompt-token folder.")
+    parser.add_argument("--report-dir", default=None, help="Where the measurements (JSON) and plots go (default: beside the output).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace this dtype's recorded decoding.")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.max_new_token < 1:
+        raise PPDError("--max-new-token must be >= 1")
+    if args.bench_name in ("mt_bench", "alpaca_eval", "humaneval", "gsm8k"):
+        print(f"warning: tuning on the evaluation set {args.bench_name} makes its benchmark figures optimistic",
+              file=sys.stderr)
+    tree_lengths = sorted(set(parse_lengths(args.tree_lengths, "--tree-lengths")) | {0})
+    lookup_lengths = sorted(set(parse_lengths(args.lookup_lengths, "--lookup-lengths")) | {0})
+    latency_lengths = sorted(set(parse_lengths(args.latency_lengths, "--latency-lengths")) | {1})
+    questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
+    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
+    check_tree_lengths(model, tree_lengths)
+    folder = os.path.dirname(model.tree_file) if model.tree_file else args.model_path
+    output = args.output_file or (os.path.join(folder, DECODING_NAME) if folder else None)
+    if output is None:
+        raise PPDError("the prompt tokens come from no folder: pass --output-file")
+    if os.path.isfile(output) and not args.overwrite:
+        existing = read_json(output, "tuned decoding file")
+        if isinstance(existing, dict) and args.dtype in existing:
+            raise PPDError(f"{output!r} already records a {args.dtype} decoding; pass --overwrite to replace it")
+    report_dir = args.report_dir or os.path.dirname(os.path.abspath(output))
+    os.makedirs(report_dir, exist_ok=True)
+
+    machine = machine_name()
+    print(f"latency curve on {machine}, {args.dtype} ...")
+    latency = forward_latency(model.base_model, latency_lengths)
+    print(" ".join(f"{n}:{ms:.1f}ms" for n, ms in latency.items()))
+    configs = [(t, k) for t in tree_lengths for k in lookup_lengths]
+    formatter = ChatFormatter(model.tokenizer)
+    totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token)
+    print(results_table(totals, latency))
+    best = choose(totals)
+    plain = totals[PLAIN]["tokens_per_second"]
+    ratio = totals[best]["tokens_per_second"] / plain if plain else 0.0
+    if best == PLAIN:
+        print(f"no tree or lookup chain paid for its cost on this machine in {args.dtype}: plain greedy is recorded")
+    else:
+        print(f"chosen: {config_name(best)}, {ratio:.2f}x plain greedy, accept length {totals[best]['accept_length']:.3f}")
+    command = "python -m prompt.inference.tune " + " ".join(argv if argv is not None else sys.argv[1:])
+    entry = {"tree_length": best[0], "prompt_lookup_num_tokens": best[1],
+             "accept_length": round(totals[best]["accept_length"], 3), "speed_vs_plain_greedy": round(ratio, 3),
+             "machine": machine, "date": datetime.date.today().isoformat(), "command": command}
+    record_choice(output, args.dtype, entry, args.overwrite)
+    print(f"recorded in {output}")
+    stem = os.path.join(report_dir, f"tuning_{args.dtype}")
+    report = {"machine": machine, "dtype": args.dtype, "command": command, "latency_ms": latency,
+              "prompts": f"{args.bench_name} {args.question_begin}:{args.question_end}", "max_new_tokens": args.max_new_token,
+              "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t} for c, t in totals.items()],
+              "chosen": entry}
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    plot_latency(latency, stem + "_latency.png", f"forward latency, {machine}, {args.dtype}")
+    plot_tree_sizes(totals, predicted_accept_lengths(model), stem + "_trees.png",
+                    f"tree size on {machine}, {args.dtype}, {len(questions)} prompts")
+    print(f"measurements and plots: {stem}.json, {stem}_latency.png, {stem}_trees.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Measuring the hardware and recording the tuned decoding: tree_latency.py, accept_length.py, prompt.inference.tune."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from test_cli import REPO, SHARED_DATA, assert_clear_error, run
+
+SHAREGPT = os.path.join(SHARED_DATA, "sharegpt", "ShareGPT_V3_filtered_1000.json")
+
+
+def run_module(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=900)
+
+
+needs_sharegpt = pytest.mark.skipif(not os.path.isfile(SHAREGPT), reason="../shared/data is not beside the repository")
+
+
+def test_tree_latency_saves_the_curve_and_plot(tmp_path):
+    out = tmp_path / "latency.json"
+    proc = run("tree_latency.py", "--min-tree-length", 1, "--max-tree-length", 9, "--length-interval", 4,
+               "--repeats", 1, "--prefix-length", 16, "--output-file", out, "--dtype", "float32")
+    assert proc.returncode == 0, proc.stderr
+    curve = json.loads(out.read_text())
+    assert sorted(int(n) for n in curve["latency_ms"]) == [1, 5, 9]
+    assert all(ms > 0 for ms in curve["latency_ms"].values())
+    assert (tmp_path / "latency.png").stat().st_size > 1000
+    assert_clear_error(run("tree_latency.py", "--output-file", out), "exists")
+    assert_clear_error(run("tree_latency.py", "--output-file", tmp_path / "x.json", "--min-tree-length", 9,
+                           "--max-tree-length", 2), "--min-tree-length")
+
+
+@needs_sharegpt
+def test_accept_length_reports_each_tree_and_the_best(tmp_path):
+    proc = run("accept_length.py", "--question-file", SHAREGPT, "--question-begin", 940, "--question-end", 941,
+               "--choices", "[10, 16]", "--max-new-token", 16, "--dtype", "float32", "--dir-path", tmp_path,
+               "--file-name", "sizes")
+    assert proc.returncode == 0, proc.stderr
+    assert "| tree 10 |" in proc.stdout and "| tree 16 |" in proc.stdout and "best:" in proc.stdout
+    saved = json.loads((tmp_path / "sizes.json").read_text())
+    lengths = {r["tree_length"] for r in saved["results"]}
+    assert lengths == {0, 10, 16}
+    for r in saved["results"]:
+        assert r["tokens"] > 0 and r["accept_length"] >= 1.0
+    assert_clear_error(run("accept_length.py", "--question-file", SHAREGPT, "--choices", "[11]"), "no tree of length 11")
+    assert_clear_error(run("accept_length.py", "--question-file", SHAREGPT, "--choices", "[10]", "--dir-path", tmp_path,
+                           "--file-name", "sizes"), "exists")
+
+
+@needs_sharegpt
+def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
+    from prompt.inference.decoding import Decoder
+    from prompt.model.defaults import SHIPPED_PROMPT_TOKENS
+    from prompt.model.prompt_decoder import AutoPromptDecoder
+
+    folder = tmp_path / "tokens"
+    shutil.copytree(SHIPPED_PROMPT_TOKENS, folder)
+    (folder / "decoding.json").unlink(missing_ok=True)
+    args = ["prompt.inference.tune", "--model-path", folder, "--dtype", "float32", "--question-file", SHAREGPT,
+            "--question-begin", 940, "--question-end", 941, "--max-new-token", 8, "--tree-lengths", 10,
+            "--lookup-lengths", "0,4", "--latency-lengths", "1,8"]
+    proc = run_module(*args)
+    assert proc.returncode == 0, proc.stderr
+    recorded = json.loads((folder / "decoding.json").read_text())["float32"]
+    assert recorded["tree_length"] in (0, 10) and recorded["prompt_lookup_num_tokens"] in (0, 4)
+    assert "chosen:" in proc.stdout or "plain greedy is recorded" in proc.stdout
+    report = json.loads((folder / "tuning_float32.json").read_text())
+    assert {(r["tree_length"], r["prompt_lookup_num_tokens"]) for r in report["results"]} == {(0, 0), (0, 4), (10, 0), (10, 4)}
+    assert (folder / "tuning_float32_trees.png").is_file() and (folder / "tuning_float32_latency.png").is_file()
+    assert_clear_error(run_module(*args), "already records a float32 decoding")
+    assert_clear_error(run_module(*args[:-4], "--tree-lengths", 11), "no tree of length 11")
+
+    # the recorded entry is what a decoder uses by default; explicit arguments override it
+    (folder / "decoding.json").write_text(json.dumps({
+        "float32": {"tree_length": 16, "prompt_lookup_num_tokens": 5},
+        "bfloat16": {"tree_length": 0, "prompt_lookup_num_tokens": 0}}))
+    model = AutoPromptDecoder.from_pretrained(str(folder), dtype="float32")
+    decoder = Decoder(model)
+    assert decoder.ppd and decoder.tree.input_length == 16 and decoder.prompt_lookup_num_tokens == 5
+    assert decoder.describe() == "PPD tree of 16 inputs + prompt lookup 5"
+    override = Decoder(model, tree_length=10, prompt_lookup_num_tokens=0)
+    assert override.tree.input_length == 10 and not override.sources
+    assert Decoder(model, tree_length=0).describe() == "prompt lookup 5"
+    model = AutoPromptDecoder.from_pretrained(str(folder), dtype="bfloat16")
+    assert Decoder(model).describe() == "plain greedy"
+
+
+def test_demo_runs_the_tuned_decoding_beside_generate():
+    proc = run_module("prompt.demo", "--num-questions", 1, "--max-new-token", 8, "--warmup", 0)
+    assert proc.returncode == 0, proc.stderr
+    assert "| tuned |" in proc.stdout and "| generate |" in proc.stdout and "tuned: " in proc.stdout
