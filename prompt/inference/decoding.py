@@ -338,7 +338,12 @@ class Decoder:
             output = self._forward(embeds, tree.allowed.to(embeds.device), tree.positions, past, cache)
             result.forward_passes += 1
             hidden = output.last_hidden_state
-            node_logits = backbone.head_logits(self.base, hidden[0, : tree.num_nodes])
+            # one head call over every input when the special tokens read the base head: the head's weights are
+            # read once per step (a second call for the accepted node's special tokens costs as much again)
+            shared_head = special_logits is not None and model.reads_base_head()
+            all_logits = backbone.head_logits(self.base, hidden[0]) if shared_head else None
+            node_logits = all_logits[: tree.num_nodes] if shared_head else backbone.head_logits(
+                self.base, hidden[0, : tree.num_nodes])
             node_tokens = node_tokens.tolist()
             path = self._verify(tree, node_tokens, node_logits, generator)
             last = path[-1]
@@ -349,7 +354,8 @@ class Decoder:
                 if not rows:  # a chain node without special tokens: the next step recovers from the root
                     special_logits = special_logits[:0]
                 else:
-                    special_logits = model.special_token_logits(model.special_hidden(output, rows))[0]
+                    special_logits = model.special_token_logits(
+                        model.special_hidden(output, rows), all_logits[rows][None] if shared_head else None)[0]
             result.chain_wins += int(last >= tree.num_prompt_nodes)
             accepted = [node_tokens[i] for i in path][:remaining]
             for i, token in enumerate(accepted):

@@ -141,10 +141,15 @@ class PromptDecoder(nn.Module):
         exits = output.hidden_states[-self.config.num_exits:]
         return torch.stack([norm(h[:, rows]) for h in exits[:-1]] + [output.last_hidden_state[:, rows]]).mean(0)
 
-    def special_token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Hidden states [..., n*V, H] of n special tokens' virtual tokens -> aggregated logits [..., n, vocab]."""
+    def special_token_logits(self, hidden: torch.Tensor, head_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [..., n*V, H] of n special tokens' virtual tokens -> aggregated logits [..., n, vocab].
+
+        `head_logits`: the base model's head already applied to `hidden` (only where `reads_base_head()`).
+        """
         v = self.config.virtual_tokens_per_special_token
-        if self.custom_lm_head is not None:
+        if head_logits is not None:
+            logits = head_logits
+        elif self.custom_lm_head is not None:
             logits = self.custom_lm_head(hidden.to(self.custom_lm_head.weight.dtype))
         else:
             logits = backbone.head_logits(self.base_model, hidden)
@@ -165,6 +170,10 @@ class PromptDecoder(nn.Module):
 
     def needs_hidden_states(self) -> bool:
         return self.config.num_exits > 1
+
+    def reads_base_head(self) -> bool:
+        """True when the special tokens' logits are the base model's head over their last hidden states."""
+        return self.custom_lm_head is None and self.config.num_exits == 1
 
     # ----------------------------------------------------------------------------------------------
     # training forward
