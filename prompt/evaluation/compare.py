@@ -34,6 +34,7 @@ class MethodTotals:
     answers: int = 0
     outputs: list = field(default_factory=list)
     step_tokens: list = field(default_factory=list)  # tokens accepted per forward after the prefill (our loop only)
+    per_question: list = field(default_factory=list)  # (new tokens, seconds) of each question, all turns
 
     @property
     def tokens_per_second(self) -> float:
@@ -120,7 +121,24 @@ def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tok
                 t.identical += int(result.token_ids == results[reference][turn].token_ids)
                 t.outputs.append(result.token_ids)
                 t.step_tokens.extend(result.step_tokens)
+            t.per_question.append((sum(r.new_tokens for r in results[name]), sum(r.wall_time for r in results[name])))
     return totals
+
+
+def format_per_question(totals: dict, reference: str = "generate") -> str:
+    """tokens/s of every method on every question, as a ratio to the reference method's on that question."""
+    names = list(totals)
+    lines = ["| question | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i in range(len(totals[names[0]].per_question)):
+        ref_tokens, ref_seconds = totals[reference].per_question[i] if reference in totals else (0, 0.0)
+        ref = ref_tokens / ref_seconds if ref_seconds else 0.0
+        cells = []
+        for name in names:
+            tokens, seconds = totals[name].per_question[i]
+            speed = tokens / seconds if seconds else 0.0
+            cells.append(f"{speed:.1f} ({speed / ref:.2f}x)" if ref else f"{speed:.1f}")
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def format_table(totals: dict, reference: str = "generate") -> str:
@@ -147,6 +165,7 @@ def add_model_flags(parser):
     parser.add_argument("--methods", default="generate,baseline,ppd", help="Comma-separated methods. " + METHOD_HELP)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--per-question", action="store_true", help="Also print every question's tokens/s per method.")
 
 
 def run(args, prompts):
@@ -166,6 +185,9 @@ def run(args, prompts):
     print(f"\n{len(prompts)} prompts, {args.max_new_token} new tokens at most, {args.dtype}, "
           f"{torch.get_num_threads()} threads")
     print(format_table(totals))
+    if args.per_question:
+        print("\ntokens/s per question (ratio to generate), in question order:")
+        print(format_per_question(totals))
     if args.dtype != "float32":
         print(f"({args.dtype}: a tree forward and a one-token step round differently, so greedy outputs can part "
               "at near-ties; exactness is checked in float32)")
