@@ -22,6 +22,10 @@ def test_prompt_lookup_rule():
     assert PromptLookup(3, most_recent=False).propose(context) == [8, 9, 1]
     assert PromptLookup(10, most_recent=False).propose(context) == [8, 9, 1, 6, 7, 3, 4, 6, 7]
     assert PromptLookup(2, max_ngram=1).propose([1, 2, 3, 2]) == [3, 2]
+    # in a loop the latest match leaves one token to copy: the most recent match with a full chain wins
+    assert PromptLookup(4).propose([1] + [7] * 8) == [7, 7, 7, 7]
+    assert PromptLookup(4).propose([1, 2, 1, 2, 1, 2, 1]) == [2, 1, 2, 1]
+    assert PromptLookup(9).propose([1, 2, 1, 2, 1, 2, 1]) == [2, 1, 2, 1]  # none full: the longest
     assert PromptLookup(5).propose([1, 2, 3]) == []  # no earlier occurrence of any n-gram
     assert PromptLookup(5).propose([4]) == []
     assert PromptLookup(5, stop_token_ids=[9]).propose([7, 8, 9, 1, 7]) == [8, 9]  # cut after a stop token

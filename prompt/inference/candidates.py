@@ -23,8 +23,8 @@ class PromptLookup:
     """Prompt lookup decoding's rule: find the latest n-gram of the context earlier in the context (n from
     `max_ngram` down to 1) and propose up to `num_tokens` tokens that followed it there.
 
-    transformers takes the first match in the text; the most recent one (the default here) is a little
-    better on chat, where most copied tokens come from earlier in the reply itself.
+    transformers takes the first match in the text; the most recent one with a full chain (the default here)
+    is a little better on chat, where most copied tokens come from earlier in the reply itself.
     """
 
     def __init__(self, num_tokens: int = 10, max_ngram: int = 3, most_recent: bool = True, stop_token_ids=()):
@@ -44,11 +44,19 @@ class PromptLookup:
             first = tail[0]
             # windows context[i:i+n] that end before the tail itself, so a continuation exists
             starts = range(length - n - 1, -1, -1) if self.most_recent else range(0, length - n)
+            best = None
             for i in starts:
                 if context[i] == first and context[i: i + n] == tail:
-                    chain = context[i + n: i + n + self.num_tokens]
-                    for j, token in enumerate(chain):
-                        if token in self.stop_token_ids:
-                            return chain[: j + 1]
-                    return chain
+                    # a very recent match runs into the end of the context (in a repeating loop the latest
+                    # match leaves one token): take the most recent match with a full chain, else the longest
+                    if best is None or length - i > length - best:
+                        best = i
+                    if length - (i + n) >= self.num_tokens:
+                        break
+            if best is not None:
+                chain = context[best + n: best + n + self.num_tokens]
+                for j, token in enumerate(chain):
+                    if token in self.stop_token_ids:
+                        return chain[: j + 1]
+                return chain
         return []
