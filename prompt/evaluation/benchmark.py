@@ -29,9 +29,9 @@ import torch
 
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.compare import MethodTotals, compare
+from prompt.evaluation.compare import MethodTotals, build_decoders, compare
 from prompt.evaluation.questions import load_questions
-from prompt.evaluation.runner import ArgumentParser, HFGenerate
+from prompt.evaluation.runner import ArgumentParser
 from prompt.inference.decoding import Decoder, stop_token_ids_for, tuned_decoding
 
 SUITES = {  # name -> question file under --data-dir (None: from a package)
@@ -51,23 +51,16 @@ def suite_prompts(suite: str, data_dir: str, n: int) -> list:
 
 
 def benchmark_decoders(model, formatter, lookup_tokens: int, dtype: str, suite: str) -> dict:
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
-    tuned = tuned_decoding(model, dtype)
-    ppd_tree = tuned.get("tree_length") or None  # None: the smallest tree below
-    if ppd_tree is None:
+    tree_length = tuned_decoding(model, dtype).get("tree_length") or None
+    if tree_length is None:  # the tuned decoding uses no tree: show the smallest
         from prompt.inference.tune import available_tree_lengths
 
         lengths = available_tree_lengths(model)
-        ppd_tree = lengths[0] if lengths else None
-    decoders = {
-        "generate": HFGenerate(model.base_model, stops),
-        "generate_lookup": HFGenerate(model.base_model, stops, prompt_lookup_num_tokens=lookup_tokens),
-        "baseline": Decoder(model.base_model, stop_token_ids=stops),
-        "ppd": Decoder(model, stop_token_ids=stops, tree_length=ppd_tree, tree_file=model.tree_file,
-                       prompt_lookup_num_tokens=0),
-        "tuned": Decoder(model, stop_token_ids=stops),
-    }
+        tree_length = lengths[0] if lengths else None
+    decoders = build_decoders(model, formatter, ["generate", "generate_lookup", "baseline", "ppd", "tuned"],
+                              tree_length=tree_length, lookup_tokens=lookup_tokens, dtype=dtype)
     if suite == "mt_bench":
+        stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
         decoders["tuned_typical"] = Decoder(model, stop_token_ids=stops, temperature=0.7, sampling="typical")
     return decoders
 
@@ -233,17 +226,9 @@ def main(argv=None):
             describe.setdefault(dtype, {}).update(
                 {name: d.describe() + (" (temperature 0.7, typical)" if name == "tuned_typical" else "")
                  for name, d in decoders.items() if isinstance(d, Decoder)})
-            totals = {}
-            for i, prompt in enumerate(prompts[suite]):  # one question at a time, for the progress bar
-                part = compare(decoders, formatter, [prompt], args.max_new_token, warmup=int(i == 0), progress=False,
-                               offset=i)
-                for name, t in part.items():
-                    total = totals.setdefault(name, MethodTotals())
-                    for field in ("tokens", "seconds", "passes", "identical", "answers"):
-                        setattr(total, field, getattr(total, field) + getattr(t, field))
-                    total.step_tokens.extend(t.step_tokens)
-                progress.update(1)
-                progress.set_postfix_str(f"{dtype} {suite}")
+            progress.set_postfix_str(f"{dtype} {suite}")
+            totals = compare(decoders, formatter, prompts[suite], args.max_new_token, progress=False,
+                             on_question=lambda: progress.update(1))
             results[dtype][suite] = {name: totals_row(t) for name, t in totals.items()}
         del model
     progress.close()

@@ -94,11 +94,11 @@ def answer_conversation(decoder, formatter: ChatFormatter, turns: list[str], max
 
 
 def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tokens: int, warmup: int = 1,
-            progress: bool = True, seed: int = 0, offset: int = 0) -> dict:
+            progress: bool = True, seed: int = 0, on_question=None) -> dict:
     """Run every decoder on every prompt (a user message, or a list of user turns answered in one conversation),
     interleaved and rotated against drift; return MethodTotals per method. An answer counts as identical when
-    its tokens equal the reference method's (`generate` if present) for the same turn. `offset` shifts the
-    rotation and the sampling seeds (for callers that run one question per call)."""
+    its tokens equal the reference method's (`generate` if present) for the same turn. `on_question()` is
+    called after each question (for a caller's own progress display)."""
     from tqdm import tqdm
 
     conversations = [[p] if isinstance(p, str) else list(p) for p in prompts]
@@ -107,7 +107,7 @@ def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tok
             decoder.generate(formatter.input_ids(conversations[0][:1]), min(max_new_tokens, 16))
     totals = {name: MethodTotals() for name in decoders}
     reference = "generate" if "generate" in decoders else next(iter(decoders))
-    for i, turns in enumerate(tqdm(conversations, desc="questions", disable=not progress), start=offset):
+    for i, turns in enumerate(tqdm(conversations, desc="questions", disable=not progress)):
         names = list(decoders)
         names = names[i % len(names):] + names[: i % len(names)]  # rotate the order against drift
         results = {name: answer_conversation(decoders[name], formatter, turns, max_new_tokens, seed + i) for name in names}
@@ -122,6 +122,8 @@ def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tok
                 t.outputs.append(result.token_ids)
                 t.step_tokens.extend(result.step_tokens)
             t.per_question.append((sum(r.new_tokens for r in results[name]), sum(r.wall_time for r in results[name])))
+        if on_question is not None:
+            on_question()
     return totals
 
 

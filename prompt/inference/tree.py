@@ -244,6 +244,11 @@ def load_tree_specs(path: str) -> dict:
     return {"default": data}
 
 
+def specs_by_length(path: str, num_special_tokens: int, virtual_tokens: int = 1) -> dict:
+    """The specs of a tree file keyed by their input length (the upstream `tree_length`)."""
+    return {spec_input_length(spec, num_special_tokens, virtual_tokens): spec for spec in load_tree_specs(path).values()}
+
+
 def select_tree_spec(path: str | None, num_special_tokens: int, virtual_tokens: int = 1,
                      tree_length: int | None = None):
     """Pick the spec to use from a tree file (the shipped default for 3 special tokens if None).
@@ -254,10 +259,7 @@ def select_tree_spec(path: str | None, num_special_tokens: int, virtual_tokens: 
         if num_special_tokens != 3:
             return chain_tree_spec(num_special_tokens)
         path = DEFAULT_TREE_FILE
-    specs = load_tree_specs(path)
-    sized = {}
-    for name, spec in specs.items():
-        sized[spec_input_length(spec, num_special_tokens, virtual_tokens)] = spec
+    sized = specs_by_length(path, num_special_tokens, virtual_tokens)
     if tree_length is None:
         return sized[max(sized)]
     if tree_length not in sized:

@@ -25,7 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from prompt.errors import PPDError, cli_entry
-from prompt.inference.tree import load_tree_specs, spec_input_length
+from prompt.inference.tree import specs_by_length
 from prompt.jsonio import read_json
 from prompt.model import backbone
 
@@ -84,8 +84,8 @@ def forward_latency(base, input_lengths, prefix_length: int = 300, repeats: int 
 def available_tree_lengths(model) -> list[int]:
     if not model.tree_file:
         return []
-    n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
-    return sorted(spec_input_length(spec, n, v) for spec in load_tree_specs(model.tree_file).values())
+    return sorted(specs_by_length(model.tree_file, model.config.num_special_tokens,
+                                  model.config.virtual_tokens_per_special_token))
 
 
 def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, warmup: int = 1, progress: bool = True):
@@ -210,19 +210,25 @@ def predicted_accept_lengths(model) -> dict[int, float]:
     if not model.tree_file:
         return predicted
     n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
-    for spec in load_tree_specs(model.tree_file).values():
+    for length, spec in specs_by_length(model.tree_file, n, v).items():
         deepest = spec[str(max(int(k) for k in spec))]
-        predicted[spec_input_length(spec, n, v)] = 1.0 + sum(float(p) for _, p, _ in deepest)
+        predicted[length] = 1.0 + sum(float(p) for _, p, _ in deepest)
     return predicted
 
 
-def record_choice(path: str, dtype: str, entry: dict, overwrite: bool) -> None:
-    """Add the dtype's entry to decoding.json, keeping the other dtypes' entries."""
+def recorded_decodings(path: str, dtype: str, overwrite: bool) -> dict:
+    """The entries of decoding.json ({} if none), refusing to replace `dtype`'s without `overwrite`."""
     data = read_json(path, "tuned decoding file") if os.path.isfile(path) else {}
     if not isinstance(data, dict):
         raise PPDError(f"{path!r} is not a tuned decoding file (expected a JSON object)")
     if dtype in data and not overwrite:
         raise PPDError(f"{path!r} already records a {dtype} decoding; pass --overwrite to replace it")
+    return data
+
+
+def record_choice(path: str, dtype: str, entry: dict, overwrite: bool) -> None:
+    """Add the dtype's entry to decoding.json, keeping the other dtypes' entries."""
+    data = recorded_decodings(path, dtype, overwrite)
     data[dtype] = entry
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -292,10 +298,7 @@ def main(argv=None):
     output = args.output_file or (os.path.join(folder, DECODING_NAME) if folder else None)
     if output is None:
         raise PPDError("the prompt tokens come from no folder: pass --output-file")
-    if os.path.isfile(output) and not args.overwrite:
-        existing = read_json(output, "tuned decoding file")
-        if isinstance(existing, dict) and args.dtype in existing:
-            raise PPDError(f"{output!r} already records a {args.dtype} decoding; pass --overwrite to replace it")
+    recorded_decodings(output, args.dtype, args.overwrite)  # fail before measuring, not after
     report_dir = args.report_dir or os.path.dirname(os.path.abspath(output))
     os.makedirs(report_dir, exist_ok=True)
 
