@@ -55,6 +55,19 @@ def test_specs_are_valid_and_fit_their_budget():
     assert [len(v) for v in spec.values()] == [4, 6, 6]  # depth 1 has only 4 candidates (top-4)
 
 
+def test_budgets_count_every_virtual_token():
+    """With V virtual tokens per special token, a special token costs V inputs: the trees fit their budget
+    counted that way, and the same budget holds fewer nodes than with V = 1."""
+    wide = build_trees(ACCURACIES, 20, 40, virtual_tokens=3)
+    assert wide
+    for length, spec in wide.items():
+        assert DynamicTree(spec, num_special_tokens=3, virtual_tokens=3).input_length == int(length) <= 40
+    narrow = build_trees(ACCURACIES, 20, 40)
+    nodes = lambda trees, length: max(len(v) for v in trees[str(length)].values())  # noqa: E731
+    largest_wide, largest_narrow = max(map(int, wide)), max(map(int, narrow))
+    assert nodes(wide, largest_wide) < nodes(narrow, largest_narrow)
+
+
 def test_bad_accuracies_and_budgets(tmp_path):
     with pytest.raises(PPDError):
         rank_probabilities([[0.5, 0.4]])  # decreasing

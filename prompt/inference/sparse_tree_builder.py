@@ -59,8 +59,11 @@ def expected_accept_length(paths) -> float:
     return 1.0 + sum(p for _, p in paths)
 
 
-def tree_spec(probs, num_nodes: int, input_budget: int | None = None) -> dict:
-    """A dynamic tree spec {depth: [[path, probability, n_special], ...]} with `num_nodes` nodes per tree."""
+def tree_spec(probs, num_nodes: int, input_budget: int | None = None, virtual_tokens: int = 1) -> dict:
+    """A dynamic tree spec {depth: [[path, probability, n_special], ...]} with `num_nodes` nodes per tree.
+
+    A special token costs `virtual_tokens` inputs; `input_budget` bounds the inputs of the deepest tree.
+    """
     n = len(probs)
     spec = {}
     for depth in range(1, n + 1):
@@ -72,9 +75,10 @@ def tree_spec(probs, num_nodes: int, input_budget: int | None = None) -> dict:
             children = sum(accepted.get(tuple(path) + (r,), 0.0) for r in range(len(probs[min(len(path), n - 1)])))
             last[tuple(path)] = q - children
         special = {tuple(p): 1 for p, _ in paths}
-        inputs = 1 + n + 2 * len(paths)  # root + its N special tokens + each node and one special token
+        # root + its N special tokens + each node and one special token
+        inputs = 1 + n * virtual_tokens + (1 + virtual_tokens) * len(paths)
         for path in sorted(special, key=lambda p: -last[p]):
-            extra = n - 1
+            extra = (n - 1) * virtual_tokens
             if input_budget is not None and inputs + extra > input_budget:
                 break
             special[path] = n
@@ -90,27 +94,28 @@ def read_accuracies(path: str) -> list[list[float]]:
     return accuracies
 
 
-def build_trees(accuracies, min_input_length: int, max_input_length: int) -> dict:
-    """The best tree spec for each input length in the range (keyed by its real input length)."""
+def build_trees(accuracies, min_input_length: int, max_input_length: int, virtual_tokens: int = 1) -> dict:
+    """The best tree spec for each input length in the range (keyed by its real input length), for prompt
+    tokens of `virtual_tokens` virtual tokens per special token."""
     from prompt.inference.tree import spec_input_length
 
     probs = rank_probabilities(accuracies)
     n = len(probs)
-    smallest = 1 + n + 2  # root, its special tokens, one node with one special token
+    per_node = 1 + virtual_tokens  # a node and its one special token
+    smallest = 1 + n * virtual_tokens + per_node  # root, its special tokens, one node with one special token
     if max_input_length < smallest:
         raise PPDError(f"--max-input-length {max_input_length} is smaller than the smallest tree ({smallest} inputs)")
     trees = {}
     for budget in range(max(min_input_length, smallest), max_input_length + 1):
         best = None
         for nodes in range(1, budget):
-            if 1 + n + 2 * nodes > budget:
+            if smallest + per_node * (nodes - 1) > budget:
                 break
-            spec = tree_spec(probs, nodes, budget)
-            length = spec_input_length(spec, n)
-            if length <= budget:
+            spec = tree_spec(probs, nodes, budget, virtual_tokens)
+            if spec_input_length(spec, n, virtual_tokens) <= budget:
                 best = spec
         if best is not None:
-            trees[str(spec_input_length(best, n))] = best
+            trees[str(spec_input_length(best, n, virtual_tokens))] = best
     return trees
 
 
@@ -121,11 +126,16 @@ def main(argv=None):
     parser.add_argument("--output-file", required=True)
     parser.add_argument("--min-input-length", type=int, default=8)
     parser.add_argument("--max-input-length", type=int, default=32)
+    parser.add_argument("--virtual-tokens", type=int, default=1,
+                        help="Virtual tokens per special token of the prompt tokens (each costs an input).")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     if os.path.exists(args.output_file) and not args.overwrite:
         raise PPDError(f"{args.output_file!r} exists; pass --overwrite to replace it")
-    trees = build_trees(read_accuracies(args.accuracies_file), args.min_input_length, args.max_input_length)
+    if args.virtual_tokens < 1:
+        raise PPDError("--virtual-tokens must be >= 1")
+    trees = build_trees(read_accuracies(args.accuracies_file), args.min_input_length, args.max_input_length,
+                        args.virtual_tokens)
     with open(args.output_file, "w", encoding="utf-8") as f:
         json.dump(trees, f, indent=1)
     for length, spec in trees.items():
