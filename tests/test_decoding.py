@@ -42,14 +42,16 @@ RANDOM_TREE = {"1": [[[0], 0.5, 2], [[1], 0.2, 1]],
                "2": [[[0], 0.5, 2], [[1], 0.2, 1], [[2], 0.1, 2], [[0, 0], 0.3, 1], [[0, 1], 0.1, 2], [[2, 0], 0.1, 1]]}
 
 
-@pytest.mark.parametrize("vt_attention,virtual,aggregation", [
-    ("decoder", 1, "mean"), ("ensemble", 3, "mean"), ("encoder", 2, "weighted"), ("ensemble", 2, "adaptive_weighted")])
+@pytest.mark.parametrize("vt_attention,virtual,aggregation,prefix", [
+    ("decoder", 1, "mean", 0), ("ensemble", 3, "mean", 0), ("encoder", 2, "weighted", 0),
+    ("ensemble", 2, "adaptive_weighted", 0), ("decoder", 1, "mean", 3)])
 @pytest.mark.parametrize("seed", range(4))
-def test_ppd_greedy_equals_generate(seed, vt_attention, virtual, aggregation):
+def test_ppd_greedy_equals_generate(seed, vt_attention, virtual, aggregation, prefix):
     model = tiny_llama(seed)
     n_special = 2 + seed % 2
     config = PromptConfig(num_special_tokens=n_special, virtual_tokens_per_special_token=virtual,
-                          vt_attention_type=vt_attention, aggregation_type=aggregation, prompt_tuning_init="RANDOM")
+                          vt_attention_type=vt_attention, aggregation_type=aggregation, prompt_tuning_init="RANDOM",
+                          use_prefix_tuning=bool(prefix), prefix_virtual_tokens=prefix or None)
     ppd = PromptDecoder(model, config)
     torch.manual_seed(100 + seed)
     specs = [select_tree_spec(None, n_special), chain_tree_spec(n_special, width=3)]

@@ -43,13 +43,15 @@ def test_training_forward_matches_plain_model_with_appended_embeddings():
     assert torch.allclose(next_logits[0], plain[8], atol=1e-4)
 
 
-@pytest.mark.parametrize("kind,virtual,aggregation", [("decoder", 1, "mean"), ("ensemble", 3, "adaptive_weighted"),
-                                                      ("encoder", 2, "weighted")])
-def test_training_forward_is_padding_invariant(kind, virtual, aggregation):
+@pytest.mark.parametrize("kind,virtual,aggregation,prefix", [("decoder", 1, "mean", 0),
+                                                             ("ensemble", 3, "adaptive_weighted", 0),
+                                                             ("encoder", 2, "weighted", 0), ("decoder", 1, "mean", 2)])
+def test_training_forward_is_padding_invariant(kind, virtual, aggregation, prefix):
     model = tiny_llama(1)
     ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, virtual_tokens_per_special_token=virtual,
                                             vt_attention_type=kind, aggregation_type=aggregation,
-                                            prompt_tuning_init="RANDOM"))
+                                            prompt_tuning_init="RANDOM", use_prefix_tuning=bool(prefix),
+                                            prefix_virtual_tokens=prefix or None))
     a, b = torch.randint(3, 97, (1, 7)), torch.randint(3, 97, (1, 4))
     single_a, next_a = ppd(a)
     single_b, next_b = ppd(b)
@@ -75,12 +77,16 @@ class RecordingDecoder(Decoder):
         return super()._propose(root, special_logits, tree, context)
 
 
-@pytest.mark.parametrize("kind,virtual", [("decoder", 1), ("ensemble", 3)])
-def test_decode_special_logits_equal_training_forward(kind, virtual):
+@pytest.mark.parametrize("kind,virtual,prefix", [("decoder", 1, 0), ("ensemble", 3, 0), ("decoder", 1, 2), ("ensemble", 2, 3)])
+def test_decode_special_logits_equal_training_forward(kind, virtual, prefix):
     """The special tokens appended to the accepted tree node predict what a fresh forward over the accepted text does."""
     model = tiny_llama(2)
     ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, virtual_tokens_per_special_token=virtual,
-                                            vt_attention_type=kind, prompt_tuning_init="RANDOM"))
+                                            vt_attention_type=kind, prompt_tuning_init="RANDOM",
+                                            use_prefix_tuning=bool(prefix), prefix_virtual_tokens=prefix or None))
+    if prefix:  # trained-looking prefix values, so that a wrong prefix mask shows in the logits
+        with torch.no_grad():
+            ppd.prefix.values.normal_()
     decoder = RecordingDecoder(ppd)
     decoder.generate(torch.randint(3, 97, (1, 6)), 20)
     assert len(decoder.seen) > 5
@@ -140,6 +146,24 @@ def test_save_and_reload_round_trip(tmp_path):
     again = AutoPromptDecoder.from_pretrained(str(tmp_path / "out"), base_model=tiny_llama(0))
     ids = torch.randint(3, 97, (1, 6))
     assert torch.allclose(again(ids)[0], ppd(ids)[0], atol=1e-5)
+
+
+def test_prefix_tuning_round_trip_and_clear_errors(tmp_path):
+    """The prefix keys and values are saved beside the prompt tokens and loaded back; a prefix checkpoint without
+    them, or for another base model shape, is one clear error."""
+    ppd = PromptDecoder(tiny_llama(0), PromptConfig(num_special_tokens=2, use_prefix_tuning=True, prefix_virtual_tokens=3,
+                                                    base_model_name_or_path="unused", prompt_tuning_init="RANDOM"))
+    assert ppd.prefix_length == 6 and ppd.prefix.keys.shape[:3] == (2, 2, 6)  # layers, kv heads, P*N
+    with torch.no_grad():
+        ppd.prefix.values.normal_()
+    ppd.save_pretrained(tmp_path / "out")
+    again = AutoPromptDecoder.from_pretrained(str(tmp_path / "out"), base_model=tiny_llama(0))
+    ids = torch.randint(3, 97, (1, 6))
+    assert torch.allclose(again(ids)[0], ppd(ids)[0], atol=1e-5)
+    assert not torch.allclose(PromptDecoder(tiny_llama(0), ppd.config)(ids)[0], ppd(ids)[0], atol=1e-3)
+    os.remove(tmp_path / "out" / "prefix_tuning.pt")
+    with pytest.raises(PPDError, match="without prefix_tuning.pt"):
+        AutoPromptDecoder.from_pretrained(str(tmp_path / "out"), base_model=tiny_llama(0))
 
 
 def test_hidden_size_mismatch_is_a_clear_error(tmp_path):

@@ -168,13 +168,15 @@ def test_evaluation_sets_are_refused(work, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------------
 # the many-cuts forward
-@pytest.mark.parametrize("kind,virtual,aggregation", [("decoder", 1, "mean"), ("ensemble", 1, "mean"), ("ensemble", 3, "mean"),
-                                                      ("decoder", 3, "adaptive_weighted"), ("encoder", 2, "weighted")])
-def test_many_cuts_equal_one_cut_forwards(kind, virtual, aggregation):
+@pytest.mark.parametrize("kind,virtual,aggregation,prefix", [
+    ("decoder", 1, "mean", 0), ("ensemble", 1, "mean", 0), ("ensemble", 3, "mean", 0), ("decoder", 3, "adaptive_weighted", 0),
+    ("encoder", 2, "weighted", 0), ("decoder", 1, "mean", 2), ("ensemble", 2, "mean", 3)])
+def test_many_cuts_equal_one_cut_forwards(kind, virtual, aggregation, prefix):
     base = tiny_llama(1)
     model = PromptDecoder(base, PromptConfig(num_special_tokens=N, virtual_tokens_per_special_token=virtual,
                                              vt_attention_type=kind, aggregation_type=aggregation,
-                                             prompt_tuning_init="RANDOM"))
+                                             prompt_tuning_init="RANDOM", use_prefix_tuning=bool(prefix),
+                                             prefix_virtual_tokens=prefix or None))
     x = torch.randint(3, 97, (1, 24))
     cuts = torch.tensor([0, 4, 9, 13, 20])
     hidden, cache = teacher_pass(base, x)
@@ -185,8 +187,10 @@ def test_many_cuts_equal_one_cut_forwards(kind, virtual, aggregation):
             expected, _ = model(x[:, : c + 1])
             assert torch.allclose(got[i], expected[0], atol=1e-4), (kind, virtual, c)
     assert torch.allclose(teacher_logits(base, hidden, cuts, N), full[cuts[:, None] + torch.arange(1, N + 1)], atol=1e-5)
-    got.sum().backward()  # the gradient reaches the prompt embeddings only
+    got.sum().backward()  # the gradient reaches the prompt embeddings (and prefix) only
     assert model.prompt_embeddings.grad is not None and model.prompt_embeddings.grad.abs().sum() > 0
+    if prefix:
+        assert model.prefix.keys.grad.abs().sum() > 0 and model.prefix.values.grad.abs().sum() > 0
     assert all(p.grad is None for p in base.parameters())
 
 
@@ -217,14 +221,19 @@ def test_training_reduces_the_loss_and_the_result_decodes_losslessly(work, tmp_p
 @pytest.mark.parametrize("kind,trainer_type,extra", [
     ("finetune", "param_efficient_fine_tuner", []), ("distillation", "distillation_trainer", []),
     ("self_distillation", "distillation_trainer", ["--many_cuts", "false"]),
-    ("self_distillation", "param_efficient_fine_tuner", ["--cuts_per_sequence", "4"])])
+    ("self_distillation", "param_efficient_fine_tuner", ["--cuts_per_sequence", "4"]),
+    ("self_distillation", "distillation_trainer", ["--use_prefix_tuning", "--prefix_virtual_tokens", "2"])])
 def test_every_trainer_and_dataset_type_trains(work, tmp_path, kind, trainer_type, extra):
     out = str(tmp_path / kind)
     train(work["model"], work[kind], out, "--trainer_type", trainer_type, "--num_train_epochs", "3",
           "--per_device_train_batch_size", "4", "--learning_rate", "3e-2", *extra)
     losses = logged_losses(out)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-    assert AutoPromptDecoder.from_pretrained(out).config.num_special_tokens == N
+    loaded = AutoPromptDecoder.from_pretrained(out)
+    assert loaded.config.num_special_tokens == N
+    if "--use_prefix_tuning" in extra:  # the trained prefix is saved and loaded, not re-initialised
+        fresh = PromptDecoder(tiny_llama(0), loaded.config)
+        assert loaded.prefix_length == 2 * N and not torch.allclose(loaded.prefix.keys, fresh.prefix.keys)
 
 
 def test_resume_from_a_checkpoint_gives_the_same_result(work, tmp_path):
@@ -262,7 +271,8 @@ def test_training_bad_input(work, tmp_path, capsys):
                                                    str(tmp_path / "a"), "--num_special_tokens", "2"]),
                      "built for num_special_tokens=3")
     assert_one_error(capsys, lambda: train(model, work["finetune"], str(tmp_path / "b")), "param_efficient_fine_tuner")
-    assert_one_error(capsys, lambda: train(model, data, str(tmp_path / "c"), "--use_prefix_tuning"), "not supported")
+    assert_one_error(capsys, lambda: train(model, data, str(tmp_path / "c"), "--use_prefix_tuning",
+                                           "--prefix_virtual_tokens", "0"), "--prefix_virtual_tokens must be >= 1")
     assert_one_error(capsys, lambda: train(model, str(tmp_path / "none.pt"), str(tmp_path / "d")), "does not exist")
     # an output_dir holding another run: one error, nothing touched
     other = str(tmp_path / "other")

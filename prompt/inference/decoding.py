@@ -223,17 +223,23 @@ class Decoder:
         guesses = torch.topk(special_logits[: tree.depth], tree.top_k, dim=-1).indices.reshape(-1)
         return torch.cat([root_tensor, guesses])[tree.candidate_index.to(self.device)]
 
-    def _forward(self, embeds, allowed_new: torch.Tensor, positions: torch.Tensor, past: int, cache):
+    def _forward(self, embeds, allowed_new: torch.Tensor, positions: torch.Tensor, past: int, cache,
+                 special_rows: torch.Tensor | None = None, offset: int = 0):
         """Body forward of new inputs that see the whole past plus the `allowed_new` pattern among themselves
-        (None: plainly causal)."""
+        (None: plainly causal). With prefix tuning the cache starts with the prefix, which only the special-token
+        inputs see: `offset` is the prefix's length and `special_rows` each input's special token (-1: a token)."""
         count = embeds.shape[1]
-        if allowed_new is None or count == 1 or torch.equal(allowed_new, torch.tril(torch.ones_like(allowed_new))):
+        causal = allowed_new is None or count == 1 or torch.equal(allowed_new, torch.tril(torch.ones_like(allowed_new)))
+        if causal and not offset:
             # plainly causal (prefill without prompt tokens, single-token steps): let the model build its
             # own causal mask, the same kernel path (and bf16 rounding) as transformers' generate
             mask = None
         else:
-            allowed = torch.ones(count, past + count, dtype=torch.bool, device=embeds.device)
-            allowed[:, past:] = allowed_new
+            allowed = torch.ones(count, offset + past + count, dtype=torch.bool, device=embeds.device)
+            allowed[:, offset + past:] = torch.tril(allowed[:, offset + past:]) if allowed_new is None else allowed_new
+            if offset:
+                rows = special_rows if special_rows is not None else torch.full((count,), -1)
+                allowed[:, :offset] = self.model.prefix_attention(rows.to(embeds.device))
             mask = backbone.additive_mask(allowed, embeds.dtype)
         return backbone.run_body(self.base, embeds, mask, (positions + past)[None].to(embeds.device), cache,
                                  output_hidden_states=self.ppd and self.model.needs_hidden_states())
@@ -281,11 +287,13 @@ class Decoder:
         model, ppd = self.model, self.ppd
         if ppd and self.max_positions is not None and input_ids.shape[1] + model.config.num_special_tokens > self.max_positions:
             ppd = False  # no room left for the prompt tokens: decode plainly
-        cache = DynamicCache(config=self.base.config)
+        offset = model.prefix_length if ppd else 0  # cache slots the prefix takes before the sequence
+        cache = model.with_prefix() if offset else DynamicCache(config=self.base.config)
         length = input_ids.shape[1]
         embeds = self.base.get_input_embeddings()(input_ids)
         allowed = None  # plainly causal
         positions = torch.arange(length)
+        special_rows = None
         if ppd:
             config = model.config
             nv, v = config.num_virtual_tokens, config.virtual_tokens_per_special_token
@@ -296,14 +304,16 @@ class Decoder:
             grown[length:, length:] = model.vt_attention.cpu()
             allowed = grown
             positions = torch.cat([positions, length + torch.arange(nv) // v])
-        output = self._forward(embeds, allowed if allowed is None else allowed.to(embeds.device), positions, 0, cache)
+            special_rows = torch.cat([torch.full((length,), -1), torch.arange(nv) // v])
+        output = self._forward(embeds, allowed if allowed is None else allowed.to(embeds.device), positions, 0, cache,
+                               special_rows, offset)
         result.forward_passes += 1
         hidden = output.last_hidden_state
         root = self._pick(backbone.head_logits(self.base, hidden[0, length - 1]), generator)
         special_logits = None
         if ppd:
             special_logits = model.special_token_logits(model.special_hidden(output, slice(length, length + nv)))[0]
-            self._keep_cache_entries(cache, length, [], nv)
+            self._keep_cache_entries(cache, offset + length, [], nv)
         past = length
         context = input_ids[0].tolist()
 
@@ -333,9 +343,14 @@ class Decoder:
             if chains:
                 node_tokens = torch.cat([node_tokens, torch.tensor([t for c in chains for t in c], device=self.device)])
             embeds = self.base.get_input_embeddings()(node_tokens)[None]
+            special_rows = None
             if tree.special_prompt_index.numel():
                 embeds = torch.cat([embeds, model.prompt_embeds()[tree.special_prompt_index][None]], 1)
-            output = self._forward(embeds, tree.allowed.to(embeds.device), tree.positions, past, cache)
+                if offset:
+                    special_rows = torch.cat([torch.full((len(node_tokens),), -1),
+                                              tree.special_prompt_index.cpu() // self.virtual_tokens])
+            output = self._forward(embeds, tree.allowed.to(embeds.device), tree.positions, past, cache, special_rows,
+                                   offset)
             result.forward_passes += 1
             hidden = output.last_hidden_state
             # one head call over every input when the special tokens read the base head: the head's weights are
@@ -347,7 +362,7 @@ class Decoder:
             node_tokens = node_tokens.tolist()
             path = self._verify(tree, node_tokens, node_logits, generator)
             last = path[-1]
-            self._keep_cache_entries(cache, past, path, tree.num_inputs)
+            self._keep_cache_entries(cache, offset + past, path, tree.num_inputs)
             past += len(path)
             if special_logits is not None:
                 rows = tree.special_rows[last]

@@ -20,6 +20,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 WEIGHTING_LAYERS_NAME = "weighting_layers.pt"
 CUSTOM_LM_HEAD_NAME = "custom_lm_head.pt"
+PREFIX_NAME = "prefix_tuning.pt"
 TREES_NAME = "trees.json"
 DECODING_NAME = "decoding.json"  # the tuned decoding per dtype (prompt.inference.tune)
 
@@ -41,13 +42,26 @@ def virtual_token_attention(config: PromptConfig) -> torch.Tensor:
     return (virtual[:, None] == virtual[None, :]) & (special[None, :] <= special[:, None])
 
 
+class PrefixKV(nn.Module):
+    """Prefix tuning: trained keys and values [layers, kv_heads, P*N, head_dim] that sit before the sequence in
+    every layer's cache. Only the special tokens see them (special token j its own P), so the base model's
+    output is unchanged; they carry no position (keys are stored as they are, without rotary)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.keys = nn.Parameter(keys.detach().float().clone())
+        self.values = nn.Parameter(values.detach().float().clone())
+
+    @property
+    def length(self) -> int:
+        return self.keys.shape[2]
+
+
 class PromptDecoder(nn.Module):
     """A frozen causal LM plus `num_special_tokens x virtual_tokens_per_special_token` trainable embeddings."""
 
     def __init__(self, base_model, config: PromptConfig, tokenizer=None, prompt_embeddings: torch.Tensor | None = None):
         super().__init__()
-        if config.use_prefix_tuning:
-            raise PPDError("use_prefix_tuning is not supported by this version")
         hidden = base_model.config.hidden_size
         if config.token_dim is not None and config.token_dim != hidden:
             raise PPDError(f"prompt tokens have hidden size {config.token_dim} but the base model's is {hidden}")
@@ -83,7 +97,10 @@ class PromptDecoder(nn.Module):
             self.custom_lm_head.weight = nn.Parameter(head.weight.detach().float().clone())
         if config.num_exits > 1 and not hasattr(backbone.body(base_model), "norm"):
             raise PPDError("num_exits > 1 needs a base model whose decoder has a final `norm`")
-        for module in (self.weighting_layers, self.custom_lm_head):
+        self.prefix = None
+        if config.use_prefix_tuning:
+            self.prefix = PrefixKV(*self._initial_prefix())
+        for module in (self.weighting_layers, self.custom_lm_head, self.prefix):
             if module is not None:
                 module.to(device=device, dtype=torch.float32)
         self.register_buffer("vt_attention", virtual_token_attention(config), persistent=False)
@@ -102,6 +119,51 @@ class PromptDecoder(nn.Module):
         generator = torch.Generator().manual_seed(0)
         std = table.detach().float().std().item()
         return torch.randn(count, table.shape[1], generator=generator) * std
+
+    @torch.no_grad()
+    def _initial_prefix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix keys and values taken from the base model's own cache over the init text (repeated to P*N
+        tokens), so that training starts from keys and values of the kind the layers produce."""
+        from transformers import DynamicCache
+
+        count = self.config.prefix_virtual_tokens * self.config.num_special_tokens
+        ids = []
+        if self.tokenizer is not None:
+            ids = self.tokenizer(self.config.prompt_tuning_init_text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            ids = torch.randint(0, self.base_model.get_input_embeddings().weight.shape[0], (count,),
+                                generator=torch.Generator().manual_seed(0)).tolist()
+        ids = torch.tensor((ids * (count // len(ids) + 1))[:count], device=self.device)[None]
+        cache = DynamicCache(config=self.base_model.config)
+        backbone.run_body(self.base_model, self.embed(ids), None, torch.arange(count, device=self.device)[None], cache)
+        keys = torch.stack([layer.keys[0] for layer in cache.layers]).float()
+        values = torch.stack([layer.values[0] for layer in cache.layers]).float()
+        return keys, values
+
+    @property
+    def prefix_length(self) -> int:
+        """Cache slots the prefix takes before the sequence (0 without prefix tuning)."""
+        return self.prefix.length if self.prefix is not None else 0
+
+    def with_prefix(self, cache=None, batch: int = 1):
+        """A new cache holding the prefix keys and values, then `cache`'s entries (if given)."""
+        from transformers import DynamicCache
+
+        merged = DynamicCache(config=self.base_model.config)
+        dtype = self.dtype
+        for i in range(self.prefix.keys.shape[0]):
+            keys = self.prefix.keys[i].to(dtype)[None].expand(batch, -1, -1, -1)
+            values = self.prefix.values[i].to(dtype)[None].expand(batch, -1, -1, -1)
+            if cache is not None:
+                keys = torch.cat([keys, cache.layers[i].keys], -2)
+                values = torch.cat([values, cache.layers[i].values], -2)
+            merged.update(keys, values, i)
+        return merged
+
+    def prefix_attention(self, special_of_rows: torch.Tensor) -> torch.Tensor:
+        """Boolean [Q, prefix_length]: rows that are special token j (>= 0) see its P prefix slots, others (-1) none."""
+        block = torch.arange(self.prefix_length, device=special_of_rows.device) // self.config.prefix_virtual_tokens
+        return special_of_rows[:, None] == block[None, :]
 
     @property
     def device(self) -> torch.device:
@@ -123,6 +185,8 @@ class PromptDecoder(nn.Module):
             torch.save(self.weighting_layers.state_dict(), os.path.join(directory, WEIGHTING_LAYERS_NAME))
         if self.custom_lm_head is not None:
             torch.save(self.custom_lm_head.state_dict(), os.path.join(directory, CUSTOM_LM_HEAD_NAME))
+        if self.prefix is not None:
+            torch.save(self.prefix.state_dict(), os.path.join(directory, PREFIX_NAME))
 
     # ----------------------------------------------------------------------------------------------
     # pieces used by training and by the decode loop
@@ -203,10 +267,15 @@ class PromptDecoder(nn.Module):
         allowed[:, length:, length:] = self.vt_attention
         # padded query rows attend to themselves so that no softmax row is empty
         allowed[:, torch.arange(length), torch.arange(length)] |= ~keep
+        cache = None
+        if self.prefix is not None:
+            rows = torch.cat([torch.full((length,), -1, device=device), torch.arange(nv, device=device) // v])
+            allowed = torch.cat([self.prefix_attention(rows)[None].expand(batch, -1, -1), allowed], -1)
+            cache = self.with_prefix(batch=batch)
         mask = backbone.additive_mask(allowed[:, None], self.dtype)
 
         embeds = torch.cat([self.embed(input_ids), self.prompt_embeds()[None].expand(batch, -1, -1)], 1)
-        output = backbone.run_body(self.base_model, embeds, mask, position_ids,
+        output = backbone.run_body(self.base_model, embeds, mask, position_ids, cache,
                                    output_hidden_states=self.needs_hidden_states())
         special = self.special_token_logits(self.special_hidden(output, slice(length, total)))
         last = length - 1 - keep.flip(-1).long().argmax(-1)  # the last real token, for any padding side
@@ -279,6 +348,14 @@ class AutoPromptDecoder:
             extra = os.path.join(path, CUSTOM_LM_HEAD_NAME)
             if os.path.isfile(extra):
                 model.custom_lm_head.load_state_dict(_load_state(extra))
+        if model.prefix is not None and saved_config.use_prefix_tuning:
+            extra = os.path.join(path, PREFIX_NAME)
+            if not os.path.isfile(extra):
+                raise PPDError(f"{path!r} is a prefix-tuning checkpoint without {PREFIX_NAME}")
+            try:
+                model.prefix.load_state_dict(_load_state(extra))
+            except RuntimeError as exc:
+                raise PPDError(f"{extra} does not fit this base model: {str(exc).splitlines()[0]}") from None
         if os.path.isfile(os.path.join(path, TREES_NAME)):
             model.tree_file = os.path.join(path, TREES_NAME)
         if os.path.isfile(os.path.join(path, DECODING_NAME)):

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--vt_attention_type", default="decoder", help="decoder, encoder or ensemble")
     model.add_argument("--aggregation_type", default="mean", help="mean, weighted or adaptive_weighted")
     add_bool(model, "--use_custom_lm_head", False, "Train a copy of the output head too (lr x --lm_head_lr_multiplier).")
-    add_bool(model, "--use_prefix_tuning", False, "Not supported (kept so upstream commands parse).")
+    add_bool(model, "--use_prefix_tuning", False, "Also train prefix keys and values in every layer, seen only by "
+                                                  "the special tokens (--prefix_virtual_tokens per special token).")
     model.add_argument("--prefix_virtual_tokens", type=int, default=10)
     model.add_argument("--num_exits", type=int, default=1)
     model.add_argument("--prompt_tuning_init", default="RANDOM", choices=("RANDOM", "TEXT"),
@@ -111,9 +112,8 @@ def check_args(args) -> None:
         raise PPDError("--threads must be >= 1")
     if args.cuts_per_sequence < 0:
         raise PPDError("--cuts_per_sequence must be >= 0 (0 = all)")
-    if args.use_prefix_tuning:
-        raise PPDError("--use_prefix_tuning is not supported: PPD's prompt tokens are appended after the input "
-                       "(drop the flag)")
+    if args.use_prefix_tuning and args.prefix_virtual_tokens < 1:
+        raise PPDError("--prefix_virtual_tokens must be >= 1 with --use_prefix_tuning")
     if args.evaluation_strategy != "no":
         raise PPDError(f"--evaluation_strategy {args.evaluation_strategy} is not supported; train with 'no' and "
                        "measure afterwards with python -m prompt.evaluation.accuracy")
@@ -132,4 +132,6 @@ def prompt_config(args) -> PromptConfig:
                         virtual_tokens_per_special_token=args.virtual_tokens_per_special_token,
                         vt_attention_type=args.vt_attention_type, aggregation_type=args.aggregation_type,
                         use_custom_lm_head=args.use_custom_lm_head, num_exits=args.num_exits,
+                        use_prefix_tuning=args.use_prefix_tuning,
+                        prefix_virtual_tokens=args.prefix_virtual_tokens if args.use_prefix_tuning else None,
                         prompt_tuning_init=args.prompt_tuning_init)

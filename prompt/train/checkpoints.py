@@ -11,7 +11,7 @@ import torch
 
 from prompt.errors import PPDError
 from prompt.model.config import CONFIG_NAME, PromptConfig
-from prompt.model.prompt_decoder import CUSTOM_LM_HEAD_NAME, WEIGHTING_LAYERS_NAME, WEIGHTS_NAME
+from prompt.model.prompt_decoder import CUSTOM_LM_HEAD_NAME, PREFIX_NAME, WEIGHTING_LAYERS_NAME, WEIGHTS_NAME
 
 STATE_NAME = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
@@ -64,7 +64,8 @@ def clear_run(output_dir: str) -> None:
     """Remove a previous run's files (only those this trainer writes) before replacing it."""
     for path in checkpoint_folders(output_dir):
         shutil.rmtree(path)
-    for name in (CONFIG_NAME, WEIGHTS_NAME, WEIGHTING_LAYERS_NAME, CUSTOM_LM_HEAD_NAME, STATE_NAME, STATE_JSON):
+    for name in (CONFIG_NAME, WEIGHTS_NAME, WEIGHTING_LAYERS_NAME, CUSTOM_LM_HEAD_NAME, PREFIX_NAME, STATE_NAME,
+                 STATE_JSON):
         if os.path.isfile(os.path.join(output_dir, name)):
             os.remove(os.path.join(output_dir, name))
 
@@ -112,7 +113,8 @@ def load_checkpoint(folder: str, model, optimizer) -> dict:
                        f"this run trains {tuple(model.prompt_embeddings.shape)}")
     with torch.no_grad():
         model.prompt_embeddings.copy_(weights)
-    for module, name in ((model.weighting_layers, WEIGHTING_LAYERS_NAME), (model.custom_lm_head, CUSTOM_LM_HEAD_NAME)):
+    for module, name in ((model.weighting_layers, WEIGHTING_LAYERS_NAME), (model.custom_lm_head, CUSTOM_LM_HEAD_NAME),
+                         (model.prefix, PREFIX_NAME)):
         if module is not None:
             module.load_state_dict(torch.load(os.path.join(folder, name), map_location=model.device, weights_only=True))
     saved = torch.load(os.path.join(folder, STATE_NAME), map_location=model.device, weights_only=True)

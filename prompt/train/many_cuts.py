@@ -66,7 +66,8 @@ def many_cuts_special_logits(model, cache, past: int, cuts: torch.Tensor, restor
     """Special logits [C, N, vocab] of a PromptDecoder at every cut, in one forward over the cache of x_0..x_{past-1}.
 
     The forward appends the special tokens to `cache`; `restore_cache=True` crops them off again so that
-    the cache can serve another call (e.g. cuts in chunks).
+    the cache can serve another call (e.g. cuts in chunks). With prefix tuning the forward runs on a copy of
+    the cache behind the prefix, and `cache` is left as it is.
     """
     config = model.config
     nv, v = config.num_virtual_tokens, config.virtual_tokens_per_special_token
@@ -75,6 +76,10 @@ def many_cuts_special_logits(model, cache, past: int, cuts: torch.Tensor, restor
     embeds = prompt[None].expand(count, nv, prompt.shape[-1]).reshape(1, count * nv, prompt.shape[-1])
     positions = (cuts[:, None] + 1 + torch.arange(nv, device=cuts.device)[None] // v).reshape(1, -1)
     allowed = cuts_attention(cuts, past, model.vt_attention.to(cuts.device))
+    if model.prefix is not None:
+        special = (torch.arange(count * nv, device=cuts.device) % nv) // v
+        allowed = torch.cat([model.prefix_attention(special), allowed], 1)
+        cache, restore_cache = model.with_prefix(cache), False
     mask = backbone.additive_mask(allowed, model.dtype)
     output = backbone.run_body(model.base_model, embeds, mask, positions, cache,
                                output_hidden_states=model.needs_hidden_states())
