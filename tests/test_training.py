@@ -127,6 +127,36 @@ def test_self_distillation_records_are_the_greedy_replies(work):
     assert record["input_ids"][record["reply_start"]:].tolist() == out[0, len(prompt_ids):].tolist()
 
 
+def test_chunked_dataset_is_the_same_data_in_chunk_files_and_resumes(work, tmp_path, capsys):
+    """--use_chunked writes a folder of chunk files (read back by load_dataset and train.py --use_chunked) holding the
+    same records as one file; a run resumes at the first missing chunk, and a folder of another build is refused."""
+    save = str(tmp_path / "ds")
+    extra = ("--batch_size", "4", "--max_new_tokens", "24", "--use_chunked", "--chunk_size", "5")
+    folder = build("self_distillation", work["model"], [work["prompts"] + ":0:8", work["questions"]], save, *extra)
+    assert folder == save + f"_{N}_self_distillation_{MAX_LEN}" and os.path.isdir(folder)
+    assert sorted(name for name in os.listdir(folder) if name.endswith(".pt")) == [
+        "chunk_00000.pt", "chunk_00001.pt", "chunk_00002.pt"]  # 14 prompts in chunks of 5
+    whole = load_dataset(work["self_distillation"]).records
+    chunked = load_dataset(folder, num_special_tokens=N).records
+    assert [r["input_ids"].tolist() for r in chunked] == [r["input_ids"].tolist() for r in whole]
+
+    # an interrupted run: the last chunk is missing; the rerun builds only that one
+    os.remove(os.path.join(folder, "chunk_00002.pt"))
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    manifest["done"] = [0, 1]
+    json.dump(manifest, open(os.path.join(folder, "manifest.json"), "w"))
+    before = os.path.getmtime(os.path.join(folder, "chunk_00000.pt"))
+    build("self_distillation", work["model"], [work["prompts"] + ":0:8", work["questions"]], save, *extra)
+    assert os.path.getmtime(os.path.join(folder, "chunk_00000.pt")) == before
+    assert len(load_dataset(folder).records) == len(whole)
+
+    assert_one_error(capsys, lambda: build("self_distillation", work["model"], [work["prompts"] + ":0:6"], save, *extra),
+                     "different build")
+    out = str(tmp_path / "run")
+    train(work["model"], folder, out, "--use_chunked", "--max_steps", "2")
+    assert AutoPromptDecoder.from_pretrained(out).config.num_special_tokens == N
+
+
 def test_dataset_bad_input(work, tmp_path, capsys):
     model, root = work["model"], work["root"]
     cases = {"empty.json": "", "list.json": "[]", "broken.json": '[{"id": 1, "conversations": [}', "noconv.json": '[{"id": 1}]',

@@ -6,12 +6,17 @@
     python generate_dataset.py --dataset_type self_distillation --num_special_tokens 3 \\
         --data_path ../shared/data/sharegpt/ShareGPT_V3_filtered_1000.json:0:300 ../shared/data/gsm8k/train.jsonl:0:100
 
-Output: `{save_path}_{num_special_tokens}_{dataset_type}_{model_max_length}.pt` (see prompt.data.files).
+Output: `{save_path}_{num_special_tokens}_{dataset_type}_{model_max_length}.pt` (see prompt.data.files). With
+`--use_chunked`, a folder of that name without `.pt` instead, holding `chunk_00000.pt`, ... (each a dataset file
+of `--chunk_size` inputs' records, written as soon as it is built) and `manifest.json`; an interrupted run
+resumes at the first missing chunk. Train on it with `train.py --use_chunked --dataset_path FOLDER`.
 A `--data_path` may carry a slice, PATH:START:END. The model defaults to the embedded default model.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 
@@ -48,13 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output file.")
+    parser.add_argument("--use_chunked", action="store_true",
+                        help="Write a folder of chunk files as they are built (large runs; resumable).")
+    parser.add_argument("--chunk_size", type=int, default=1000, help="With --use_chunked: inputs per chunk file.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output file (or chunk folder).")
     return parser
 
 
 def check_args(args) -> None:
     for name, low in (("model_max_length", 8), ("num_special_tokens", 1), ("batch_size", 1), ("max_new_tokens", 1),
-                      ("top_k", 1)):
+                      ("top_k", 1), ("chunk_size", 1)):
         if getattr(args, name) < low:
             raise PPDError(f"--{name} must be >= {low}")
     if args.size is not None and args.size < 1:
@@ -69,25 +77,53 @@ def limit(items: list, size: int | None) -> list:
     return items if size is None else items[:size]
 
 
-def build_finetune(args, tokenizer) -> tuple[list, dict]:
-    conversations = []
+def read_inputs(args) -> list:
+    """What the records are built from: conversations (finetune), prefixes (distillation) or prompts."""
+    if args.dataset_type == "finetune":
+        conversations = []
+        for spec in args.data_path:
+            conversations.extend(read_conversations(parse_source(spec)))
+        return limit(conversations, args.size)
+    if args.dataset_type == "distillation":
+        source = load_dataset(args.data_path[0], expected_types=("finetune",), num_special_tokens=args.num_special_tokens)
+        if source.model_name_or_path != canonical_model_name(args.model_name_or_path):
+            raise PPDError(f"{args.data_path[0]!r} was tokenized for {source.model_name_or_path!r}, not "
+                           f"{canonical_model_name(args.model_name_or_path)!r}: token ids would not match")
+        return [r["input_ids"][-args.model_max_length:] for r in limit(source.records, args.size)]
+    prompts = []
     for spec in args.data_path:
-        conversations.extend(read_conversations(parse_source(spec)))
-    conversations = limit(conversations, args.size)
+        prompts.extend(read_prompts(parse_source(spec)))
+    prompts = limit(prompts, args.size)
+    if not prompts:
+        raise PPDError("no prompts in --data_path")
+    return prompts
+
+
+def build_records(args, model, tokenizer, inputs: list, seed: int) -> tuple[list, dict]:
+    if args.dataset_type == "finetune":
+        return build_finetune(args, tokenizer, inputs, seed)
+    if args.dataset_type == "distillation":
+        return build_distillation(args, model, tokenizer, inputs)
+    return build_self_distillation(args, model, tokenizer, inputs)
+
+
+def no_records_error(args, count: int) -> PPDError:
+    if args.dataset_type == "finetune":
+        return PPDError(f"none of the {count} conversations has an assistant reply of at least "
+                        f"{args.num_special_tokens + 2} tokens to cut (a prompt-only file needs --dataset_type "
+                        "self_distillation)")
+    if args.dataset_type == "distillation":
+        return PPDError(f"{args.data_path[0]!r} gave no records")
+    return PPDError("no prompt produced a reply long enough to train on")
+
+
+def build_finetune(args, tokenizer, conversations: list, seed: int) -> tuple[list, dict]:
     records, skipped = build_finetune_records(tokenizer, conversations, args.num_special_tokens, args.model_max_length,
-                                              args.seed)
-    if not records:
-        raise PPDError(f"none of the {len(conversations)} conversations has an assistant reply of at least "
-                       f"{args.num_special_tokens + 2} tokens to cut (a prompt-only file needs --dataset_type self_distillation)")
+                                              seed)
     return records, {"conversations": len(conversations), "skipped": skipped}
 
 
-def build_distillation(args, model, tokenizer) -> tuple[list, dict]:
-    source = load_dataset(args.data_path[0], expected_types=("finetune",), num_special_tokens=args.num_special_tokens)
-    if source.model_name_or_path != canonical_model_name(args.model_name_or_path):
-        raise PPDError(f"{args.data_path[0]!r} was tokenized for {source.model_name_or_path!r}, not "
-                       f"{canonical_model_name(args.model_name_or_path)!r}: token ids would not match")
-    prefixes = [r["input_ids"][-args.model_max_length:] for r in limit(source.records, args.size)]
+def build_distillation(args, model, tokenizer, prefixes: list) -> tuple[list, dict]:
     steps = args.num_special_tokens + 1
     stops = set(stop_ids(tokenizer, model))
     records = []
@@ -109,13 +145,7 @@ def distillation_record(prefix, tokens, top_ids, top_probs, stops) -> dict:
             "teacher_ids": top_ids.to(torch.int32), "teacher_probs": top_probs.float()}
 
 
-def build_self_distillation(args, model, tokenizer) -> tuple[list, dict]:
-    prompts = []
-    for spec in args.data_path:
-        prompts.extend(read_prompts(parse_source(spec)))
-    prompts = limit(prompts, args.size)
-    if not prompts:
-        raise PPDError("no prompts in --data_path")
+def build_self_distillation(args, model, tokenizer, prompts: list) -> tuple[list, dict]:
     room = args.model_max_length - args.max_new_tokens
     encoded = [torch.tensor(chat_ids(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True))
                for p in prompts]
@@ -131,8 +161,6 @@ def build_self_distillation(args, model, tokenizer) -> tuple[list, dict]:
             if len(reply) >= args.num_special_tokens + 2:
                 records[i] = {"input_ids": torch.cat([encoded[i], reply]), "reply_start": len(encoded[i])}
         bar.set_postfix(tokens_per_s=f"{generated / (time.perf_counter() - start):.0f}")
-    if not records:
-        raise PPDError("no prompt produced a reply long enough to train on")
     info = {"prompts": len(prompts), "too_long": len(prompts) - len(usable), "short_replies": len(usable) - len(records),
             "generated_tokens": generated, "max_new_tokens": args.max_new_tokens, "dtype": args.dtype,
             "sources": list(args.data_path)}
@@ -179,23 +207,114 @@ def main(argv=None) -> str:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     output = dataset_file_name(args.save_path, args.num_special_tokens, args.dataset_type, args.model_max_length)
-    check_output_file(output, args.overwrite)  # fail before any slow work
+    if args.use_chunked:
+        output = output[: -len(".pt")]
+        done = prepare_chunk_folder(output, manifest_of(args), args.overwrite)  # fail before any slow work
+    else:
+        check_output_file(output, args.overwrite)
+    inputs = read_inputs(args)
+    model = None
     if args.dataset_type == "finetune":
         tokenizer = load_tokenizer(args.model_name_or_path)
         if not getattr(tokenizer, "chat_template", None):
             raise PPDError("the tokenizer has no chat template")
-        records, info = build_finetune(args, tokenizer)
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, tokenizer = load_base_model(args.model_name_or_path, dtype=args.dtype, device=device)
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise PPDError("the model folder has no tokenizer with a chat template")
-        if args.dataset_type == "distillation":
-            records, info = build_distillation(args, model, tokenizer)
-        else:
-            records, info = build_self_distillation(args, model, tokenizer)
-    save_dataset(output, args.dataset_type, records, num_special_tokens=args.num_special_tokens,
-                 model_name_or_path=args.model_name_or_path, model_max_length=args.model_max_length,
-                 overwrite=args.overwrite, info={**info, "seed": args.seed})
+    if args.use_chunked:
+        return write_chunks(args, model, tokenizer, inputs, output, done)
+    records, info = build_records(args, model, tokenizer, inputs, args.seed)
+    if not records:
+        raise no_records_error(args, len(inputs))
+    save(args, output, records, info, args.seed)
     print(f"wrote {len(records)} {args.dataset_type} records to {output}", file=sys.stderr)
     return output
+
+
+def save(args, path: str, records: list, info: dict, seed: int) -> None:
+    save_dataset(path, args.dataset_type, records, num_special_tokens=args.num_special_tokens,
+                 model_name_or_path=args.model_name_or_path, model_max_length=args.model_max_length,
+                 overwrite=args.overwrite, info={**info, "seed": seed})
+
+
+# --------------------------------------------------------------------------------------------------
+# chunked output
+MANIFEST = "manifest.json"
+
+
+def chunk_name(index: int) -> str:
+    return f"chunk_{index:05d}.pt"
+
+
+def manifest_of(args) -> dict:
+    """What decides a chunked build's content: a folder resumes only a build with the same manifest."""
+    return {"dataset_type": args.dataset_type, "model_name_or_path": canonical_model_name(args.model_name_or_path),
+            "data_path": list(args.data_path), "num_special_tokens": args.num_special_tokens,
+            "model_max_length": args.model_max_length, "size": args.size, "chunk_size": args.chunk_size,
+            "max_new_tokens": args.max_new_tokens, "top_k": args.top_k, "dtype": args.dtype, "seed": args.seed,
+            "done": []}
+
+
+def prepare_chunk_folder(folder: str, manifest: dict, overwrite: bool) -> list:
+    """Create the folder, or find which chunks of this same build it already holds; returns their indices.
+
+    A folder of another build is refused without --overwrite, which removes its chunks and manifest first.
+    """
+    if os.path.isfile(folder):
+        raise PPDError(f"output {folder!r} is a file, not a chunk folder")
+    path = os.path.join(folder, MANIFEST)
+    if os.path.isdir(folder) and os.listdir(folder):
+        if not overwrite:
+            if not os.path.isfile(path):
+                raise PPDError(f"output folder {folder!r} exists and is not a chunked dataset; pass --overwrite "
+                               "to replace its chunks, or choose another --save_path")
+            try:
+                with open(path, encoding="utf-8") as f:
+                    saved = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise PPDError(f"cannot read {path}: {exc}") from None
+            if {k: v for k, v in saved.items() if k != "done"} != {k: v for k, v in manifest.items() if k != "done"}:
+                raise PPDError(f"{folder!r} holds chunks of a different build; pass --overwrite to replace them")
+            return list(saved.get("done", []))
+        for name in os.listdir(folder):
+            if name == MANIFEST or (name.startswith("chunk_") and name.endswith(".pt")):
+                os.remove(os.path.join(folder, name))
+    os.makedirs(folder, exist_ok=True)
+    write_manifest(folder, manifest)
+    return []
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+    partial = os.path.join(folder, MANIFEST + ".partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    os.replace(partial, os.path.join(folder, MANIFEST))
+
+
+def write_chunks(args, model, tokenizer, inputs: list, folder: str, done: list) -> str:
+    """Build and save each chunk of `chunk_size` inputs in turn, skipping those already done."""
+    manifest = {**manifest_of(args), "done": sorted(done)}
+    count = (len(inputs) + args.chunk_size - 1) // args.chunk_size
+    written = 0
+    for index in range(count):
+        if index in manifest["done"]:
+            continue
+        part = inputs[index * args.chunk_size: (index + 1) * args.chunk_size]
+        records, info = build_records(args, model, tokenizer, part, args.seed + index)
+        if records:  # a chunk without records leaves no file
+            save_dataset(os.path.join(folder, chunk_name(index)), args.dataset_type, records,
+                         num_special_tokens=args.num_special_tokens, model_name_or_path=args.model_name_or_path,
+                         model_max_length=args.model_max_length, overwrite=True,
+                         info={**info, "seed": args.seed + index, "chunk": index})
+            written += len(records)
+        manifest["done"] = sorted(manifest["done"] + [index])
+        write_manifest(folder, manifest)
+        print(f"chunk {index + 1}/{count}: {len(records)} records", file=sys.stderr)
+    if not any(name.startswith("chunk_") for name in os.listdir(folder)):
+        raise no_records_error(args, len(inputs))
+    print(f"wrote {written} {args.dataset_type} records in chunks to {folder} "
+          f"({len(done)} chunk(s) were already there)", file=sys.stderr)
+    return folder
