@@ -42,3 +42,42 @@ def test_default_model_chat_and_stop_token(default_ppd):
     assert results["ppd"].stop_reason == "eos"  # the chat template's end token ends the answer
     text = default_ppd.tokenizer.decode(results["ppd"].token_ids, skip_special_tokens=True)
     assert "4" in text
+
+
+SHAREGPT = os.path.join(SHARED_DATA, "sharegpt", "ShareGPT_V3_filtered_1000.json")
+
+
+@pytest.mark.skipif(not os.path.isfile(SHAREGPT), reason="../shared/data is not beside the repository")
+def test_train_end_to_end_on_the_default_model(tmp_path):
+    """The user's commands on the default model: a self-distilled dataset from two training prompts, a few training
+    steps with prefix tuning (the most involved option), then the result loads and decodes exactly like greedy."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from prompt.data.files import load_dataset
+    from prompt.inference.decoding import Decoder, stop_token_ids_for
+    from prompt.model.prompt_decoder import AutoPromptDecoder
+
+    run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True)  # noqa: E731
+    made = run("generate_dataset.py", "--dataset_type", "self_distillation", "--data_path", SHAREGPT + ":0:2",
+               "--save_path", str(tmp_path / "train"), "--num_special_tokens", "3", "--model_max_length", "512",
+               "--max_new_tokens", "24", "--dtype", "float32")
+    assert made.returncode == 0, made.stderr[-2000:]
+    dataset = str(tmp_path / "train_3_self_distillation_512.pt")
+    assert len(load_dataset(dataset).records) == 2
+    out = tmp_path / "ppd"
+    trained = run("prompt/train/train.py", "--dataset_path", dataset, "--output_dir", str(out), "--max_steps", "3",
+                  "--model_max_length", "512", "--use_prefix_tuning", "--prefix_virtual_tokens", "2", "--dtype", "float32",
+                  "--logging_steps", "1")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "saved prompt tokens" in trained.stdout + trained.stderr
+    model = AutoPromptDecoder.from_pretrained(str(out), dtype="float32")
+    assert model.prefix_length == 6
+    formatter = ChatFormatter(model.tokenizer)
+    ids = formatter.input_ids(["Name three primary colors."])
+    stops = stop_token_ids_for(model.tokenizer, formatter.stop_token_ids)
+    expected = model.base_model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=stops)[0, ids.shape[1]:]
+    result = Decoder(model, prompt_lookup_num_tokens=0, stop_token_ids=stops).generate(ids, 24)
+    assert result.token_ids == expected.tolist() and len(result.token_ids) >= 8
