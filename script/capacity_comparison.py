@@ -113,7 +113,7 @@ def decode(args) -> None:
         tree = DynamicTree(spec, config.num_special_tokens, config.virtual_tokens_per_special_token, model.vt_attention)
         decoders[name] = Decoder(model, tree_spec=spec, stop_token_ids=stops, prompt_lookup_num_tokens=0)
         state = read_json(os.path.join(folder, "trainer_state.json"), "trainer state")
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        trainable = model.num_trained_parameters()
         rows[name] = {"accuracies": accuracies, "predicted_accept_length": round(predicted, 4),
                       "tree_inputs": tree.input_length, "tree_nodes": tree.max_nodes, "trainable_parameters": trainable,
                       "training_minutes": round(state.get("elapsed", 0.0) / 60, 2), "training_steps": state.get("step"),

@@ -31,7 +31,7 @@ def test_benchmark_runs_every_suite_and_regenerates_the_tables(tmp_path):
         assert methods["ppd"]["identical"] == methods["ppd"]["answers"]  # float32 PPD is lossless
         assert all(row["tokens"] > 0 for row in methods.values())
     assert saved["memory_mb"]["baseline"] > 100 and saved["memory_mb"]["tuned"] > 100
-    assert 0 < saved["parameters"]["prompt_token_parameters"] < 1e-3 * saved["parameters"]["base_model_parameters"]
+    assert 0 < saved["parameters"]["prompt_token_parameters"] < 1e-2 * saved["parameters"]["base_model_parameters"]
     text = markdown.read_text()
     assert "old" not in text and "before" in text and "after" in text and "| gsm8k | ppd |" in text
     assert (out / "speedup_float32.png").is_file() and (out / "accept_lengths_float32.png").is_file()

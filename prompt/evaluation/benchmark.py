@@ -219,7 +219,7 @@ def main(argv=None):
         model = load_prompt_decoder(args.model_path, dtype=dtype, quiet=True)
         formatter = ChatFormatter(model.tokenizer)
         base_params = sum(p.numel() for p in model.base_model.parameters())
-        parameters = {"prompt_token_parameters": model.prompt_embeddings.numel(), "base_model_parameters": base_params}
+        parameters = {"prompt_token_parameters": model.num_trained_parameters(), "base_model_parameters": base_params}
         results[dtype] = {}
         for suite in suites:
             decoders = benchmark_decoders(model, formatter, args.prompt_lookup_num_tokens, dtype, suite)
@@ -240,7 +240,7 @@ def main(argv=None):
     share = parameters["prompt_token_parameters"] / parameters["base_model_parameters"]
     summary = [f"{args.num_questions} questions per suite (MT-Bench: both turns), {args.max_new_token} new tokens at "
                f"most, {torch.get_num_threads()} threads; {time.time() - started:.0f} s in all.", ""]
-    summary.append(f"Prompt tokens: {parameters['prompt_token_parameters']:,} parameters, "
+    summary.append(f"Trained parameters on top of the frozen model: {parameters['prompt_token_parameters']:,}, "
                    f"{100 * share:.4f}% of the base model's {parameters['base_model_parameters']:,}.")
     if memory:
         summary.append(f"Peak resident memory ({args.memory_dtype}, {args.memory_questions} questions, separate "

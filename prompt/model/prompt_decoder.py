@@ -165,6 +165,11 @@ class PromptDecoder(nn.Module):
         block = torch.arange(self.prefix_length, device=special_of_rows.device) // self.config.prefix_virtual_tokens
         return special_of_rows[:, None] == block[None, :]
 
+    def num_trained_parameters(self) -> int:
+        """Parameters of everything trained on top of the frozen base model (prompt tokens, prefix, weighting
+        layers, custom head)."""
+        return sum(p.numel() for name, p in self.named_parameters() if not name.startswith("base_model."))
+
     @property
     def device(self) -> torch.device:
         return self.prompt_embeddings.device
