@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Train the prompt tokens shipped for the default model (SmolLM2-135M-Instruct): 3 special tokens x 1 virtual
-# token, decoder attention, self-distillation with many cuts per forward. On a 2-core CPU: about 10 minutes of
-# reply generation, at most MINUTES (20) of training, a minute of evaluation. Re-running it skips the datasets
-# that exist and resumes training from the latest checkpoint (the time budget counts over resumes).
+# token, decoder attention, prefix tuning with 10 prefix keys/values per special token (the winner of
+# script/capacity_comparison.sh, whose prefix_tuning run is this one), self-distillation with many cuts per
+# forward. On a 2-core CPU: about 10 minutes of reply generation, MINUTES (8) of training, a minute of evaluation.
+# Re-running it skips the datasets that exist and resumes training from the latest checkpoint (the time budget
+# counts over resumes). Then builds trees.json from the held-out accuracies; decoding.json (the tuned decoding)
+# comes from python -m prompt.inference.tune (BENCHMARKS.md).
 #
 #   bash script/train_default.sh [DATA_DIR]        # DATA_DIR defaults to ../shared/data
 #
-# Environment: WORK (default outputs/train-default), MINUTES (20), THREADS (torch threads, default: torch's
-# choice; lower it if something else runs on the machine), PYTHON (python3).
+# Environment: WORK (default outputs/train-default), MINUTES (8), THREADS (torch threads, default 2; lower it if
+# something else runs on the machine), PYTHON (python3).
 # Training data: ShareGPT prompts 0-299 and GSM8K-train questions 0-83 (384 prompts, replies of at most 128
 # tokens). Held out: ShareGPT prompts 900-939, a slice the training set does not touch. MT-Bench, GSM8K test and
 # AlpacaEval are never used (generate_dataset.py refuses them by content).
@@ -15,14 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-${DATA:-../shared/data}}
 WORK=${WORK:-outputs/train-default}
-MINUTES=${MINUTES:-20}
+MINUTES=${MINUTES:-8}
 PYTHON=${PYTHON:-python3}
 SHAREGPT=${SHAREGPT:-$DATA/sharegpt/ShareGPT_V3_filtered_1000.json}
 GSM8K=${GSM8K:-$DATA/gsm8k/train.jsonl}
 MODEL=HuggingFaceTB/SmolLM2-135M-Instruct
 DEST=prompt/weights/smollm2-135m-instruct
-THREAD_FLAGS=()
-if [ -n "${THREADS:-}" ]; then THREAD_FLAGS=(--threads "$THREADS"); fi
+THREAD_FLAGS=(--threads "${THREADS:-2}")
 mkdir -p "$WORK"
 
 TRAIN_SET=$WORK/train_3_self_distillation_1024.pt
@@ -49,6 +51,8 @@ fi
     --model_max_length 1024 \
     --num_special_tokens 3 \
     --virtual_tokens_per_special_token 1 \
+    --use_prefix_tuning \
+    --prefix_virtual_tokens 10 \
     --per_device_train_batch_size 1 \
     --per_device_eval_batch_size 1 \
     --gradient_accumulation_steps 1 \
@@ -71,7 +75,10 @@ fi
 
 # Ship: the folder prompt.model.defaults.SHIPPED_PROMPT_TOKENS reads (the decode loop then uses these tokens).
 mkdir -p "$DEST"
-for name in adapter_config.json adapter_model.safetensors accuracies.json accuracies.png trainer_state.json; do
+for name in adapter_config.json adapter_model.safetensors prefix_tuning.pt accuracies.json accuracies.png \
+    trainer_state.json; do
   cp "$WORK/prompt-tokens/$name" "$DEST/$name"
 done
+"$PYTHON" -m prompt.inference.sparse_tree_builder --accuracies-file "$DEST/accuracies.json" \
+    --output-file "$DEST/trees.json" --min-input-length 6 --max-input-length 48 --overwrite
 echo "shipped prompt tokens in $DEST"
