@@ -228,15 +228,15 @@ def main(argv=None) -> str:
     records, info = build_records(args, model, tokenizer, inputs, args.seed)
     if not records:
         raise no_records_error(args, len(inputs))
-    save(args, output, records, info, args.seed)
+    save(args, output, records, {**info, "seed": args.seed}, args.overwrite)
     print(f"wrote {len(records)} {args.dataset_type} records to {output}", file=sys.stderr)
     return output
 
 
-def save(args, path: str, records: list, info: dict, seed: int) -> None:
+def save(args, path: str, records: list, info: dict, overwrite: bool) -> None:
     save_dataset(path, args.dataset_type, records, num_special_tokens=args.num_special_tokens,
                  model_name_or_path=args.model_name_or_path, model_max_length=args.model_max_length,
-                 overwrite=args.overwrite, info={**info, "seed": seed})
+                 overwrite=overwrite, info=info)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,10 +305,9 @@ def write_chunks(args, model, tokenizer, inputs: list, folder: str, done: list) 
         part = inputs[index * args.chunk_size: (index + 1) * args.chunk_size]
         records, info = build_records(args, model, tokenizer, part, args.seed + index)
         if records:  # a chunk without records leaves no file
-            save_dataset(os.path.join(folder, chunk_name(index)), args.dataset_type, records,
-                         num_special_tokens=args.num_special_tokens, model_name_or_path=args.model_name_or_path,
-                         model_max_length=args.model_max_length, overwrite=True,
-                         info={**info, "seed": args.seed + index, "chunk": index})
+            # a chunk file of this build left by an interrupted run is replaced
+            save(args, os.path.join(folder, chunk_name(index)), records,
+                 {**info, "seed": args.seed + index, "chunk": index}, overwrite=True)
             written += len(records)
         manifest["done"] = sorted(manifest["done"] + [index])
         write_manifest(folder, manifest)
