@@ -236,7 +236,7 @@ class Decoder:
             mask = None
         else:
             allowed = torch.ones(count, offset + past + count, dtype=torch.bool, device=embeds.device)
-            allowed[:, offset + past:] = torch.tril(allowed[:, offset + past:]) if allowed_new is None else allowed_new
+            allowed[:, offset + past:] = allowed_new  # not None here: offset > 0 only with prompt tokens
             if offset:
                 rows = special_rows if special_rows is not None else torch.full((count,), -1)
                 allowed[:, :offset] = self.model.prefix_attention(rows.to(embeds.device))
