@@ -91,7 +91,6 @@ def decode(args) -> None:
     from prompt.evaluation.questions import load_questions
     from prompt.evaluation.runner import HFGenerate
     from prompt.inference.decoding import Decoder, stop_token_ids_for
-    from prompt.inference.tree import DynamicTree
     from prompt.jsonio import read_json
     from prompt.model.defaults import default_prompt_tokens_path
     from prompt.model.loading import load_base_model
@@ -110,8 +109,8 @@ def decode(args) -> None:
         config = model.config
         accuracies = read_json(os.path.join(folder, "accuracies.json"), "accuracies file")["top_k_accuracy"]
         spec, predicted = option_tree(accuracies, config.num_special_tokens, config.virtual_tokens_per_special_token)
-        tree = DynamicTree(spec, config.num_special_tokens, config.virtual_tokens_per_special_token, model.vt_attention)
         decoders[name] = Decoder(model, tree_spec=spec, stop_token_ids=stops, prompt_lookup_num_tokens=0)
+        tree = decoders[name].tree
         state = read_json(os.path.join(folder, "trainer_state.json"), "trainer state")
         trainable = model.num_trained_parameters()
         rows[name] = {"accuracies": accuracies, "predicted_accept_length": round(predicted, 4),
