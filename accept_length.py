@@ -17,6 +17,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import ArgumentParser
+from prompt.inference.choice import tree_file
 from prompt.inference.tune import (PLAIN, available_tree_lengths, check_tree_lengths, choose, config_name,
                                    measure_configs, parse_lengths, results_table)
 from prompt.model.defaults import load_prompt_decoder
@@ -60,7 +61,7 @@ def main():
         lengths = [n for n in available_tree_lengths(model)
                    if args.min_length <= n <= args.max_length and (n - args.min_length) % args.length_interval == 0]
         if not lengths:
-            raise PPDError(f"no tree in {model.tree_file!r} has a length in {args.min_length}..{args.max_length} "
+            raise PPDError(f"no tree in {tree_file(model)!r} has a length in {args.min_length}..{args.max_length} "
                            f"at interval {args.length_interval}; available: "
                            f"{', '.join(map(str, available_tree_lengths(model))) or 'none'}")
     lookup = args.prompt_lookup_num_tokens

@@ -2,6 +2,7 @@
 from prompt.errors import cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.runner import ArgumentParser, check_args, add_common_flags, make_decoder, run_benchmark
+from prompt.inference.tree import select_tree_spec
 from prompt.model.defaults import load_prompt_decoder
 
 
@@ -23,8 +24,11 @@ def main():
     questions = check_args(args)
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
     formatter = ChatFormatter(model.tokenizer, args.model_id)
-    decoder = make_decoder(model, formatter, args, tree_length=args.tree_length, tree_file=args.tree_file,
-                           prompt_lookup_num_tokens=args.prompt_lookup_num_tokens)
+    tree = {"tree_length": args.tree_length}
+    if args.tree_file:  # a tree file of the user's: its tree of --tree-length (else its largest)
+        tree = {"tree_spec": select_tree_spec(args.tree_file, model.config.num_special_tokens,
+                                              model.config.virtual_tokens_per_special_token, args.tree_length)}
+    decoder = make_decoder(model, formatter, args, prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, **tree)
     print(f"decoding: {decoder.describe()}")
     run_benchmark(args, questions, decoder, formatter, "ppd")
 

@@ -189,9 +189,9 @@ class ChatEngine:
     def decoder(self, use_ppd: bool, temperature: float) -> Decoder:
         """A Decoder for these settings (cheap to build; one per request). With PPD on, the checkpoint's tuned
         decoding for the dtype (tree size, prompt lookup); off, plain decoding."""
-        sampling = "typical" if temperature > 0 else "greedy"
-        return self.decoder_class(self.model, stop_token_ids=self.stop_token_ids, temperature=temperature,
-                                  sampling=sampling, use_prompt_tokens=use_ppd and self.has_prompt_tokens,
+        ppd = use_ppd and self.has_prompt_tokens
+        model = self.model if ppd else getattr(self.model, "base_model", self.model)
+        return self.decoder_class(model, stop_token_ids=self.stop_token_ids, temperature=temperature,
                                   prompt_lookup_num_tokens=None if use_ppd else 0)
 
     def encode(self, messages) -> torch.Tensor:

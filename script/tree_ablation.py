@@ -19,6 +19,7 @@ from prompt.evaluation.compare import compare, format_table
 from prompt.evaluation.questions import load_questions
 from prompt.evaluation.runner import ArgumentParser, HFGenerate
 from prompt.inference.decoding import Decoder, stop_token_ids_for
+from prompt.inference.choice import tree_file
 from prompt.inference.tree import select_tree_spec, spec_input_length
 from prompt.model.defaults import load_prompt_decoder
 
@@ -55,7 +56,7 @@ def main():
     args = parser.parse_args()
     model = load_prompt_decoder(None, dtype=args.dtype, quiet=True)
     n = model.config.num_special_tokens
-    sparse = select_tree_spec(model.tree_file, n, 1, args.tree_length)
+    sparse = select_tree_spec(tree_file(model), n, 1, args.tree_length)
     nodes = len(sparse[str(n)])
     rand = random_spec(nodes, n, args.seed)
     if spec_input_length(rand, n) != args.tree_length:
@@ -65,9 +66,9 @@ def main():
     formatter = ChatFormatter(model.tokenizer)
     stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
     decoders = {"generate": HFGenerate(model.base_model, stops),
-                f"sparse ({nodes} nodes, {args.tree_length} inputs)": Decoder(model, tree_spec=sparse, stop_token_ids=stops),
-                f"random ({nodes} nodes, {args.tree_length} inputs)": Decoder(model, tree_spec=rand, stop_token_ids=stops),
-                f"chain ({n} nodes, {chain_length} inputs)": Decoder(model, tree_spec=chain, stop_token_ids=stops)}
+                f"sparse ({nodes} nodes, {args.tree_length} inputs)": Decoder(model, tree_spec=sparse, stop_token_ids=stops, prompt_lookup_num_tokens=0),
+                f"random ({nodes} nodes, {args.tree_length} inputs)": Decoder(model, tree_spec=rand, stop_token_ids=stops, prompt_lookup_num_tokens=0),
+                f"chain ({n} nodes, {chain_length} inputs)": Decoder(model, tree_spec=chain, stop_token_ids=stops, prompt_lookup_num_tokens=0)}
     questions = load_questions("sharegpt", args.question_file, args.question_begin, args.question_end)
     totals = compare(decoders, formatter, [q["turns"][0] for q in questions], args.max_new_token)
     print(f"{args.dtype}, {len(questions)} ShareGPT prompts ({args.question_begin}:{args.question_end}), "

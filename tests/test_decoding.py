@@ -26,7 +26,8 @@ class OracleDecoder(Decoder):
         self.full_sequence = full_sequence
         self.rng = random.Random(seed)
 
-    def _propose(self, root, special_logits, tree, context):
+    def prompt_token_candidates(self, state, tree):
+        root, context = state.root, state.context
         vocab = self.base.config.vocab_size
         ranks = [self.rng.randrange(tree.top_k + 1) for _ in range(tree.depth + 1)]  # top_k means "not in the tree"
         tokens = [root]
@@ -131,7 +132,7 @@ def test_concurrent_generations_do_not_interfere():
     assert results == expected
 
 
-@pytest.mark.parametrize("sampling", ["typical", "greedy"])
+@pytest.mark.parametrize("sampling", ["typical", "typical_sampling"])
 def test_sampling_with_temperature(sampling):
     model = tiny_llama(5)
     ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
@@ -140,22 +141,23 @@ def test_sampling_with_temperature(sampling):
     first = decoder.generate(ids, 30, seed=11).token_ids
     assert len(first) == 30 and all(0 <= t < 97 for t in first)
     assert decoder.generate(ids, 30, seed=11).token_ids == first  # seeded: reproducible
-    if sampling == "typical":
-        others = {tuple(decoder.generate(ids, 30, seed=s).token_ids) for s in range(4)}
-        assert len(others) > 1  # it does sample
+    others = {tuple(decoder.generate(ids, 30, seed=s).token_ids) for s in range(4)}
+    assert len(others) > 1  # it does sample
 
 
-def test_threshold_acceptance_accepts_only_tokens_above_the_threshold():
-    """temperature > 0 with greedy sampling: each step's first token is the argmax, and every further
-    accepted token has probability above min(posterior_threshold, alpha * exp(-entropy))."""
+@pytest.mark.parametrize("seed", range(3))
+def test_typical_acceptance_accepts_only_tokens_above_the_threshold(seed):
+    """Typical acceptance (upstream's --sampling typical): each step's first token is a sample of the
+    typical-filtered distribution, and every further accepted token has probability above
+    min(posterior_threshold, alpha * exp(-entropy))."""
     model = tiny_llama(6)
     ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
     ids = torch.randint(3, 97, (1, 6))
     expected = reference(model, ids, 30)
     temperature, threshold, alpha = 0.5, 0.09, 0.3
-    decoder = OracleDecoder(ppd, ids[0].tolist() + expected, 2, temperature=temperature, sampling="greedy",
+    decoder = OracleDecoder(ppd, ids[0].tolist() + expected, 2, temperature=temperature, sampling="typical",
                             posterior_threshold=threshold, posterior_alpha=alpha)
-    result = decoder.generate(ids, 30)
+    result = decoder.generate(ids, 30, seed=seed)
     sequence = torch.tensor([ids[0].tolist() + result.token_ids])
     with torch.no_grad():
         logits = model(sequence).logits[0].float()
@@ -164,7 +166,7 @@ def test_threshold_acceptance_accepts_only_tokens_above_the_threshold():
     cut = torch.minimum(torch.full_like(entropy, threshold), torch.exp(-entropy) * alpha)
     position = ids.shape[1]  # index in `sequence` of the first new token
     for count in result.step_tokens:
-        assert sequence[0, position] == logits[position - 1].argmax()
+        assert probs[position - 1, sequence[0, position]] >= cut[position - 1] - 1e-6  # in the filtered support
         for k in range(1, count):
             p = position + k
             assert probs[p - 1, sequence[0, p]] > cut[p - 1] - 1e-6
@@ -177,9 +179,41 @@ def test_prompt_longer_than_context_is_a_clear_error():
     ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
     with pytest.raises(PPDError, match="context"):
         Decoder(ppd).generate(torch.randint(3, 97, (1, 64)), 5)
-    # near the end of the context it stops instead of overrunning positions
-    result = Decoder(ppd).generate(torch.randint(3, 97, (1, 50)), 40)
-    assert result.stop_reason == "context" and 50 + result.new_tokens <= 64
+    # near the end of the context it stops instead of overrunning positions, having filled the context: the
+    # last token emitted takes the context's last position, as plain greedy decoding does
+    ids = torch.randint(3, 97, (1, 50))
+    for decoder in (Decoder(ppd), Decoder(model), Decoder(ppd, prompt_lookup_num_tokens=5)):
+        result = decoder.generate(ids, 40)
+        assert result.stop_reason == "context" and 50 + result.new_tokens == 64
+        assert result.token_ids == reference(model, ids, 14)
+
+
+@pytest.mark.parametrize("where", ["embeddings", "prefix"])
+def test_non_finite_prompt_tokens_never_decide_the_output(where):
+    """A NaN in the prompt tokens pollutes every logit of a forward they take part in: the loop notices, drops
+    them for the rest of the answer, and the output stays plain greedy's."""
+    model = tiny_llama(3)
+    ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM",
+                                            use_prefix_tuning=where == "prefix", prefix_virtual_tokens=2))
+    with torch.no_grad():
+        (ppd.prompt_embeddings if where == "embeddings" else ppd.prefix.keys)[1, 0] = float("nan")
+    ids = torch.randint(3, 97, (1, 7))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        result = Decoder(ppd).generate(ids, 20)
+    assert result.token_ids == reference(model, ids, 20)
+
+
+def test_bad_generation_inputs_are_refused():
+    model = tiny_llama(0)
+    decoder = Decoder(model)
+    for bad in (torch.rand(1, 5), torch.ones(1, 5, dtype=torch.bool), torch.tensor([[3, 4, 97]]),
+                torch.tensor([[3, -1]]), [[1.5, 2.0]], "hello"):
+        with pytest.raises(PPDError):
+            decoder.generate(bad, 5)
+    for bad in (2.5, True, 0, "3"):
+        with pytest.raises(PPDError, match="max_new_tokens"):
+            decoder.generate(torch.tensor([[3, 4]]), bad)
+    assert decoder.generate([3, 4, 5], 3).new_tokens == 3  # a plain list of ids is fine
 
 
 def test_bad_decoder_arguments():

@@ -8,6 +8,7 @@ from conftest import tiny_llama
 from prompt import Decoder, PPDError, PromptConfig, PromptDecoder
 from prompt.inference.candidates import PromptLookup
 from prompt.inference.tree import build_tree_buffers, with_chains
+from prompt.model.layout import SpecialTokenLayout
 
 
 def reference(model, ids, n):
@@ -34,9 +35,9 @@ def test_prompt_lookup_rule():
 
 
 def test_chain_buffers():
-    vt = torch.tril(torch.ones(2, 2, dtype=torch.bool))
-    tree = build_tree_buffers([([0], 2), ([1], 1)], 2, 1, vt, depth=1)
-    merged = with_chains(tree, (3,), 0, 1, vt)
+    layout = SpecialTokenLayout(2)
+    tree = build_tree_buffers([([0], 2), ([1], 1)], layout, depth=1)
+    merged = with_chains(tree, (3,), 0, layout)
     assert merged.num_prompt_nodes == 3 and merged.num_nodes == 6
     assert merged.node_parent == [-1, 0, 0, 0, 3, 4]
     assert [merged.node_depth(i) for i in range(6)] == [0, 1, 1, 1, 2, 3]
@@ -46,7 +47,7 @@ def test_chain_buffers():
     allowed = merged.allowed.int()
     assert allowed[5].tolist() == [1, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0]  # chain node 3 sees root and its chain
     assert allowed[10].tolist() == [1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]
-    with_specials = with_chains(tree, (2,), 1, 1, vt)
+    with_specials = with_chains(tree, (2,), 1, layout)
     assert with_specials.special_rows[3:] == [[10], [11]]
     assert with_specials.allowed[11].int().tolist() == [1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1]
     assert with_specials.positions.tolist()[10:] == [2, 3]
@@ -112,9 +113,9 @@ def test_recovery_step_reads_the_same_special_logits_as_a_fresh_forward():
     seen = []
 
     class Recording(Decoder):
-        def _propose(self, root, special_logits, tree, context):
-            seen.append((list(context), special_logits.clone(), tree.depth))
-            return super()._propose(root, special_logits, tree, context)
+        def prompt_token_candidates(self, state, tree):
+            seen.append((list(state.context), state.special_logits.clone(), tree.depth))
+            return super().prompt_token_candidates(state, tree)
 
     Recording(ppd, sources=[TrueChain(ids[0].tolist() + expected, 1)]).generate(ids, 30)
     assert any(depth == 0 for _, _, depth in seen), "some step should have been a recovery step"

@@ -72,9 +72,9 @@ class RecordingDecoder(Decoder):
         super().__init__(*args, **kwargs)
         self.seen = []
 
-    def _propose(self, root, special_logits, tree, context):
-        self.seen.append((list(context), special_logits.clone()))
-        return super()._propose(root, special_logits, tree, context)
+    def prompt_token_candidates(self, state, tree):
+        self.seen.append((list(state.context), state.special_logits.clone()))
+        return super().prompt_token_candidates(state, tree)
 
 
 @pytest.mark.parametrize("kind,virtual,prefix", [("decoder", 1, 0), ("ensemble", 3, 0), ("decoder", 1, 2), ("ensemble", 2, 3)])

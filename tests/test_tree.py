@@ -7,12 +7,12 @@ import torch
 from prompt import PPDError
 from prompt.inference.tree import (DEFAULT_TREE_FILE, DynamicTree, build_tree_buffers, load_tree_specs,
                                    select_tree_spec)
+from prompt.model.layout import SpecialTokenLayout
 
 
 def test_buffers_of_a_small_tree():
     nodes = [([0], 2), ([1], 1), ([0, 0], 1)]
-    buffers = build_tree_buffers(nodes, num_special_tokens=2, virtual_tokens=1,
-                                 vt_attention=torch.tril(torch.ones(2, 2, dtype=torch.bool)), depth=2)
+    buffers = build_tree_buffers(nodes, SpecialTokenLayout(2), depth=2)
     assert buffers.node_paths == [[], [0], [1], [0, 0]]
     assert buffers.node_parent == [-1, 0, 0, 1]
     assert buffers.top_k == 2
@@ -28,7 +28,7 @@ def test_buffers_of_a_small_tree():
 
 
 def test_dynamic_tree_picks_deepest_fillable_tree():
-    tree = DynamicTree(json.load(open(DEFAULT_TREE_FILE)), num_special_tokens=3)
+    tree = DynamicTree(json.load(open(DEFAULT_TREE_FILE)), SpecialTokenLayout(3))
     assert tree.for_special_tokens(3).depth == 3
     assert tree.for_special_tokens(2).depth == 2
     assert tree.for_special_tokens(1).depth == 1
@@ -37,8 +37,8 @@ def test_dynamic_tree_picks_deepest_fillable_tree():
 
 def test_virtual_tokens_multiply_special_inputs():
     spec = {"1": [[[0], 0.5, 1]]}
-    one = DynamicTree(spec, num_special_tokens=1, virtual_tokens=1)
-    three = DynamicTree(spec, num_special_tokens=1, virtual_tokens=3)
+    one = DynamicTree(spec, SpecialTokenLayout(1, 1))
+    three = DynamicTree(spec, SpecialTokenLayout(1, 3))
     assert one.input_length == 4 and three.input_length == 8
     assert three.buffers[1].positions.tolist() == [0, 1, 1, 1, 1, 2, 2, 2]
 
@@ -56,7 +56,7 @@ def test_virtual_tokens_multiply_special_inputs():
 ])
 def test_malformed_specs_are_clear_errors(spec, message):
     with pytest.raises(PPDError, match=message):
-        DynamicTree(spec, num_special_tokens=3)
+        DynamicTree(spec, SpecialTokenLayout(3))
 
 
 def test_tree_files_and_lengths(tmp_path):

@@ -11,6 +11,7 @@ from prompt import PPDError
 from prompt.inference.sparse_tree_builder import (best_paths, build_trees, expected_accept_length,
                                                   rank_probabilities, tree_spec)
 from prompt.inference.tree import DynamicTree
+from prompt.model.layout import SpecialTokenLayout
 
 ACCURACIES = [[0.3, 0.4, 0.45, 0.5], [0.15, 0.22, 0.26, 0.3], [0.1, 0.14, 0.17, 0.2]]
 
@@ -49,7 +50,7 @@ def test_specs_are_valid_and_fit_their_budget():
     trees = build_trees(ACCURACIES, 8, 24)
     assert trees
     for length, spec in trees.items():
-        tree = DynamicTree(spec, num_special_tokens=3)
+        tree = DynamicTree(spec, SpecialTokenLayout(3))
         assert tree.input_length == int(length) <= 24
     spec = tree_spec(rank_probabilities(ACCURACIES), 6)
     assert [len(v) for v in spec.values()] == [4, 6, 6]  # depth 1 has only 4 candidates (top-4)
@@ -61,7 +62,7 @@ def test_budgets_count_every_virtual_token():
     wide = build_trees(ACCURACIES, 20, 40, virtual_tokens=3)
     assert wide
     for length, spec in wide.items():
-        assert DynamicTree(spec, num_special_tokens=3, virtual_tokens=3).input_length == int(length) <= 40
+        assert DynamicTree(spec, SpecialTokenLayout(3, 3)).input_length == int(length) <= 40
     narrow = build_trees(ACCURACIES, 20, 40)
     nodes = lambda trees, length: max(len(v) for v in trees[str(length)].values())  # noqa: E731
     largest_wide, largest_narrow = max(map(int, wide)), max(map(int, narrow))

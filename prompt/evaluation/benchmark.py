@@ -11,7 +11,7 @@ package), GSM8K (the first N of test.jsonl) and AlpacaEval (the first N), on the
 - baseline: our loop, plain greedy;
 - ppd: the shipped prompt tokens with the tuned tree alone (the smallest tree where the tuning chose none);
 - tuned: the checkpoint's tuned decoding for the dtype (`decoding.json`: tree and prompt lookup);
-- tuned_typical (MT-Bench only): the tuned decoding with typical acceptance at temperature 0.7.
+- tuned_typical (MT-Bench only): the tuned decoding with typical acceptance (upstream's rule) at temperature 0.7.
 Writes results.json, tables.md and PNG plots to --output-dir, plus the peak resident memory of a PPD and
 a baseline run (separate processes, same questions) and the prompt tokens' share of the parameters.
 With --update, the tables replace the generated section of that markdown file.
@@ -32,7 +32,8 @@ from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import MethodTotals, build_decoders, compare
 from prompt.evaluation.questions import load_questions
 from prompt.evaluation.runner import ArgumentParser
-from prompt.inference.decoding import Decoder, stop_token_ids_for, tuned_decoding
+from prompt.inference.choice import tuned_decoding
+from prompt.inference.decoding import Decoder, stop_token_ids_for
 
 SUITES = {  # name -> question file under --data-dir (None: from a package)
     "mt_bench": os.path.join("mt_bench", "question.jsonl"),
@@ -224,7 +225,7 @@ def main(argv=None):
         for suite in suites:
             decoders = benchmark_decoders(model, formatter, args.prompt_lookup_num_tokens, dtype, suite)
             describe.setdefault(dtype, {}).update(
-                {name: d.describe() + (" (temperature 0.7, typical)" if name == "tuned_typical" else "")
+                {name: d.describe()
                  for name, d in decoders.items() if isinstance(d, Decoder)})
             progress.set_postfix_str(f"{dtype} {suite}")
             totals = compare(decoders, formatter, prompts[suite], args.max_new_token, progress=False,

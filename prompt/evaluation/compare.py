@@ -14,7 +14,10 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import ArgumentParser, HFGenerate
-from prompt.inference.decoding import Decoder, stop_token_ids_for, tuned_decoding
+from prompt.inference.choice import tree_file as checkpoint_tree_file
+from prompt.inference.choice import tuned_decoding
+from prompt.inference.decoding import Decoder, stop_token_ids_for
+from prompt.inference.tree import select_tree_spec
 from prompt.model.config import PromptConfig
 from prompt.model.defaults import load_prompt_decoder
 from prompt.model.prompt_decoder import PromptDecoder
@@ -52,8 +55,10 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
     stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
     if tree_length is None and tree_file is None:
         tree_length = tuned_decoding(model, dtype).get("tree_length") or None
-    # an explicit tree file keeps the decoder from applying the tuned decoding (which may turn PPD off)
-    tree = {"tree_length": tree_length, "tree_file": tree_file or model.tree_file, "prompt_lookup_num_tokens": 0}
+    # the PPD methods run this tree even where the tuned decoding turns the prompt tokens off
+    spec = select_tree_spec(tree_file or checkpoint_tree_file(model), model.config.num_special_tokens,
+                            model.config.virtual_tokens_per_special_token, tree_length)
+    tree = {"tree_spec": spec, "prompt_lookup_num_tokens": 0}
     decoders = {}
     for method in methods:
         if method == "generate":
@@ -75,7 +80,6 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
                 num_special_tokens=model.config.num_special_tokens,
                 virtual_tokens_per_special_token=model.config.virtual_tokens_per_special_token,
                 vt_attention_type=model.config.vt_attention_type), tokenizer=formatter.tokenizer).eval()
-            untrained.tree_file = model.tree_file
             decoders[method] = Decoder(untrained, stop_token_ids=stops, **tree)
         else:
             raise PPDError(f"unknown method {method!r}; use {', '.join(METHODS)}")

@@ -15,6 +15,7 @@ import torch
 from prompt.errors import PPDError
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
+from prompt.inference.acceptance import ACCEPTANCE_RULES
 from prompt.inference.decoding import Decoder, GenerationResult, stop_token_ids_for
 
 
@@ -40,7 +41,8 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--posterior-threshold", type=float, default=0.09)
     parser.add_argument("--posterior-alpha", type=float, default=0.3)
-    parser.add_argument("--sampling", default="greedy", choices=("greedy", "typical"))
+    parser.add_argument("--sampling", default=None, choices=tuple(ACCEPTANCE_RULES),
+                        help="Acceptance rule (default: greedy at temperature 0, typical acceptance above).")
     parser.add_argument("--warmup", type=int, default=1, help="Unrecorded warm-up generations before timing.")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")

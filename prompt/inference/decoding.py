@@ -1,36 +1,38 @@
-"""The PPD decode loop, in the paper's order.
+"""The PPD decode loop, in the paper's order, as named steps over one sequence's state.
 
-1. Prefill: run the prompt with the prompt tokens appended; the last input's logits give the next
-   token (the tree's root), the prompt tokens' logits give guesses for the tokens after it.
-2. Propose: the top-k of each special token's logits fill the candidate tree.
-3. Verify: one forward over the root, the candidate nodes and the special tokens appended to them,
-   with a tree attention mask.
-4. Accept the longest path whose tokens the base model agrees with, keep those nodes' cache entries.
-5. Read the next root from the last accepted node's logits, and the next special-token logits from
-   the special tokens appended to that node: their number picks the next tree (dynamic depth).
+1. `prefill`: run the prompt with the prompt tokens appended; the last input's logits give the next token
+   (the tree's root), the prompt tokens' logits give guesses for the tokens after it.
+2. `propose`: the top-k of each special token's logits fill the candidate tree (its depth is how many
+   special-token logits the last step left: the dynamic tree); context sources (prompt lookup) add one chain
+   each, as branches from the root.
+3. `verify_forward`: one forward over the root, the candidate nodes and the special tokens appended to them,
+   with the tree attention mask; the acceptance rule (`prompt.inference.acceptance`) picks the longest path the
+   base model agrees with, and the token the base model adds after it.
+4. `commit`: keep the accepted nodes' cache entries, and read the next special-token logits from the special
+   tokens appended to the last accepted node.
+5. `emit`: the accepted tokens, cut at a stop token or the token limit.
 
-Plain decoding is the same loop with no prompt tokens: each tree is the root alone.
-Context sources (prompt lookup, `prompt.inference.candidates`) add one chain each to the step's tree, as
-a branch from the root, verified in the same forward.
+Plain decoding is the same loop with no prompt tokens: each tree is the root alone. The state holds one
+sequence (`SequenceState`); each call of `stream`/`generate` owns its state and cache, so calls may run
+concurrently on one model.
 """
 from __future__ import annotations
 
-import math
 import time
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 from prompt.errors import PPDError
-from prompt.inference.candidates import PromptLookup
-from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, select_tree_spec, with_chains
-from prompt.jsonio import read_json
+from prompt.inference.acceptance import acceptance_rule
+from prompt.inference.candidates import CandidateSource, PromptLookup
+from prompt.inference.choice import resolve_decoding
+from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_chains
 from prompt.model import backbone
-from prompt.model.prompt_decoder import PromptDecoder
-
-SAMPLING_MODES = ("greedy", "typical")
+from prompt.model.layout import SpecialTokenLayout
 
 
 @dataclass
@@ -42,7 +44,7 @@ class GenerationResult:
     wall_time: float = 0.0
     step_tokens: list = field(default_factory=list)  # tokens emitted per forward pass after the prefill
     chain_wins: int = 0  # steps whose accepted path ended in a context source's chain
-    stop_reason: str = ""  # "eos", "length" or "context"
+    stop_reason: str = ""  # "eos", "length" or "context" (the model's context is full)
 
     @property
     def new_tokens(self) -> int:
@@ -50,7 +52,7 @@ class GenerationResult:
 
     @property
     def accept_length(self) -> float:
-        """Mean new tokens per forward pass (1.0 for plain decoding)."""
+        """Mean new tokens per forward pass, prefill included (1.0 for plain decoding)."""
         return self.new_tokens / max(self.forward_passes, 1)
 
     @property
@@ -58,200 +60,303 @@ class GenerationResult:
         return self.new_tokens / self.wall_time if self.wall_time > 0 else 0.0
 
 
-def _typical_filter(logits: torch.Tensor, temperature: float, threshold: float, alpha: float) -> torch.Tensor:
-    """Probabilities after temperature, with tokens below the typical-acceptance threshold removed."""
-    probs = F.softmax(logits.float() / temperature, dim=-1)
-    entropy = -(probs * torch.log(probs + 1e-5)).sum(-1, keepdim=True)
-    cut = torch.minimum(torch.full_like(entropy, threshold), torch.exp(-entropy) * alpha)
-    probs = torch.where(probs < cut, torch.zeros_like(probs), probs)
-    return probs / probs.sum(-1, keepdim=True)
+@dataclass
+class SequenceState:
+    """One sequence between steps: everything the loop carries (a batch would hold one per row)."""
+
+    context: list  # prompt + emitted tokens + the pending root: what context sources read
+    cache: object
+    prefix_slots: int  # cache slots before the sequence (the trained prefix; 0 without)
+    past: int  # sequence tokens in the cache
+    root: int  # the base model's next token, not yet emitted
+    prompt_tokens: bool  # this sequence appends the prompt tokens
+    special_logits: torch.Tensor | None  # [n, vocab] guesses for the n tokens after the root (n may be 0)
+    max_new_tokens: int
+    result: GenerationResult
+    generator: torch.Generator | None
+    start: float
+    done: bool = False
 
 
-def tuned_decoding(model, dtype: str) -> dict:
-    """The decoding recorded for `model`'s prompt tokens in `dtype` by `prompt.inference.tune` ({} if none):
-    {"tree_length": inputs of the tree (0: no prompt tokens), "prompt_lookup_num_tokens": chain length (0: off)}."""
-    path = getattr(model, "decoding_file", None)
-    if not path:
-        return {}
-    data = read_json(path, "tuned decoding file")
-    entry = data.get(dtype) if isinstance(data, dict) else None
-    return entry if isinstance(entry, dict) else {}
+@dataclass
+class StepTree:
+    """One verification forward: the tree's buffers and the token of each of its nodes."""
+
+    tree: TreeBuffers
+    node_tokens: torch.Tensor  # [nodes] on the model's device
+
+
+def keep_cache_entries(cache, start: int, kept: list, written: int) -> None:
+    """Of the `written` newest cache entries (from slot `start` on), keep those at offsets `kept` in slots start..,
+    drop the rest."""
+    if kept != list(range(len(kept))):
+        index = torch.tensor(kept, device=cache.layers[0].keys.device) + start
+        for layer in cache.layers:
+            layer.keys[..., start: start + len(kept), :] = layer.keys[..., index, :]
+            layer.values[..., start: start + len(kept), :] = layer.values[..., index, :]
+    remove = written - len(kept)
+    if remove > 0:
+        for layer in cache.layers:
+            layer.crop(-remove)
 
 
 class Decoder:
-    """Decoding settings bound to a model. `stream()` and `generate()` own their cache: calls may run concurrently.
+    """Decoding settings bound to a model; `stream()` and `generate()` own their state: calls may run concurrently.
 
-    `tree_length` picks the tree from the tree file by its input length; 0 decodes without the prompt
-    tokens. `prompt_lookup_num_tokens` adds a prompt-lookup chain of that length to every tree (0: off).
-    Left as None, both come from the checkpoint's tuned decoding for the model's dtype, if it has one,
-    else the largest tree and no lookup. `sources` adds other context sources.
+    The tree and the prompt-lookup length are resolved by `prompt.inference.choice.resolve_decoding`: each from
+    the argument (`tree_spec` or `tree_length`, 0 meaning no prompt tokens; `prompt_lookup_num_tokens`, 0 off),
+    else the checkpoint's tuned decoding for the model's dtype, else the largest tree and no lookup.
+    `sampling` names the acceptance rule (`prompt.inference.acceptance`: greedy, exact, typical, typical_sampling;
+    None: greedy at temperature 0, exact sampling above, shaped by `top_p`/`top_k` as transformers does).
+    `sources` adds other context sources.
     """
 
-    def __init__(self, model, tree_spec=None, tree_length: int | None = None, tree_file: str | None = None,
-                 temperature: float = 0.0, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
-                 sampling: str = "greedy", stop_token_ids=None, use_prompt_tokens: bool = True,
-                 prompt_lookup_num_tokens: int | None = None, sources=(), chain_special_tokens: int = 0):
-        if sampling not in SAMPLING_MODES:
-            raise PPDError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {sampling!r}")
-        if temperature < 0:
-            raise PPDError(f"temperature must be >= 0, got {temperature}")
+    def __init__(self, model, tree_spec=None, tree_length: int | None = None,
+                 prompt_lookup_num_tokens: int | None = None, sources: Sequence[CandidateSource] = (),
+                 temperature: float = 0.0,
+                 sampling: str | None = None, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+                 top_p: float | None = None, top_k: int | None = None, stop_token_ids=None,
+                 chain_special_tokens: int = 0):
         self.model = model
-        self.base = model.base_model if isinstance(model, PromptDecoder) else model
-        is_ppd = isinstance(model, PromptDecoder)
-        tuned = tuned_decoding(model, str(self.base.dtype).replace("torch.", "")) if is_ppd and tree_spec is None else {}
-        if tree_length is None and tree_spec is None and tree_file is None:
-            tree_length = tuned.get("tree_length")
-        if prompt_lookup_num_tokens is None:
-            prompt_lookup_num_tokens = tuned.get("prompt_lookup_num_tokens", 0)
-        if tree_length is not None and tree_length < 0:
-            raise PPDError(f"the tree length must be >= 0 (0: no prompt tokens), got {tree_length}")
-        if prompt_lookup_num_tokens < 0:
-            raise PPDError(f"prompt_lookup_num_tokens must be >= 0 (0: off), got {prompt_lookup_num_tokens}")
-        self.ppd = is_ppd and use_prompt_tokens and tree_length != 0
+        self.base = model.base_model if hasattr(model, "prompt_embeddings") else model
+        choice = resolve_decoding(model, tree_spec, tree_length, prompt_lookup_num_tokens)
+        self.rule = acceptance_rule(sampling, temperature, posterior_threshold, posterior_alpha, top_p, top_k)
         self.temperature = float(temperature)
-        self.posterior_threshold = posterior_threshold
-        self.posterior_alpha = posterior_alpha
-        self.sampling = sampling
-        self.stop_token_ids = set(stop_token_ids or [])
+        self.stop_token_ids = frozenset(int(t) for t in (stop_token_ids or []))
+        self.prompt_lookup_num_tokens = choice.prompt_lookup_num_tokens
         self.sources = list(sources)
-        if prompt_lookup_num_tokens:
-            self.sources.append(PromptLookup(prompt_lookup_num_tokens, stop_token_ids=self.stop_token_ids))
-        self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
+        if self.prompt_lookup_num_tokens:
+            self.sources.append(PromptLookup(self.prompt_lookup_num_tokens, stop_token_ids=self.stop_token_ids))
         self.max_positions = getattr(self.base.config, "max_position_embeddings", None)
+        self.vocab_size = self.base.get_input_embeddings().weight.shape[0]
         self.device = self.base.get_input_embeddings().weight.device
-        self.root_only = root_only_buffers()
+        self.root_only = root_only_buffers(self.device)
         self.tree = None
-        self.virtual_tokens, self.vt_attention = 1, torch.zeros(0, 0, dtype=torch.bool)
-        self.chain_special_tokens = 0
+        self.ppd = choice.tree_spec is not None
         if self.ppd:
-            config = model.config
-            tree_file = tree_file or getattr(model, "tree_file", None)  # the checkpoint's own tuned trees
-            spec = tree_spec if tree_spec is not None else select_tree_spec(
-                tree_file, config.num_special_tokens, config.virtual_tokens_per_special_token, tree_length)
-            self.virtual_tokens, self.vt_attention = config.virtual_tokens_per_special_token, model.vt_attention.cpu()
-            self.tree = DynamicTree(spec, config.num_special_tokens, self.virtual_tokens, self.vt_attention)
-            if not 0 <= chain_special_tokens <= config.num_special_tokens:
-                raise PPDError(f"chain_special_tokens must lie in 0..{config.num_special_tokens}")
-            self.chain_special_tokens = chain_special_tokens
+            self.tree = DynamicTree(choice.tree_spec, model.layout, self.device)
+            if not 0 <= chain_special_tokens <= model.config.num_special_tokens:
+                raise PPDError(f"chain_special_tokens must lie in 0..{model.config.num_special_tokens}")
+        self.chain_special_tokens = chain_special_tokens
+        self.layout = model.layout if self.ppd else SpecialTokenLayout(0)
         self._merged = {}  # (tree, chain lengths) -> buffers, built once per shape
 
     def describe(self) -> str:
-        """The decoding in words, e.g. 'PPD tree of 24 inputs + prompt lookup 10'."""
+        """The decoding in words, e.g. 'PPD tree of 24 inputs + prompt lookup 10, greedy'."""
         parts = [f"PPD tree of {self.tree.input_length} inputs"] if self.ppd else []
         if self.prompt_lookup_num_tokens:
             parts.append(f"prompt lookup {self.prompt_lookup_num_tokens}")
-        return " + ".join(parts) or ("plain greedy" if self.temperature == 0 else "plain sampling")
+        return f"{' + '.join(parts) or 'plain decoding'}, {self.rule.describe()}"
+
+    # ----------------------------------------------------------------------------------------------
+    # the steps
+    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int, generator=None, result=None) -> SequenceState:
+        """Run the prompt (with the prompt tokens appended when they fit the context) and return the new state."""
+        result = result if result is not None else GenerationResult()
+        start = time.perf_counter()
+        length = input_ids.shape[1]
+        prompt_tokens = self.ppd and (self.max_positions is None
+                                      or length + self.model.config.num_special_tokens <= self.max_positions)
+        while True:
+            state = self._prefill(input_ids, max_new_tokens, generator, result, start, prompt_tokens)
+            if state is not None:
+                return state
+            prompt_tokens = False  # the prompt tokens made the logits non-finite: decode plainly
+
+    def _prefill(self, input_ids, max_new_tokens, generator, result, start, prompt_tokens):
+        model, length = self.model, input_ids.shape[1]
+        prefix_slots = model.layout.prefix_length if prompt_tokens else 0
+        cache = model.with_prefix() if prefix_slots else DynamicCache(config=self.base.config)
+        embeds = self.base.get_input_embeddings()(input_ids)
+        positions = torch.arange(length, device=self.device)
+        allowed, special_of_inputs = None, None  # plainly causal
+        if prompt_tokens:
+            layout = model.layout
+            special_positions, special_allowed, special = layout.append(
+                torch.tensor([length - 1], device=self.device), torch.ones(1, length, dtype=torch.bool, device=self.device))
+            count = length + special.shape[0]
+            allowed = torch.zeros(count, count, dtype=torch.bool, device=self.device)
+            allowed[:length, :length] = torch.tril(torch.ones(length, length, dtype=torch.bool, device=self.device))
+            allowed[length:] = special_allowed
+            embeds = torch.cat([embeds, model.prompt_embeds()[None]], 1)
+            positions = torch.cat([positions, special_positions])
+            special_of_inputs = torch.cat([torch.full((length,), -1, device=self.device), special])
+        output = self._forward(embeds, allowed, positions, 0, prefix_slots, special_of_inputs, cache,
+                               prompt_tokens and self.model.needs_hidden_states())
+        result.forward_passes += 1
+        root_logits = backbone.head_logits(self.base, output.last_hidden_state[0, length - 1])
+        special_logits = None
+        if prompt_tokens:
+            nv = model.config.num_virtual_tokens
+            special_logits = model.special_token_logits(model.special_hidden(output, slice(length, length + nv)))[0]
+            if not bool(torch.isfinite(root_logits).all() & torch.isfinite(special_logits).all()):
+                self._warn_non_finite()
+                return None
+            keep_cache_entries(cache, prefix_slots + length, [], nv)
+        root = int(self.rule.first_token(root_logits, generator))
+        return SequenceState(context=input_ids[0].tolist() + [root], cache=cache, prefix_slots=prefix_slots,
+                             past=length, root=root, prompt_tokens=prompt_tokens, special_logits=special_logits,
+                             max_new_tokens=max_new_tokens, result=result, generator=generator, start=start)
+
+    def propose(self, state: SequenceState) -> StepTree:
+        """The step's tree and its node tokens: the prompt tokens' top-k guesses placed by the tree, then one chain
+        per context source."""
+        if state.prompt_tokens:
+            tree = self.tree.for_special_tokens(state.special_logits.shape[0])
+        else:
+            tree = self.root_only
+        chains = [chain for chain in (source.propose(state.context) for source in self.sources) if chain]
+        if chains:
+            tree = self._with_chains(tree, tuple(len(chain) for chain in chains))
+        if self.max_positions is not None and state.past + tree.max_position_offset >= self.max_positions:
+            tree, chains = self.root_only, []  # no room for the tree: one plain step
+        node_tokens = self.prompt_token_candidates(state, tree)
+        if chains:
+            chain_tokens = torch.tensor([t for chain in chains for t in chain], device=self.device)
+            node_tokens = torch.cat([node_tokens, chain_tokens])
+        return StepTree(tree, node_tokens)
+
+    def prompt_token_candidates(self, state: SequenceState, tree: TreeBuffers) -> torch.Tensor:
+        """Token of every prompt-token node: the root, then the top-k guesses of each special token."""
+        root = torch.tensor([state.root], device=self.device)
+        if tree.num_prompt_nodes == 1:
+            return root
+        guesses = torch.topk(state.special_logits[: tree.depth], tree.top_k, dim=-1).indices.reshape(-1)
+        return torch.cat([root, guesses])[tree.candidate_index]
+
+    def verify_forward(self, state: SequenceState, step: StepTree):
+        """One forward over the tree's nodes and special tokens on top of the cache.
+
+        Returns (output, node_logits [nodes, vocab], all_logits [inputs, vocab] or None): when the special tokens
+        read the base model's head, one head call covers every input (the head's weights are read once a step).
+        """
+        tree, model = step.tree, self.model
+        embeds = self.base.get_input_embeddings()(step.node_tokens)[None]
+        if tree.num_special_inputs:
+            embeds = torch.cat([embeds, model.prompt_embeds()[tree.special_prompt_index][None]], 1)
+        allowed = None if tree.num_inputs == 1 else tree.allowed
+        output = self._forward(embeds, allowed, tree.positions, state.past, state.prefix_slots, tree.special_of_inputs,
+                               state.cache, state.prompt_tokens and model.needs_hidden_states())
+        state.result.forward_passes += 1
+        hidden = output.last_hidden_state[0]
+        if tree.num_special_inputs and model.reads_base_head():
+            all_logits = backbone.head_logits(self.base, hidden)
+            return output, all_logits[: tree.num_nodes], all_logits
+        return output, backbone.head_logits(self.base, hidden[: tree.num_nodes]), None
+
+    def commit(self, state: SequenceState, step: StepTree, path: list, output, all_logits) -> None:
+        """Keep the accepted nodes' cache entries and read the special-token logits after the last of them."""
+        tree = step.tree
+        keep_cache_entries(state.cache, state.prefix_slots + state.past, path, tree.num_inputs)
+        state.past += len(path)
+        if state.prompt_tokens:
+            rows = tree.special_rows[path[-1]]  # empty after a chain node: the next step recovers from the root
+            head = all_logits[rows][None] if all_logits is not None else None
+            state.special_logits = self.model.special_token_logits(self.model.special_hidden(output, rows), head)[0]
+        state.result.chain_wins += int(path[-1] >= tree.num_prompt_nodes)
+
+    def emit(self, state: SequenceState, tokens: list, next_token: int | None) -> list:
+        """Append the accepted `tokens` (root first) to the result, cut at a stop token or the token limit; the base
+        model's `next_token` becomes the next root."""
+        result = state.result
+        tokens = tokens[: state.max_new_tokens - result.new_tokens]
+        for i, token in enumerate(tokens):
+            if token in self.stop_token_ids:
+                tokens = tokens[: i + 1]
+                break
+        result.token_ids.extend(tokens)
+        if tokens[-1] in self.stop_token_ids:
+            result.stop_reason, state.done = "eos", True
+        elif result.new_tokens >= state.max_new_tokens:
+            result.stop_reason, state.done = "length", True
+        elif next_token is None:
+            result.stop_reason, state.done = "context", True
+        else:
+            state.context.extend(tokens[1:])
+            state.context.append(next_token)
+            state.root = next_token
+        result.wall_time = time.perf_counter() - state.start
+        return tokens
+
+    def step(self, state: SequenceState) -> list:
+        """One step of the loop: the tokens it emits (empty when a non-finite step was redone without prompt tokens)."""
+        if self.max_positions is not None and state.past + 1 >= self.max_positions:
+            if state.past >= self.max_positions:  # the root would sit past the context's last position
+                state.result.stop_reason, state.done = "context", True
+                return []
+            return self.emit(state, [state.root], None)  # the root takes the context's last position
+        if state.result.new_tokens + 1 >= state.max_new_tokens or state.root in self.stop_token_ids:
+            return self.emit(state, [state.root], None)
+        step = self.propose(state)
+        output, node_logits, all_logits = self.verify_forward(state, step)
+        best, next_token = self.rule.verify(step.tree, step.node_tokens, node_logits, state.generator)
+        finite = torch.isfinite(node_logits).all()
+        # the step's one transfer to the host: node tokens, the chosen node, the next token, finiteness
+        host = torch.cat([step.node_tokens, torch.stack([best, next_token, finite.long()])]).tolist()
+        node_tokens, (best, next_token, finite) = host[:-3], host[-3:]
+        if not finite and state.prompt_tokens:
+            self._drop_prompt_tokens(state, step.tree.num_inputs)
+            return []
+        path = step.tree.accepted_path[best]
+        self.commit(state, step, path, output, all_logits)
+        emitted = self.emit(state, [node_tokens[i] for i in path], next_token)
+        state.result.step_tokens.append(len(emitted))
+        return emitted
+
+    # ----------------------------------------------------------------------------------------------
+    def _forward(self, embeds, allowed_new, positions, past: int, prefix_slots: int, special_of_inputs, cache,
+                 output_hidden_states: bool):
+        """Body forward of new inputs that see the whole past plus the `allowed_new` pattern among themselves
+        (None: plainly causal, and the model builds its own mask: the same kernels as transformers' generate).
+        With a prefix, `special_of_inputs` says which prefix slots each input sees (-1: none)."""
+        count = embeds.shape[1]
+        mask = None
+        if allowed_new is not None or prefix_slots:
+            allowed = torch.ones(count, past + count, dtype=torch.bool, device=self.device)
+            if allowed_new is not None:
+                allowed[:, past:] = allowed_new
+            else:
+                allowed[:, past:] = torch.tril(torch.ones(count, count, dtype=torch.bool, device=self.device))
+            if prefix_slots:
+                allowed = self.model.layout.with_prefix_columns(allowed, special_of_inputs)
+            mask = backbone.additive_mask(allowed, embeds.dtype)
+        return backbone.run_body(self.base, embeds, mask, (positions + past)[None], cache,
+                                 output_hidden_states=output_hidden_states)
 
     def _with_chains(self, tree: TreeBuffers, chain_lengths: tuple) -> TreeBuffers:
         key = (id(tree), chain_lengths)
         merged = self._merged.get(key)
         if merged is None:
-            merged = with_chains(tree, chain_lengths, self.chain_special_tokens, self.virtual_tokens, self.vt_attention)
+            merged = with_chains(tree, chain_lengths, self.chain_special_tokens, self.layout).to(self.device)
             self._merged[key] = merged
         return merged
 
-    # ----------------------------------------------------------------------------------------------
-    def _pick(self, logits: torch.Tensor, generator) -> int:
-        """The next token from one row of logits: argmax, or a typical-filtered sample."""
-        if self.temperature == 0 or self.sampling == "greedy":
-            return int(logits.argmax(-1))
-        probs = _typical_filter(logits, self.temperature, self.posterior_threshold, self.posterior_alpha)
-        return int(torch.multinomial(probs, 1, generator=generator))
-
-    def _verify(self, tree: TreeBuffers, node_tokens: list, node_logits: torch.Tensor, generator) -> list:
-        """Indices of the accepted path, root first: the deepest node whose whole path the base model accepts."""
-        parents = tree.node_parent
-        if tree.num_nodes == 1:
-            return [0]
-        if self.temperature == 0:
-            targets = node_logits.argmax(-1).tolist()
-            ok = [True] + [node_tokens[i] == targets[parents[i]] for i in range(1, tree.num_nodes)]
-            score = None
-        elif self.sampling == "typical":
-            probs = _typical_filter(node_logits, self.temperature, self.posterior_threshold, self.posterior_alpha)
-            targets = torch.multinomial(probs, 1, generator=generator)[:, 0].tolist()
-            ok = [True] + [node_tokens[i] == targets[parents[i]] for i in range(1, tree.num_nodes)]
-            score = None
-        else:  # temperature > 0 with greedy sampling: typical acceptance by probability threshold (Medusa)
-            probs = F.softmax(node_logits.float() / self.temperature, dim=-1)
-            entropy = -(probs * torch.log(probs + 1e-5)).sum(-1)
-            cut = torch.minimum(torch.full_like(entropy, self.posterior_threshold),
-                                torch.exp(-entropy) * self.posterior_alpha).tolist()
-            parent_index = torch.tensor(parents[1:])
-            cand_probs = probs[parent_index, torch.tensor(node_tokens[1:])].tolist()
-            ok = [True] + [cand_probs[i - 1] > cut[parents[i]] for i in range(1, tree.num_nodes)]
-            score = [0.0] + [math.log(max(p, 1e-30)) for p in cand_probs]
-        accepted = [False] * tree.num_nodes
-        loglik = [0.0] * tree.num_nodes
-        best, best_depth, best_score = 0, 0, 0.0
-        for i in range(tree.num_nodes):  # parents come before children
-            accepted[i] = ok[i] and (i == 0 or accepted[parents[i]])
-            if not accepted[i]:
-                continue
-            depth = tree.node_depth(i)
-            if score is not None and i > 0:
-                loglik[i] = loglik[parents[i]] + score[i]
-            if depth > best_depth or (score is not None and depth == best_depth and loglik[i] > best_score):
-                best, best_depth, best_score = i, depth, loglik[i]
-        path = []
-        while best != -1:
-            path.append(best)
-            best = parents[best]
-        return path[::-1]
+    def _drop_prompt_tokens(self, state: SequenceState, written: int) -> None:
+        """The prompt tokens made a step's logits non-finite: rebuild the cache without them (and without the
+        prefix) and go on plainly, so that nothing they computed decides what is emitted."""
+        self._warn_non_finite()
+        context = torch.tensor([state.context[:-1]], device=self.device)
+        state.cache = DynamicCache(config=self.base.config)
+        embeds = self.base.get_input_embeddings()(context)
+        self._forward(embeds, None, torch.arange(context.shape[1], device=self.device), 0, 0, None, state.cache, False)
+        state.result.forward_passes += 1
+        state.prefix_slots, state.prompt_tokens, state.special_logits = 0, False, None
 
     @staticmethod
-    def _keep_cache_entries(cache, past: int, kept: list, written: int) -> None:
-        """Keep the cache entries of the accepted nodes (at past + kept) in slots past.., drop the rest."""
-        if kept != list(range(len(kept))):
-            index = torch.tensor(kept, device=cache.layers[0].keys.device) + past
-            for layer in cache.layers:
-                layer.keys[..., past: past + len(kept), :] = layer.keys[..., index, :]
-                layer.values[..., past: past + len(kept), :] = layer.values[..., index, :]
-        remove = written - len(kept)
-        if remove > 0:
-            for layer in cache.layers:
-                layer.crop(-remove)
-
-    def _propose(self, root: int, special_logits, tree: TreeBuffers, context: list) -> torch.Tensor:
-        """Token of every prompt-token node: the root, then the top-k guesses of each special token, placed by
-        the tree (context sources' chains follow them). `context` holds the prompt and every token so far,
-        root included.
-        """
-        root_tensor = torch.tensor([root], device=self.device)
-        if tree.num_prompt_nodes == 1:
-            return root_tensor
-        guesses = torch.topk(special_logits[: tree.depth], tree.top_k, dim=-1).indices.reshape(-1)
-        return torch.cat([root_tensor, guesses])[tree.candidate_index.to(self.device)]
-
-    def _forward(self, embeds, allowed_new: torch.Tensor, positions: torch.Tensor, past: int, cache,
-                 special_rows: torch.Tensor | None = None, offset: int = 0):
-        """Body forward of new inputs that see the whole past plus the `allowed_new` pattern among themselves
-        (None: plainly causal). With prefix tuning the cache starts with the prefix, which only the special-token
-        inputs see: `offset` is the prefix's length and `special_rows` each input's special token (-1: a token)."""
-        count = embeds.shape[1]
-        causal = allowed_new is None or count == 1 or torch.equal(allowed_new, torch.tril(torch.ones_like(allowed_new)))
-        if causal and not offset:
-            # plainly causal (prefill without prompt tokens, single-token steps): let the model build its
-            # own causal mask, the same kernel path (and bf16 rounding) as transformers' generate
-            mask = None
-        else:
-            allowed = torch.ones(count, offset + past + count, dtype=torch.bool, device=embeds.device)
-            allowed[:, offset + past:] = allowed_new  # not None here: offset > 0 only with prompt tokens
-            if offset:
-                rows = special_rows if special_rows is not None else torch.full((count,), -1)
-                allowed[:, :offset] = self.model.prefix_attention(rows.to(embeds.device))
-            mask = backbone.additive_mask(allowed, embeds.dtype)
-        return backbone.run_body(self.base, embeds, mask, (positions + past)[None].to(embeds.device), cache,
-                                 output_hidden_states=self.ppd and self.model.needs_hidden_states())
+    def _warn_non_finite():
+        warnings.warn("the prompt tokens gave non-finite logits (corrupt weights?): decoding without them",
+                      RuntimeWarning, stacklevel=3)
 
     # ----------------------------------------------------------------------------------------------
-    def stream(self, input_ids, max_new_tokens: int = 512, result: GenerationResult | None = None, seed=None):
-        """Yield the tokens accepted at each step (a list of ids; its first is the base model's own token).
-
-        Statistics accumulate in `result` (pass one in to read them while or after streaming).
-        """
-        result = result if result is not None else GenerationResult()
-        input_ids = torch.as_tensor(input_ids)
+    def _check_inputs(self, input_ids, max_new_tokens) -> torch.Tensor:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise PPDError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        try:
+            input_ids = torch.as_tensor(input_ids)
+        except (TypeError, ValueError, RuntimeError):
+            raise PPDError("input_ids must be a sequence of token ids") from None
+        if input_ids.dtype in (torch.bool,) or input_ids.is_floating_point() or input_ids.is_complex():
+            raise PPDError(f"input_ids must be integer token ids, got {input_ids.dtype}")
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
@@ -259,135 +364,28 @@ class Decoder:
         length = input_ids.shape[1]
         if length == 0:
             raise PPDError("the prompt is empty")
-        if max_new_tokens < 1:
-            raise PPDError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if int(input_ids.min()) < 0 or int(input_ids.max()) >= self.vocab_size:
+            raise PPDError(f"input_ids hold ids outside the vocabulary 0..{self.vocab_size - 1}")
         if self.max_positions is not None and length >= self.max_positions:
             raise PPDError(f"the prompt has {length} tokens; the model's context is {self.max_positions}")
-        generator = None
-        if seed is not None:
-            generator = torch.Generator().manual_seed(seed)
-        input_ids = input_ids.to(self.device)
-        start = time.perf_counter()
-        steps = self._run(input_ids, max_new_tokens, result, generator, start)
+        return input_ids.long().to(self.device)
+
+    def stream(self, input_ids, max_new_tokens: int = 512, result: GenerationResult | None = None, seed=None):
+        """Yield the tokens accepted at each step (a list of ids; its first is the base model's own token).
+
+        Statistics accumulate in `result` (pass one in to read them while or after streaming).
+        """
+        input_ids = self._check_inputs(input_ids, max_new_tokens)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         # Inference mode is per thread, and a consumer (a web server's thread pool) may resume this
         # generator in another thread: enter it around each step rather than across the yields.
-        try:
-            while True:
-                with torch.inference_mode():
-                    try:
-                        accepted = next(steps)
-                    except StopIteration:
-                        return
-                yield accepted
-        finally:
+        with torch.inference_mode():
+            state = self.prefill(input_ids, max_new_tokens, generator, result)
+        while not state.done:
             with torch.inference_mode():
-                steps.close()
-
-    def _run(self, input_ids, max_new_tokens, result, generator, start):
-        model, ppd = self.model, self.ppd
-        if ppd and self.max_positions is not None and input_ids.shape[1] + model.config.num_special_tokens > self.max_positions:
-            ppd = False  # no room left for the prompt tokens: decode plainly
-        offset = model.prefix_length if ppd else 0  # cache slots the prefix takes before the sequence
-        cache = model.with_prefix() if offset else DynamicCache(config=self.base.config)
-        length = input_ids.shape[1]
-        embeds = self.base.get_input_embeddings()(input_ids)
-        allowed = None  # plainly causal
-        positions = torch.arange(length)
-        special_rows = None
-        if ppd:
-            config = model.config
-            nv, v = config.num_virtual_tokens, config.virtual_tokens_per_special_token
-            embeds = torch.cat([embeds, model.prompt_embeds()[None]], 1)
-            grown = torch.zeros(length + nv, length + nv, dtype=torch.bool)
-            grown[:length, :length] = torch.tril(torch.ones(length, length, dtype=torch.bool))
-            grown[length:, :length] = True
-            grown[length:, length:] = model.vt_attention.cpu()
-            allowed = grown
-            positions = torch.cat([positions, length + torch.arange(nv) // v])
-            special_rows = torch.cat([torch.full((length,), -1), torch.arange(nv) // v])
-        output = self._forward(embeds, allowed if allowed is None else allowed.to(embeds.device), positions, 0, cache,
-                               special_rows, offset)
-        result.forward_passes += 1
-        hidden = output.last_hidden_state
-        root = self._pick(backbone.head_logits(self.base, hidden[0, length - 1]), generator)
-        special_logits = None
-        if ppd:
-            special_logits = model.special_token_logits(model.special_hidden(output, slice(length, length + nv)))[0]
-            self._keep_cache_entries(cache, offset + length, [], nv)
-        past = length
-        context = input_ids[0].tolist()
-
-        while True:
-            remaining = max_new_tokens - result.new_tokens
-            if root in self.stop_token_ids or remaining == 1:
-                result.token_ids.append(root)
-                result.stop_reason = "eos" if root in self.stop_token_ids else "length"
-                result.wall_time = time.perf_counter() - start
-                yield [root]
-                return
-            if self.max_positions is not None and past + 1 >= self.max_positions:
-                result.stop_reason = "context"
-                result.wall_time = time.perf_counter() - start
-                return
-            tree = self.root_only
-            if special_logits is not None:
-                tree = self.tree.for_special_tokens(special_logits.shape[0])
-            context.append(root)  # popped below: the accepted tokens (root first) extend it after the step
-            chains = [chain for chain in (source.propose(context) for source in self.sources) if chain]
-            if chains:
-                tree = self._with_chains(tree, tuple(len(chain) for chain in chains))
-            if self.max_positions is not None and past + tree.num_inputs > self.max_positions:
-                tree, chains = self.root_only, []
-            node_tokens = self._propose(root, special_logits, tree, context)
-            context.pop()
-            if chains:
-                node_tokens = torch.cat([node_tokens, torch.tensor([t for c in chains for t in c], device=self.device)])
-            embeds = self.base.get_input_embeddings()(node_tokens)[None]
-            special_rows = None
-            if tree.special_prompt_index.numel():
-                embeds = torch.cat([embeds, model.prompt_embeds()[tree.special_prompt_index][None]], 1)
-                if offset:
-                    special_rows = torch.cat([torch.full((len(node_tokens),), -1),
-                                              tree.special_prompt_index.cpu() // self.virtual_tokens])
-            output = self._forward(embeds, tree.allowed.to(embeds.device), tree.positions, past, cache, special_rows,
-                                   offset)
-            result.forward_passes += 1
-            hidden = output.last_hidden_state
-            # one head call over every input when the special tokens read the base head: the head's weights are
-            # read once per step (a second call for the accepted node's special tokens costs as much again)
-            shared_head = special_logits is not None and model.reads_base_head()
-            all_logits = backbone.head_logits(self.base, hidden[0]) if shared_head else None
-            node_logits = all_logits[: tree.num_nodes] if shared_head else backbone.head_logits(
-                self.base, hidden[0, : tree.num_nodes])
-            node_tokens = node_tokens.tolist()
-            path = self._verify(tree, node_tokens, node_logits, generator)
-            last = path[-1]
-            self._keep_cache_entries(cache, offset + past, path, tree.num_inputs)
-            past += len(path)
-            if special_logits is not None:
-                rows = tree.special_rows[last]
-                if not rows:  # a chain node without special tokens: the next step recovers from the root
-                    special_logits = special_logits[:0]
-                else:
-                    special_logits = model.special_token_logits(
-                        model.special_hidden(output, rows), all_logits[rows][None] if shared_head else None)[0]
-            result.chain_wins += int(last >= tree.num_prompt_nodes)
-            accepted = [node_tokens[i] for i in path][:remaining]
-            for i, token in enumerate(accepted):
-                if token in self.stop_token_ids:
-                    accepted = accepted[: i + 1]
-                    break
-            result.token_ids.extend(accepted)
-            context.extend(accepted)
-            result.step_tokens.append(len(accepted))
-            done = accepted[-1] in self.stop_token_ids or result.new_tokens >= max_new_tokens
-            if done:
-                result.stop_reason = "eos" if accepted[-1] in self.stop_token_ids else "length"
-            result.wall_time = time.perf_counter() - start
-            yield accepted
-            if done:
-                return
-            root = self._pick(node_logits[last], generator)
+                tokens = self.step(state)
+            if tokens:
+                yield tokens
 
     def generate(self, input_ids, max_new_tokens: int = 512, seed=None) -> GenerationResult:
         result = GenerationResult()

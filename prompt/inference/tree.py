@@ -14,6 +14,7 @@ A file may hold one spec, or several keyed by tree length (the number of inputs 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import torch
 
 from prompt.errors import PPDError
 from prompt.jsonio import read_json
+from prompt.model.layout import SpecialTokenLayout
 
 TREES_DIR = os.path.join(os.path.dirname(__file__), "trees")
 DEFAULT_TREE_FILE = os.path.join(TREES_DIR, "default_3.json")
@@ -36,12 +38,19 @@ class TreeBuffers:
     node_paths[i]        path of top-k ranks of a prompt-token node (the root's is []); a chain node's
                          path is -1 repeated to its depth
     node_parent[i]       parent node index (-1 for the root)
+    accepted_path[i]     node indices from the root to node i (root first): what is accepted if i is the deepest
     candidate_index[i]   index into the flat candidate vector [root, top-K of special 1, top-K of special 2, ...]
                          (prompt-token nodes only)
     special_rows[i]      input rows of the special tokens appended after node i (n_i * V rows)
     special_prompt_index prompt-embedding row of every special-token input
+    special_of_inputs    [T] special token of every input (-1 for token nodes): which prefix slots it sees
     allowed              [T, T] boolean tree mask (row attends to column)
     positions            [T] position offsets from the current sequence length
+    ancestors            [nodes, nodes] boolean: node i's path includes node j (tensor form of accepted_path)
+    depths               [nodes] depth of every node (tensor form of node_paths' lengths)
+    parent_index         [nodes] parent of every node, the root its own parent
+    earlier_siblings     [nodes, nodes] boolean: node j shares node i's parent and comes before it (tried first)
+    max_position_offset  the largest position offset (the forward needs past + it inside the context)
     chain_lengths        nodes of each context-source chain, in order
     """
 
@@ -49,11 +58,18 @@ class TreeBuffers:
     top_k: int
     node_paths: list
     node_parent: list
+    accepted_path: list
     candidate_index: torch.Tensor
     special_rows: list
     special_prompt_index: torch.Tensor
+    special_of_inputs: torch.Tensor
     allowed: torch.Tensor
     positions: torch.Tensor
+    ancestors: torch.Tensor
+    depths: torch.Tensor
+    parent_index: torch.Tensor
+    earlier_siblings: torch.Tensor
+    max_position_offset: int
     chain_lengths: tuple = ()
 
     @property
@@ -68,8 +84,18 @@ class TreeBuffers:
     def num_prompt_nodes(self) -> int:
         return self.num_nodes - sum(self.chain_lengths)
 
+    @property
+    def num_special_inputs(self) -> int:
+        return self.num_inputs - self.num_nodes
+
     def node_depth(self, i: int) -> int:
         return len(self.node_paths[i])
+
+    def to(self, device) -> "TreeBuffers":
+        """The same buffers with every tensor on `device`."""
+        moved = {name: value.to(device) if isinstance(value, torch.Tensor) else value
+                 for name, value in self.__dict__.items()}
+        return TreeBuffers(**moved)
 
 
 def _validate_spec(spec, num_special_tokens: int) -> dict[int, list]:
@@ -115,100 +141,106 @@ def _validate_spec(spec, num_special_tokens: int) -> dict[int, list]:
     return trees
 
 
-def build_tree_buffers(nodes, num_special_tokens: int, virtual_tokens: int, vt_attention: torch.Tensor,
-                       depth: int, root_special_tokens: int | None = None) -> TreeBuffers:
+def build_tree_buffers(nodes, layout: SpecialTokenLayout, depth: int,
+                       root_special_tokens: int | None = None) -> TreeBuffers:
     """Turn a list of (path, n_special_tokens) into the buffers of one tree forward."""
     nodes = sorted(((list(p), n) for p, n in nodes), key=lambda x: (len(x[0]), x[0]))
-    root_special = num_special_tokens if root_special_tokens is None else root_special_tokens
+    root_special = layout.num_special_tokens if root_special_tokens is None else root_special_tokens
     node_paths = [[]] + [p for p, _ in nodes]
     node_special = [root_special] + [n for _, n in nodes]
     index_of = {tuple(p): i for i, p in enumerate(node_paths)}
     node_parent = [-1] + [index_of[tuple(p[:-1])] for p in node_paths[1:]]
     top_k = max([p[-1] for p in node_paths[1:]], default=-1) + 1
     candidate_index = [0] + [1 + (len(p) - 1) * top_k + p[-1] for p in node_paths[1:]]
-    return _assemble(node_paths, node_parent, node_special, candidate_index, top_k, depth, virtual_tokens,
-                     vt_attention)
+    return _assemble(node_paths, node_parent, node_special, candidate_index, top_k, depth, layout)
 
 
-def with_chains(tree: TreeBuffers, chain_lengths, chain_special_tokens: int, virtual_tokens: int,
-                vt_attention: torch.Tensor) -> TreeBuffers:
+def with_chains(tree: TreeBuffers, chain_lengths, chain_special_tokens: int, layout: SpecialTokenLayout) -> TreeBuffers:
     """`tree` with one extra branch from the root per context-source chain, each node carrying
     `chain_special_tokens` special tokens (0: none; the step after a chain wins then restarts the prompt
     tokens from the root)."""
-    v = virtual_tokens
     node_paths, node_parent = list(tree.node_paths), list(tree.node_parent)
-    node_special = [len(rows) // v for rows in tree.special_rows]
+    node_special = [len(rows) // layout.virtual_tokens for rows in tree.special_rows]
     for length in chain_lengths:
         for d in range(1, length + 1):
             node_parent.append(0 if d == 1 else len(node_paths) - 1)
             node_paths.append([-1] * d)
             node_special.append(chain_special_tokens)
     return _assemble(node_paths, node_parent, node_special, tree.candidate_index.tolist(), tree.top_k, tree.depth,
-                     v, vt_attention, tuple(tree.chain_lengths) + tuple(chain_lengths))
+                     layout, tuple(tree.chain_lengths) + tuple(chain_lengths))
 
 
-def _assemble(node_paths, node_parent, node_special, candidate_index, top_k, depth, virtual_tokens, vt_attention,
+def _assemble(node_paths, node_parent, node_special, candidate_index, top_k, depth, layout: SpecialTokenLayout,
               chain_lengths=()) -> TreeBuffers:
     num_nodes = len(node_paths)
-    v = virtual_tokens
     special_rows, special_prompt_index = [], []
     row = num_nodes
     for n in node_special:
-        special_rows.append(list(range(row, row + n * v)))
-        special_prompt_index.extend(range(n * v))
-        row += n * v
+        special_rows.append(list(range(row, row + layout.inputs(n))))
+        special_prompt_index.extend(range(layout.inputs(n)))
+        row += layout.inputs(n)
     total = row
 
-    # ancestors (including self) of every token node
-    ancestors = []
+    accepted_path = []  # ancestors (including self) of every token node, root first
     for i in range(num_nodes):
         chain, j = [], i
         while j != -1:
             chain.append(j)
             j = node_parent[j]
-        ancestors.append(chain)
+        accepted_path.append(chain[::-1])
     allowed = torch.zeros(total, total, dtype=torch.bool)
     positions = torch.zeros(total, dtype=torch.long)
+    special_of_inputs = torch.full((total,), -1, dtype=torch.long)
     for i in range(num_nodes):
-        allowed[i, ancestors[i]] = True
+        allowed[i, accepted_path[i]] = True
         positions[i] = len(node_paths[i])
     for i, rows in enumerate(special_rows):
         if not rows:
             continue
+        # the special tokens after node i: placed by the layout, anchored at node i
         block = torch.tensor(rows)
-        allowed[block[:, None], torch.tensor(ancestors[i])[None, :]] = True
-        allowed[block[:, None], block[None, :]] = vt_attention[: len(rows), : len(rows)]
-        positions[block] = len(node_paths[i]) + 1 + torch.arange(len(rows)) // v
+        n = node_special[i]
+        allowed[block[:, None], torch.tensor(accepted_path[i])[None, :]] = True
+        allowed[block[:, None], block[None, :]] = layout.among_themselves(n)
+        positions[block] = len(node_paths[i]) + layout.position_offsets(n)
+        special_of_inputs[block] = layout.special_of_inputs(n)
     return TreeBuffers(
         depth=depth,
         top_k=top_k,
         node_paths=node_paths,
         node_parent=node_parent,
+        accepted_path=accepted_path,
         candidate_index=torch.tensor(candidate_index, dtype=torch.long),
         special_rows=special_rows,
         special_prompt_index=torch.tensor(special_prompt_index, dtype=torch.long),
+        special_of_inputs=special_of_inputs,
         allowed=allowed,
         positions=positions,
+        ancestors=allowed[:num_nodes, :num_nodes].clone(),
+        depths=positions[:num_nodes].clone(),
+        parent_index=torch.tensor([max(p, 0) for p in node_parent], dtype=torch.long),
+        earlier_siblings=_earlier_siblings(node_parent),
+        max_position_offset=int(positions.max()),
         chain_lengths=tuple(chain_lengths),
     )
+
+
+def _earlier_siblings(node_parent) -> torch.Tensor:
+    parent = torch.tensor(node_parent)
+    index = torch.arange(len(node_parent))
+    return (parent[:, None] == parent[None, :]) & (index[None, :] < index[:, None]) & (parent[:, None] >= 0)
 
 
 class DynamicTree:
     """The buffers of every tree in one spec, and the rule that picks the next one."""
 
-    def __init__(self, spec, num_special_tokens: int, virtual_tokens: int = 1, vt_attention: torch.Tensor | None = None):
-        trees = _validate_spec(spec, num_special_tokens)
-        if vt_attention is None:
-            vt_attention = torch.tril(torch.ones(num_special_tokens * virtual_tokens,
-                                                 num_special_tokens * virtual_tokens, dtype=torch.bool))
-        self.spec = spec
-        self.num_special_tokens = num_special_tokens
-        self.buffers = {d: build_tree_buffers(nodes, num_special_tokens, virtual_tokens, vt_attention, d)
-                        for d, nodes in trees.items()}
+    def __init__(self, spec, layout: SpecialTokenLayout, device=None):
+        trees = _validate_spec(spec, layout.num_special_tokens)
+        self.buffers = {d: build_tree_buffers(nodes, layout, d).to(device) for d, nodes in trees.items()}
         self.depths = sorted(self.buffers)
         # no special-token logits to read (the last accepted node carried none): the root alone, with
         # all special tokens appended so that the next step has a full tree again
-        self.recovery = build_tree_buffers([], num_special_tokens, virtual_tokens, vt_attention, 0)
+        self.recovery = build_tree_buffers([], layout, 0).to(device)
 
     def for_special_tokens(self, available: int) -> TreeBuffers:
         """The deepest tree that `available` special-token logits can fill."""
@@ -220,18 +252,18 @@ class DynamicTree:
         """Inputs of the largest tree's forward (the upstream `tree_length`)."""
         return max(b.num_inputs for b in self.buffers.values())
 
-    @property
-    def max_nodes(self) -> int:
-        return max(b.num_nodes for b in self.buffers.values())
 
-
-def root_only_buffers() -> TreeBuffers:
+def root_only_buffers(device=None) -> TreeBuffers:
     """A tree with only the root and no special tokens: one plain decoding step."""
-    return build_tree_buffers([], 0, 1, torch.zeros(0, 0, dtype=torch.bool), depth=0, root_special_tokens=0)
+    return build_tree_buffers([], SpecialTokenLayout(0), depth=0, root_special_tokens=0).to(device)
 
 
 def spec_input_length(spec, num_special_tokens: int, virtual_tokens: int = 1) -> int:
-    return DynamicTree(spec, num_special_tokens, virtual_tokens).input_length
+    """Inputs of the largest tree of `spec`'s forward, without building its buffers: every token node, the root's N
+    special tokens and each node's own, V inputs per special token."""
+    trees = _validate_spec(spec, num_special_tokens)
+    return max(1 + len(nodes) + (num_special_tokens + sum(n for _, n in nodes)) * virtual_tokens
+               for nodes in trees.values())
 
 
 def load_tree_specs(path: str) -> dict:
@@ -245,8 +277,18 @@ def load_tree_specs(path: str) -> dict:
 
 
 def specs_by_length(path: str, num_special_tokens: int, virtual_tokens: int = 1) -> dict:
-    """The specs of a tree file keyed by their input length (the upstream `tree_length`)."""
-    return {spec_input_length(spec, num_special_tokens, virtual_tokens): spec for spec in load_tree_specs(path).values()}
+    """The specs of a tree file keyed by their input length (the upstream `tree_length`); read once per file version."""
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        stamp = None  # read_json reports the missing file
+    return dict(_specs_by_length(path, stamp, num_special_tokens, virtual_tokens))
+
+
+@functools.lru_cache(maxsize=32)
+def _specs_by_length(path: str, stamp, num_special_tokens: int, virtual_tokens: int) -> tuple:
+    return tuple((spec_input_length(spec, num_special_tokens, virtual_tokens), spec)
+                 for spec in load_tree_specs(path).values())
 
 
 def select_tree_spec(path: str | None, num_special_tokens: int, virtual_tokens: int = 1,

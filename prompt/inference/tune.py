@@ -25,6 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from prompt.errors import PPDError, cli_entry
+from prompt.inference.choice import DECODING_NAME, tree_file
 from prompt.inference.tree import specs_by_length
 from prompt.jsonio import read_json
 from prompt.model import backbone
@@ -82,9 +83,9 @@ def forward_latency(base, input_lengths, prefix_length: int = 300, repeats: int 
 
 
 def available_tree_lengths(model) -> list[int]:
-    if not model.tree_file:
+    if not tree_file(model):
         return []
-    return sorted(specs_by_length(model.tree_file, model.config.num_special_tokens,
+    return sorted(specs_by_length(tree_file(model), model.config.num_special_tokens,
                                   model.config.virtual_tokens_per_special_token))
 
 
@@ -101,7 +102,7 @@ def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, war
     decoders = {}
     for tree_length, lookup in configs:
         if tree_length:
-            decoders[(tree_length, lookup)] = Decoder(model, tree_length=tree_length, tree_file=model.tree_file,
+            decoders[(tree_length, lookup)] = Decoder(model, tree_length=tree_length,
                                                       prompt_lookup_num_tokens=lookup, stop_token_ids=stops)
         else:
             decoders[(tree_length, lookup)] = Decoder(model.base_model, prompt_lookup_num_tokens=lookup,
@@ -207,10 +208,10 @@ def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str) -> Non
 def predicted_accept_lengths(model) -> dict[int, float]:
     """The builder's predicted accept length of each tree in the tree file (its deepest tree's node probabilities)."""
     predicted = {}
-    if not model.tree_file:
+    if not tree_file(model):
         return predicted
     n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
-    for length, spec in specs_by_length(model.tree_file, n, v).items():
+    for length, spec in specs_by_length(tree_file(model), n, v).items():
         deepest = spec[str(max(int(k) for k in spec))]
         predicted[length] = 1.0 + sum(float(p) for _, p, _ in deepest)
     return predicted
@@ -251,7 +252,7 @@ def check_tree_lengths(model, lengths) -> None:
     available = available_tree_lengths(model)
     missing = [n for n in lengths if n and n not in available]
     if missing:
-        raise PPDError(f"no tree of length {', '.join(map(str, missing))} in {model.tree_file!r}; available: "
+        raise PPDError(f"no tree of length {', '.join(map(str, missing))} in {tree_file(model)!r}; available: "
                        f"{', '.join(map(str, available)) or 'none'} (build more with prompt.inference.sparse_tree_builder)")
 
 
@@ -261,7 +262,6 @@ def main(argv=None):
     from prompt.evaluation.questions import BENCH_NAMES, load_questions
     from prompt.evaluation.runner import ArgumentParser
     from prompt.model.defaults import load_prompt_decoder
-    from prompt.model.prompt_decoder import DECODING_NAME
 
     parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", default=None, help="Prompt-token folder (default: the default model's).")
@@ -294,7 +294,7 @@ def main(argv=None):
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
     check_tree_lengths(model, tree_lengths)
-    folder = os.path.dirname(model.tree_file) if model.tree_file else args.model_path
+    folder = model.checkpoint_dir or args.model_path
     output = args.output_file or (os.path.join(folder, DECODING_NAME) if folder else None)
     if output is None:
         raise PPDError("the prompt tokens come from no folder: pass --output-file")

@@ -13,7 +13,8 @@ from torch import nn
 
 from prompt.errors import PPDError
 from prompt.model import backbone
-from prompt.model.config import AggregationType, PromptConfig, VTAttentionType
+from prompt.model.config import AggregationType, PromptConfig
+from prompt.model.layout import SpecialTokenLayout, virtual_token_attention  # noqa: F401 (re-exported)
 from prompt.model.loading import load_base_model
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -21,25 +22,6 @@ LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 WEIGHTING_LAYERS_NAME = "weighting_layers.pt"
 CUSTOM_LM_HEAD_NAME = "custom_lm_head.pt"
 PREFIX_NAME = "prefix_tuning.pt"
-TREES_NAME = "trees.json"
-DECODING_NAME = "decoding.json"  # the tuned decoding per dtype (prompt.inference.tune)
-
-
-def virtual_token_attention(config: PromptConfig) -> torch.Tensor:
-    """Boolean [NV, NV] matrix: which virtual tokens each virtual token sees (special-token-major order).
-
-    Each pattern is prefix-closed: its top-left block for the first n special tokens is the pattern
-    for n special tokens, which lets a tree node carry fewer special tokens than the maximum.
-    """
-    n, v = config.num_special_tokens, config.virtual_tokens_per_special_token
-    special = torch.arange(n * v) // v
-    virtual = torch.arange(n * v) % v
-    if config.vt_attention_type == VTAttentionType.DECODER:
-        return torch.tril(torch.ones(n * v, n * v, dtype=torch.bool))
-    if config.vt_attention_type == VTAttentionType.ENCODER:
-        return special[:, None] == special[None, :]
-    # ensemble: V parallel chains, one per virtual-token slot
-    return (virtual[:, None] == virtual[None, :]) & (special[None, :] <= special[:, None])
 
 
 class PrefixKV(nn.Module):
@@ -69,8 +51,9 @@ class PromptDecoder(nn.Module):
         self.base_model = base_model
         self.config = config
         self.tokenizer = tokenizer
-        self.tree_file = None  # tree specs tuned for these prompt tokens (trees.json beside a loaded checkpoint)
-        self.decoding_file = None  # decoding.json beside a loaded checkpoint: the tuned tree length and lookup per dtype
+        # the folder this checkpoint was loaded from: inference files beside the weights (trees, tuned decoding)
+        # are read from there by `prompt.inference.choice`
+        self.checkpoint_dir = None
         device = base_model.get_input_embeddings().weight.device
         if prompt_embeddings is None:
             prompt_embeddings = self._initial_embeddings()
@@ -103,7 +86,7 @@ class PromptDecoder(nn.Module):
         for module in (self.weighting_layers, self.custom_lm_head, self.prefix):
             if module is not None:
                 module.to(device=device, dtype=torch.float32)
-        self.register_buffer("vt_attention", virtual_token_attention(config), persistent=False)
+        self.layout = SpecialTokenLayout.from_config(config)
         base_model.requires_grad_(False)
 
     # ----------------------------------------------------------------------------------------------
@@ -160,10 +143,10 @@ class PromptDecoder(nn.Module):
             merged.update(keys, values, i)
         return merged
 
-    def prefix_attention(self, special_of_rows: torch.Tensor) -> torch.Tensor:
-        """Boolean [Q, prefix_length]: rows that are special token j (>= 0) see its P prefix slots, others (-1) none."""
-        block = torch.arange(self.prefix_length, device=special_of_rows.device) // self.config.prefix_virtual_tokens
-        return special_of_rows[:, None] == block[None, :]
+    @property
+    def vt_attention(self) -> torch.Tensor:
+        """Boolean [NV, NV]: which virtual tokens each virtual token sees (`SpecialTokenLayout`)."""
+        return self.layout.vt_attention
 
     def num_trained_parameters(self) -> int:
         """Parameters of everything trained on top of the frozen base model (prompt tokens, prefix, weighting
@@ -258,31 +241,28 @@ class PromptDecoder(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         keep = attention_mask.bool()
-        nv, v = self.config.num_virtual_tokens, self.config.virtual_tokens_per_special_token
+        nv = self.config.num_virtual_tokens
         positions = (keep.long().cumsum(-1) - 1).clamp(min=0)
         lengths = keep.sum(-1)
-        special_positions = lengths[:, None] + torch.arange(nv, device=device)[None, :] // v
-        position_ids = torch.cat([positions, special_positions], 1)
 
-        total = length + nv
-        allowed = torch.zeros(batch, total, total, dtype=torch.bool, device=device)
+        # the special tokens of row b follow its last real token, at position lengths[b] - 1
+        special = [self.layout.append((lengths[b] - 1)[None], keep[b][None]) for b in range(batch)]
+        position_ids = torch.cat([positions, torch.stack([s[0] for s in special])], 1)
         causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=device))
-        allowed[:, :length, :length] = causal[None] & keep[:, None, :]
-        allowed[:, length:, :length] = keep[:, None, :]
-        allowed[:, length:, length:] = self.vt_attention
+        tokens = causal[None] & keep[:, None, :]
         # padded query rows attend to themselves so that no softmax row is empty
-        allowed[:, torch.arange(length), torch.arange(length)] |= ~keep
-        cache = None
-        if self.prefix is not None:
-            rows = torch.cat([torch.full((length,), -1, device=device), torch.arange(nv, device=device) // v])
-            allowed = torch.cat([self.prefix_attention(rows)[None].expand(batch, -1, -1), allowed], -1)
-            cache = self.with_prefix(batch=batch)
+        tokens[:, torch.arange(length), torch.arange(length)] |= ~keep
+        tokens = torch.cat([tokens, torch.zeros(batch, length, nv, dtype=torch.bool, device=device)], -1)
+        allowed = torch.cat([tokens, torch.stack([s[1] for s in special])], 1)
+        rows = torch.cat([torch.full((length,), -1, device=device), special[0][2]])
+        allowed = self.layout.with_prefix_columns(allowed, rows)
+        cache = self.with_prefix(batch=batch) if self.prefix is not None else None
         mask = backbone.additive_mask(allowed[:, None], self.dtype)
 
         embeds = torch.cat([self.embed(input_ids), self.prompt_embeds()[None].expand(batch, -1, -1)], 1)
         output = backbone.run_body(self.base_model, embeds, mask, position_ids, cache,
                                    output_hidden_states=self.needs_hidden_states())
-        special = self.special_token_logits(self.special_hidden(output, slice(length, total)))
+        special = self.special_token_logits(self.special_hidden(output, slice(length, length + nv)))
         last = length - 1 - keep.flip(-1).long().argmax(-1)  # the last real token, for any padding side
         last_hidden = output.last_hidden_state[torch.arange(batch, device=device), last]
         next_logits = backbone.head_logits(self.base_model, last_hidden)
@@ -361,9 +341,6 @@ class AutoPromptDecoder:
                 model.prefix.load_state_dict(_load_state(extra))
             except RuntimeError as exc:
                 raise PPDError(f"{extra} does not fit this base model: {str(exc).splitlines()[0]}") from None
-        if os.path.isfile(os.path.join(path, TREES_NAME)):
-            model.tree_file = os.path.join(path, TREES_NAME)
-        if os.path.isfile(os.path.join(path, DECODING_NAME)):
-            model.decoding_file = os.path.join(path, DECODING_NAME)
+        model.checkpoint_dir = str(path)
         model.eval()
         return model

@@ -3,7 +3,7 @@
 For a sequence x_0..x_{L-1}, one forward without gradients gives the base model's (teacher) hidden states at
 every position and a KV cache. Then the N*V special-token inputs of every cut c are appended at once, in one
 forward over C*N*V inputs on top of that cache, with a 4D mask: cut c's special tokens see cache columns
-0..c and their own special tokens (through `model.vt_attention`), nothing of other cuts; special token j
+0..c and their own special tokens (`prompt.model.layout`), nothing of other cuts; special token j
 (0-based) of cut c sits at position c+1+j. So each cut's special logits equal `PromptDecoder.forward(x[:c+1])`'s.
 Special token k (1-based) of cut c is supervised by the teacher at position c+k, which predicts x_{c+k+1}.
 """
@@ -53,15 +53,6 @@ def teacher_logits(base_model, hidden: torch.Tensor, cuts: torch.Tensor, num_spe
     return logits[positions - first]
 
 
-def cuts_attention(cuts: torch.Tensor, past: int, vt_attention: torch.Tensor) -> torch.Tensor:
-    """Boolean [C*NV, past + C*NV]: cut c's special tokens see columns 0..c and their own special tokens."""
-    nv = vt_attention.shape[0]
-    count = len(cuts)
-    sees_past = torch.arange(past, device=cuts.device)[None, :] <= cuts.repeat_interleave(nv)[:, None]
-    own = torch.kron(torch.eye(count, dtype=torch.int8, device=cuts.device), vt_attention.to(torch.int8)).bool()
-    return torch.cat([sees_past, own], 1)
-
-
 def many_cuts_special_logits(model, cache, past: int, cuts: torch.Tensor, restore_cache: bool = False) -> torch.Tensor:
     """Special logits [C, N, vocab] of a PromptDecoder at every cut, in one forward over the cache of x_0..x_{past-1}.
 
@@ -69,16 +60,16 @@ def many_cuts_special_logits(model, cache, past: int, cuts: torch.Tensor, restor
     the cache can serve another call (e.g. cuts in chunks). With prefix tuning the forward runs on a copy of
     the cache behind the prefix, and `cache` is left as it is.
     """
-    config = model.config
-    nv, v = config.num_virtual_tokens, config.virtual_tokens_per_special_token
+    nv = model.config.num_virtual_tokens
     count = len(cuts)
     prompt = model.prompt_embeds()
     embeds = prompt[None].expand(count, nv, prompt.shape[-1]).reshape(1, count * nv, prompt.shape[-1])
-    positions = (cuts[:, None] + 1 + torch.arange(nv, device=cuts.device)[None] // v).reshape(1, -1)
-    allowed = cuts_attention(cuts, past, model.vt_attention.to(cuts.device))
+    # cut c's special tokens follow x_c: they see columns 0..c and their own block
+    sees = torch.arange(past, device=cuts.device)[None, :] <= cuts[:, None]
+    positions, allowed, special = model.layout.append(cuts, sees)
+    positions = positions[None]
     if model.prefix is not None:
-        special = (torch.arange(count * nv, device=cuts.device) % nv) // v
-        allowed = torch.cat([model.prefix_attention(special), allowed], 1)
+        allowed = model.layout.with_prefix_columns(allowed, special)
         cache, restore_cache = model.with_prefix(cache), False
     mask = backbone.additive_mask(allowed, model.dtype)
     output = backbone.run_body(model.base_model, embeds, mask, positions, cache,

@@ -1,0 +1,194 @@
+"""Acceptance rules: which path of a verified tree is accepted, and which token the base model adds after it.
+
+Each rule looks at the whole tree at once: the tokens of its nodes and the base model's logits at every node
+(what the base model predicts after that node's path). A node is acceptable when its token passes the rule
+against its parent's logits; a path is accepted when every node on it is, which the tree's ancestor matrix
+checks for all nodes in one operation. Rules return device tensors, so the loop reads them in one transfer.
+
+- `greedy`: a node is acceptable when it is its parent's argmax; the next token is the argmax after the
+  deepest accepted node. Output equals plain greedy decoding.
+- `typical` (upstream's and Medusa's typical acceptance, upstream's `--sampling typical`): a node is acceptable when
+  its probability under its parent exceeds min(posterior_threshold, posterior_alpha * exp(-entropy)); among the
+  deepest accepted nodes the most likely path wins; the next token is sampled from the typical-filtered
+  distribution. It changes the output distribution (it favours likely continuations).
+- `typical_sampling`: every node draws one sample from the typical-filtered distribution; a child is acceptable when
+  it equals its parent's sample, and the deepest accepted node's own sample is the next token. Every emitted
+  token is then one draw from the typical-filtered distribution.
+- `exact`: lossless speculative sampling. The output distribution is the base model's own, after temperature,
+  top-k and top-p as transformers' logits warpers apply them. Every candidate (a prompt-token guess or a
+  prompt-lookup token) is a deterministic draft, so the children of a node are tried in order by recursive
+  rejection sampling (SpecInfer): child x is taken with probability r(x), where r is the node's distribution
+  with the tokens of the children tried before it removed and renormalised; when every child is refused, the
+  next token is drawn from what remains. Each emitted token is then distributed exactly as plain sampling's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                                                    TopPLogitsWarper)
+
+from prompt.errors import PPDError
+
+
+def typical_filtered_probs(logits: torch.Tensor, temperature: float, threshold: float, alpha: float) -> torch.Tensor:
+    """Probabilities after temperature, with tokens below the typical-acceptance threshold removed."""
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    entropy = -(probs * torch.log(probs + 1e-5)).sum(-1, keepdim=True)
+    cut = torch.minimum(torch.full_like(entropy, threshold), torch.exp(-entropy) * alpha)
+    probs = torch.where(probs < cut, torch.zeros_like(probs), probs)
+    return probs / probs.sum(-1, keepdim=True)
+
+
+def _accepted(tree, acceptable: torch.Tensor) -> torch.Tensor:
+    """[nodes] boolean: every node on the node's path (root included, always acceptable) is acceptable."""
+    acceptable = acceptable.clone()
+    acceptable[0] = True
+    return ~(tree.ancestors & ~acceptable[None, :]).any(-1)
+
+
+def _deepest(tree, accepted: torch.Tensor, score: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the deepest accepted node (ties: the highest `score`, then the first)."""
+    depth = torch.where(accepted, tree.depths, torch.full_like(tree.depths, -1))
+    if score is None:
+        return depth.argmax()
+    deepest = depth == depth.max()
+    return torch.where(deepest, score, torch.full_like(score, -float("inf"))).argmax()
+
+
+class GreedyAcceptance:
+    name = "greedy"
+
+    def first_token(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
+        return logits.argmax(-1)
+
+    def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        """(deepest accepted node, the base model's next token after it), as 0-d tensors."""
+        targets = node_logits.argmax(-1)
+        best = _deepest(tree, _accepted(tree, node_tokens == targets[tree.parent_index]))
+        return best, targets[best]
+
+    def describe(self) -> str:
+        return "greedy"
+
+
+class TypicalAcceptance:
+    name = "typical"
+
+    def __init__(self, temperature: float, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3):
+        self.temperature, self.threshold, self.alpha = temperature, posterior_threshold, posterior_alpha
+
+    def first_token(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
+        probs = typical_filtered_probs(logits, self.temperature, self.threshold, self.alpha)
+        return torch.multinomial(probs, 1, generator=generator)[..., 0]
+
+    def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        probs = F.softmax(node_logits.float() / self.temperature, dim=-1)
+        entropy = -(probs * torch.log(probs + 1e-5)).sum(-1)
+        cut = torch.minimum(torch.full_like(entropy, self.threshold), torch.exp(-entropy) * self.alpha)
+        node_probs = probs[tree.parent_index, node_tokens]
+        accepted = _accepted(tree, node_probs > cut[tree.parent_index])
+        log_probs = torch.log(node_probs.clamp_min(1e-30))
+        log_probs[0] = 0.0
+        path_log_prob = tree.ancestors.float() @ log_probs
+        best = _deepest(tree, accepted, path_log_prob)
+        return best, self.first_token(node_logits[best], generator)
+
+    def describe(self) -> str:
+        return f"typical acceptance, temperature {self.temperature:g}"
+
+
+class TypicalSampling(TypicalAcceptance):
+    name = "typical_sampling"
+
+    def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        probs = typical_filtered_probs(node_logits, self.temperature, self.threshold, self.alpha)
+        samples = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        best = _deepest(tree, _accepted(tree, node_tokens == samples[tree.parent_index]))
+        # the deepest node's sample was matched by none of its children: it is the next token
+        return best, samples[best]
+
+    def describe(self) -> str:
+        return f"typical-filtered sampling, temperature {self.temperature:g}"
+
+
+class ExactSampling:
+    name = "exact"
+
+    def __init__(self, temperature: float, top_p: float | None = None, top_k: int | None = None):
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        # transformers' order: temperature, top-k, top-p
+        warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+        if top_k:
+            warpers.append(TopKLogitsWarper(top_k))
+        if top_p is not None and top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
+        self.warpers = LogitsProcessorList(warpers)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """[rows, vocab] sampling distributions after the warpers."""
+        rows = logits.float().reshape(-1, logits.shape[-1])
+        return F.softmax(self.warpers(None, rows), dim=-1)
+
+    def first_token(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
+        return torch.multinomial(self.probs(logits), 1, generator=generator).reshape(logits.shape[:-1])
+
+    def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        probs = self.probs(node_logits)
+        uniform = torch.rand(node_tokens.shape[0], generator=generator, device=probs.device)
+        # p(x_i) under its parent; a token already tried by an earlier sibling has nothing left to take
+        node_probs = probs[tree.parent_index, node_tokens]
+        same_token = node_tokens[:, None] == node_tokens[None, :]
+        repeated = (tree.earlier_siblings & same_token).any(-1)
+        removed = tree.earlier_siblings.float() @ torch.where(repeated, torch.zeros_like(node_probs), node_probs)
+        remaining = node_probs / (1.0 - removed).clamp_min(1e-12)
+        passes = ~repeated & (uniform < remaining)
+        # a node is taken when it passes and no earlier sibling did; a path when all its nodes are taken
+        taken = passes & ~(tree.earlier_siblings & passes[None, :]).any(-1)
+        best = _deepest(tree, _accepted(tree, taken))
+        # every child of the deepest taken node was refused: draw the next token from what they left
+        residual = probs[best].clone()
+        children = (tree.parent_index == best) & (torch.arange(len(node_tokens), device=probs.device) != 0)
+        residual[node_tokens[children]] = 0.0
+        total = residual.sum()
+        residual = torch.where(total > 0, residual / total.clamp_min(1e-30), probs[best])
+        return best, torch.multinomial(residual, 1, generator=generator)[0]
+
+    def describe(self) -> str:
+        extra = "".join([f", top-p {self.top_p:g}" if self.top_p is not None and self.top_p < 1.0 else "",
+                         f", top-k {self.top_k}" if self.top_k else ""])
+        return f"exact sampling, temperature {self.temperature:g}{extra}"
+
+
+ACCEPTANCE_RULES = {"greedy": GreedyAcceptance, "typical": TypicalAcceptance, "typical_sampling": TypicalSampling,
+                    "exact": ExactSampling}
+
+
+def acceptance_rule(sampling: str | None = None, temperature: float = 0.0, posterior_threshold: float = 0.09,
+                    posterior_alpha: float = 0.3, top_p: float | None = None, top_k: int | None = None):
+    """The rule named `sampling`; None picks greedy at temperature 0 and exact sampling above it.
+
+    `top_p` and `top_k` shape the distribution that exact sampling reproduces (transformers' semantics)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise PPDError(f"temperature must be a number >= 0, got {temperature!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise PPDError(f"top_p must lie in (0, 1], got {top_p!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise PPDError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
+    if sampling is None:
+        sampling = "greedy" if temperature == 0 else "exact"
+    shaped = (top_p is not None and top_p < 1.0) or bool(top_k)
+    if shaped and sampling != "exact":
+        raise PPDError(f"top_p and top_k apply to exact sampling only (sampling={sampling!r})")
+    if sampling not in ACCEPTANCE_RULES:
+        raise PPDError(f"sampling must be one of {', '.join(ACCEPTANCE_RULES)}, got {sampling!r}")
+    if sampling == "greedy":
+        if temperature > 0:
+            raise PPDError(f"greedy decoding takes no temperature (got {temperature}); use sampling='typical' or "
+                           f"'typical_sampling' to sample")
+        return GreedyAcceptance()
+    if temperature == 0:
+        raise PPDError(f"sampling={sampling!r} needs a temperature > 0")
+    if sampling == "exact":
+        return ExactSampling(float(temperature), top_p, top_k)
+    return ACCEPTANCE_RULES[sampling](float(temperature), posterior_threshold, posterior_alpha)

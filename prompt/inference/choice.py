@@ -1,0 +1,103 @@
+"""Which decoding a Decoder runs: one function, one precedence.
+
+A checkpoint folder may carry two inference files beside its weights:
+- `trees.json`: sparse trees built for these prompt tokens, keyed by tree length (inputs of the forward);
+- `decoding.json`: the decoding tuned on a machine for each dtype (`prompt.inference.tune`):
+  `{dtype: {"tree_length": L (0: no prompt tokens), "prompt_lookup_num_tokens": K (0: off)}}`.
+
+`resolve_decoding` takes each of the two choices, the tree and the prompt-lookup length, from the first of:
+1. the caller's argument (`tree_spec` or `tree_length` for the tree, 0 meaning no prompt tokens;
+   `prompt_lookup_num_tokens` for the lookup, 0 meaning off);
+2. the checkpoint's `decoding.json` entry for the model's dtype;
+3. the default: the largest tree of the tree file, no lookup.
+A tree length is looked up in the checkpoint's `trees.json`, else in the packaged default trees. A plain
+causal LM (no prompt tokens) decodes without a tree. Tree files are read once per file version, so building
+a Decoder per request is cheap.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from prompt.errors import PPDError
+from prompt.inference.tree import select_tree_spec, specs_by_length
+from prompt.jsonio import read_json
+
+TREES_NAME = "trees.json"
+DECODING_NAME = "decoding.json"
+
+
+def checkpoint_file(model, name: str) -> str | None:
+    """`name` inside the folder `model` (a PromptDecoder) was loaded from, if that file exists."""
+    folder = getattr(model, "checkpoint_dir", None)
+    path = os.path.join(folder, name) if folder else None
+    return path if path and os.path.isfile(path) else None
+
+
+def tree_file(model) -> str | None:
+    """The checkpoint's own trees (trees.json), if it has them."""
+    return checkpoint_file(model, TREES_NAME)
+
+
+def tuned_decoding(model, dtype: str) -> dict:
+    """The decoding recorded for `model`'s prompt tokens in `dtype` by `prompt.inference.tune` ({} if none)."""
+    path = checkpoint_file(model, DECODING_NAME)
+    if not path:
+        return {}
+    data = read_json(path, "tuned decoding file")
+    entry = data.get(dtype) if isinstance(data, dict) else None
+    if entry is not None and not isinstance(entry, dict):
+        raise PPDError(f"{path}: the entry for {dtype} is not an object {{tree_length, prompt_lookup_num_tokens}}")
+    return entry or {}
+
+
+@dataclass(frozen=True)
+class DecodingChoice:
+    tree_spec: dict | None  # None: no prompt tokens
+    prompt_lookup_num_tokens: int
+    origin: str  # where the tree came from, in words
+
+
+def _count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PPDError(f"{name} must be an integer >= 0 (0: off), got {value!r}")
+    return value
+
+
+def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_tokens=None) -> DecodingChoice:
+    """The tree and lookup length a Decoder for `model` runs, by the precedence in this module's docstring."""
+    config = getattr(model, "config", None)
+    has_prompt_tokens = hasattr(model, "prompt_embeddings")
+    tuned = {}
+    if has_prompt_tokens and (tree_spec is None and tree_length is None or prompt_lookup_num_tokens is None):
+        tuned = tuned_decoding(model, str(model.dtype).replace("torch.", ""))
+    if prompt_lookup_num_tokens is None:
+        prompt_lookup_num_tokens = tuned.get("prompt_lookup_num_tokens", 0)
+    lookup = _count(prompt_lookup_num_tokens, "prompt_lookup_num_tokens")
+    if tree_length is not None:
+        _count(tree_length, "tree_length")
+    if not has_prompt_tokens:
+        if tree_spec is not None or tree_length:
+            raise PPDError("a tree needs a model with prompt tokens (a PromptDecoder); this is a plain causal LM")
+        return DecodingChoice(None, lookup, "plain model")
+    if tree_spec is not None:
+        return DecodingChoice(tree_spec, lookup, "given tree")
+    origin = "given tree length"
+    if tree_length is None and "tree_length" in tuned:
+        tree_length = _count(tuned["tree_length"], f"tree_length in {DECODING_NAME}")
+        origin = f"tuned for {str(model.dtype).replace('torch.', '')} ({DECODING_NAME})"
+        path = tree_file(model)
+        if tree_length and (path is None or tree_length not in _lengths(path, config)):
+            raise PPDError(f"{checkpoint_file(model, DECODING_NAME)} names tree length {tree_length}, but "
+                           + (f"{path} has no tree of that length" if path else f"the checkpoint has no {TREES_NAME}"))
+    if tree_length == 0:
+        return DecodingChoice(None, lookup, origin)
+    if tree_length is None:
+        origin = "largest tree"
+    spec = select_tree_spec(tree_file(model), config.num_special_tokens, config.virtual_tokens_per_special_token,
+                            tree_length)
+    return DecodingChoice(spec, lookup, origin)
+
+
+def _lengths(path: str, config) -> set:
+    return set(specs_by_length(path, config.num_special_tokens, config.virtual_tokens_per_special_token))

@@ -1,0 +1,115 @@
+"""Acceptance rules on hand-built trees: the vectorised verification against the rule written out node by node."""
+import json
+import random
+
+import pytest
+import torch
+
+from prompt import PPDError
+from prompt.inference.acceptance import (GreedyAcceptance, TypicalAcceptance, TypicalSampling, acceptance_rule,
+                                         typical_filtered_probs)
+from prompt.inference.tree import DEFAULT_TREE_FILE, DynamicTree, build_tree_buffers, with_chains
+from prompt.model.layout import SpecialTokenLayout
+
+VOCAB = 8
+#          0 root, 1 [0], 2 [1], 3 [0,0], 4 [0,1], 5 [1,0]
+NODES = [([0], 2), ([1], 2), ([0, 0], 1), ([0, 1], 1), ([1, 0], 1)]
+
+
+def one_hot_logits(argmaxes):
+    logits = torch.full((len(argmaxes), VOCAB), -10.0)
+    logits[torch.arange(len(argmaxes)), torch.tensor(argmaxes)] = 10.0
+    return logits
+
+
+def test_greedy_takes_the_deepest_path_the_model_agrees_with():
+    tree = build_tree_buffers(NODES, SpecialTokenLayout(2), depth=2)
+    assert tree.node_paths == [[], [0], [1], [0, 0], [0, 1], [1, 0]]
+    tokens = torch.tensor([7, 1, 2, 3, 4, 5])
+    # the model predicts 2 after the root (node [1]), 5 after [1] (node [1,0]), then 6
+    logits = one_hot_logits([2, 3, 5, 0, 0, 6])
+    best, next_token = GreedyAcceptance().verify(tree, tokens, logits)
+    assert int(best) == 5 and int(next_token) == 6 and tree.accepted_path[5] == [0, 2, 5]
+    # a rejected parent rejects its children even when they would match
+    logits = one_hot_logits([0, 3, 5, 0, 0, 6])
+    best, next_token = GreedyAcceptance().verify(tree, tokens, logits)
+    assert int(best) == 0 and int(next_token) == 0
+    # one level only: [0] accepted, its children not
+    logits = one_hot_logits([1, 0, 5, 0, 0, 6])
+    best, next_token = GreedyAcceptance().verify(tree, tokens, logits)
+    assert int(best) == 1 and int(next_token) == 0
+
+
+def test_typical_acceptance_breaks_depth_ties_by_path_likelihood():
+    tree = build_tree_buffers(NODES, SpecialTokenLayout(2), depth=2)
+    tokens = torch.tensor([7, 1, 2, 3, 4, 5])
+    probs = torch.full((6, VOCAB), 1e-4)
+    probs[0, 1], probs[0, 2] = 0.3, 0.6  # both children of the root pass the threshold, [1] more likely
+    probs[1, 3], probs[1, 6] = 0.9, 0.1  # [0,0] very likely after [0]
+    probs[2, 5], probs[2, 6] = 0.4, 0.6  # [1,0] less likely after [1]
+    probs[3:, 6] = 0.99
+    logits = torch.log(probs / probs.sum(-1, keepdim=True))
+    rule = TypicalAcceptance(temperature=1.0, posterior_threshold=0.09, posterior_alpha=0.3)
+    best, _ = rule.verify(tree, tokens, logits, torch.Generator().manual_seed(0))
+    # depth-2 candidates [0,0] (0.3 * 0.9) and [1,0] (0.6 * 0.4): the first path is likelier
+    assert int(best) == 3
+    probs[1, 3] = 1e-4  # [0,0] now falls below the threshold: [1,0] is the only depth-2 path
+    logits = torch.log(probs / probs.sum(-1, keepdim=True))
+    best, _ = rule.verify(tree, tokens, logits, torch.Generator().manual_seed(0))
+    assert int(best) == 5
+
+
+def test_typical_sampling_with_a_certain_model_is_greedy():
+    tree = build_tree_buffers(NODES, SpecialTokenLayout(2), depth=2)
+    tokens = torch.tensor([7, 1, 2, 3, 4, 5])
+    logits = one_hot_logits([2, 3, 5, 0, 0, 6]) * 5
+    best, next_token = TypicalSampling(1.0).verify(tree, tokens, logits, torch.Generator().manual_seed(3))
+    assert (int(best), int(next_token)) == (5, 6)
+
+
+def reference_greedy(tree, tokens, logits):
+    """The greedy rule node by node, as the paper states it: parents come before children."""
+    targets = logits.argmax(-1).tolist()
+    accepted = [True] + [False] * (tree.num_nodes - 1)
+    best = 0
+    for i in range(1, tree.num_nodes):
+        parent = tree.node_parent[i]
+        accepted[i] = accepted[parent] and tokens[i] == targets[parent]
+        if accepted[i] and tree.node_depth(i) > tree.node_depth(best):
+            best = i
+    return best, targets[best]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_vectorised_greedy_equals_the_node_by_node_rule(seed):
+    rng = random.Random(seed)
+    spec = json.load(open(DEFAULT_TREE_FILE))
+    dynamic = DynamicTree(spec, SpecialTokenLayout(3))
+    tree = dynamic.for_special_tokens(rng.randint(0, 3))
+    if rng.random() < 0.5:
+        tree = with_chains(tree, (rng.randint(1, 5),), 0, SpecialTokenLayout(3))
+    vocab = 5  # few tokens: many matches, long accepted paths
+    tokens = torch.tensor([rng.randrange(vocab) for _ in range(tree.num_nodes)])
+    logits = torch.randn(tree.num_nodes, vocab, generator=torch.Generator().manual_seed(seed))
+    best, next_token = GreedyAcceptance().verify(tree, tokens, logits)
+    assert (int(best), int(next_token)) == reference_greedy(tree, tokens.tolist(), logits)
+
+
+def test_typical_filter_keeps_the_likely_tokens():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
+    probs = typical_filtered_probs(logits, 1.0, 0.09, 0.3)
+    assert probs[0, 2] == 0 and probs[0, 3] == 0 and torch.isclose(probs.sum(), torch.tensor(1.0))
+
+
+def test_rules_by_name():
+    assert acceptance_rule().name == "greedy"
+    assert acceptance_rule(temperature=0.7).name == "exact"
+    assert acceptance_rule("typical_sampling", 0.7).name == "typical_sampling"
+    with pytest.raises(PPDError, match="no temperature"):
+        acceptance_rule("greedy", 0.7)  # greedy no longer means the threshold rule at temperature > 0
+    with pytest.raises(PPDError, match="temperature > 0"):
+        acceptance_rule("typical", 0.0)
+    with pytest.raises(PPDError):
+        acceptance_rule("beam")
+    with pytest.raises(PPDError):
+        acceptance_rule(temperature=float("nan"))
