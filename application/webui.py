@@ -302,7 +302,7 @@ def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, 
             highlight = gr.Checkbox(value=False, label="Highlight tokens that came from the prompt tokens",
                                     elem_id="highlight")
             temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, elem_id="temperature",
-                                    label="Temperature (0 = greedy; above 0: typical acceptance)")
+                                    label="Temperature (0 = greedy; above 0: exact sampling)")
         stats = gr.Markdown("Speed and compression (tokens per forward pass) of the last answer appear here.",
                             label="Stats", elem_id="stats")
 

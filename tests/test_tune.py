@@ -81,12 +81,12 @@ def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
     model = AutoPromptDecoder.from_pretrained(str(folder), dtype="float32")
     decoder = Decoder(model)
     assert decoder.ppd and decoder.tree.input_length == 16 and decoder.prompt_lookup_num_tokens == 5
-    assert decoder.describe() == "PPD tree of 16 inputs + prompt lookup 5"
+    assert decoder.describe() == "PPD tree of 16 inputs + prompt lookup 5, greedy"
     override = Decoder(model, tree_length=10, prompt_lookup_num_tokens=0)
     assert override.tree.input_length == 10 and not override.sources
-    assert Decoder(model, tree_length=0).describe() == "prompt lookup 5"
+    assert Decoder(model, tree_length=0).describe() == "prompt lookup 5, greedy"
     model = AutoPromptDecoder.from_pretrained(str(folder), dtype="bfloat16")
-    assert Decoder(model).describe() == "plain greedy"
+    assert Decoder(model).describe() == "plain decoding, greedy"
 
 
 def test_demo_runs_the_tuned_decoding_beside_generate():

@@ -246,7 +246,7 @@ def test_bad_input_shows_an_error_and_the_server_keeps_going(tiny_server, tokeni
     assert chat_texts(chat) == [("user", "Hi"), ("assistant", expected)]
 
 
-def test_temperature_uses_typical_sampling(tiny_server):
+def test_temperature_samples(tiny_server):
     url, _ = tiny_server
     _, chat, stats = call(client(url), "Hello there", True, False, 0.9, api_name="/send")
     assert chat_texts(chat)[-1][0] == "assistant" and not chat_texts(chat)[-1][1].startswith("Error")

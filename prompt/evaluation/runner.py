@@ -42,7 +42,10 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     parser.add_argument("--posterior-threshold", type=float, default=0.09)
     parser.add_argument("--posterior-alpha", type=float, default=0.3)
     parser.add_argument("--sampling", default=None, choices=tuple(ACCEPTANCE_RULES),
-                        help="Acceptance rule (default: greedy at temperature 0, typical acceptance above).")
+                        help="Acceptance rule (default: greedy at temperature 0, exact sampling above; typical is "
+                             "upstream's typical acceptance).")
+    parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling for --sampling exact (transformers' top_p).")
+    parser.add_argument("--top-k", type=int, default=None, help="Top-k sampling for --sampling exact (transformers' top_k).")
     parser.add_argument("--warmup", type=int, default=1, help="Unrecorded warm-up generations before timing.")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
@@ -145,4 +148,5 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
 def make_decoder(model, formatter: ChatFormatter, args, **kwargs):
     stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
     return Decoder(model, temperature=args.temperature, posterior_threshold=args.posterior_threshold,
-                   posterior_alpha=args.posterior_alpha, sampling=args.sampling, stop_token_ids=stops, **kwargs)
+                   posterior_alpha=args.posterior_alpha, sampling=args.sampling, top_p=args.top_p, top_k=args.top_k,
+                   stop_token_ids=stops, **kwargs)
