@@ -16,7 +16,7 @@ import torch
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.evaluation.runner import ArgumentParser
+from prompt.cli import ArgumentParser
 from prompt.inference.tune import (PLAIN, available_tree_lengths, check_tree_lengths, choose, config_name,
                                    measure_configs, parse_lengths, results_table)
 from prompt.model.defaults import load_prompt_decoder

@@ -12,7 +12,7 @@ import os
 import torch
 
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import ArgumentParser
+from prompt.cli import ArgumentParser
 from prompt.inference.tune import forward_latency, machine_name, plot_latency
 
 

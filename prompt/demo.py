@@ -9,7 +9,7 @@ from __future__ import annotations
 from prompt.errors import cli_entry
 from prompt.evaluation.compare import add_model_flags, run
 from prompt.evaluation.questions import load_questions
-from prompt.evaluation.runner import ArgumentParser
+from prompt.cli import ArgumentParser
 
 DEMO_QUESTIONS = [
     "Explain in a short paragraph why the sky is blue.",

@@ -24,7 +24,7 @@ import time
 import torch
 
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import ArgumentParser
+from prompt.cli import ArgumentParser
 
 # name -> (dataset N, extra train.py flags)
 OPTIONS = {
@@ -90,7 +90,7 @@ def decode(args) -> None:
     from prompt.evaluation.compare import compare
     from prompt.evaluation.questions import load_questions
     from prompt.evaluation.runner import HFGenerate
-    from prompt.inference.decoding import Decoder, stop_token_ids_for
+    from prompt.inference.decoding import Decoder
     from prompt.jsonio import read_json
     from prompt.model.defaults import default_prompt_tokens_path
     from prompt.model.loading import load_base_model
@@ -99,7 +99,7 @@ def decode(args) -> None:
     torch.set_num_threads(args.threads)
     base, tokenizer = load_base_model(None, dtype=args.dtype)
     formatter = ChatFormatter(tokenizer)
-    stops = stop_token_ids_for(tokenizer, formatter.stop_token_ids)
+    stops = formatter.stops(base)
     decoders, rows = {"generate": HFGenerate(base, stops)}, {}
     folders = {name: os.path.join(args.work, name) for name in trained_options(args.work)}
     if args.with_shipped:

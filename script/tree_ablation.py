@@ -17,8 +17,9 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare, format_table
 from prompt.evaluation.questions import load_questions
-from prompt.evaluation.runner import ArgumentParser, HFGenerate
-from prompt.inference.decoding import Decoder, stop_token_ids_for
+from prompt.cli import ArgumentParser
+from prompt.evaluation.runner import HFGenerate
+from prompt.inference.decoding import Decoder
 from prompt.inference.tree import select_tree_spec, spec_input_length
 from prompt.model.defaults import load_prompt_decoder
 
@@ -63,7 +64,7 @@ def main():
     chain = chain_spec(n)
     chain_length = spec_input_length(chain, n)
     formatter = ChatFormatter(model.tokenizer)
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
+    stops = formatter.stops(model)
     decoders = {"generate": HFGenerate(model.base_model, stops),
                 f"sparse ({nodes} nodes, {args.tree_length} inputs)": Decoder(model, tree_spec=sparse, stop_token_ids=stops),
                 f"random ({nodes} nodes, {args.tree_length} inputs)": Decoder(model, tree_spec=rand, stop_token_ids=stops),

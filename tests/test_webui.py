@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from conftest import tiny_llama  # noqa: E402
 from prompt import Decoder, PromptConfig, PromptDecoder  # noqa: E402
-from prompt.inference import stop_token_ids_for  # noqa: E402
+from prompt.model.stops import stop_token_ids_for  # noqa: E402
 from webui_helpers import (SlowForward, byte_level_tokenizer, free_port, tiny_chat_tokenizer,  # noqa: E402
                            wait_for_port, webui_command)
 

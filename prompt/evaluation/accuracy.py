@@ -20,7 +20,7 @@ import torch
 
 from prompt.data.files import load_dataset
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import ArgumentParser
+from prompt.cli import ArgumentParser
 from prompt.train.many_cuts import many_cuts_special_logits, teacher_pass, valid_cuts
 from prompt.train.objectives import future_tokens
 

@@ -31,8 +31,8 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import MethodTotals, build_decoders, compare
 from prompt.evaluation.questions import load_questions
-from prompt.evaluation.runner import ArgumentParser
-from prompt.inference.decoding import Decoder, stop_token_ids_for, tuned_decoding
+from prompt.cli import ArgumentParser
+from prompt.inference.decoding import Decoder, tuned_decoding
 
 SUITES = {  # name -> question file under --data-dir (None: from a package)
     "mt_bench": os.path.join("mt_bench", "question.jsonl"),
@@ -60,8 +60,8 @@ def benchmark_decoders(model, formatter, lookup_tokens: int, dtype: str, suite: 
     decoders = build_decoders(model, formatter, ["generate", "generate_lookup", "baseline", "ppd", "tuned"],
                               tree_length=tree_length, lookup_tokens=lookup_tokens, dtype=dtype)
     if suite == "mt_bench":
-        stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
-        decoders["tuned_typical"] = Decoder(model, stop_token_ids=stops, temperature=0.7, sampling="typical")
+        decoders["tuned_typical"] = Decoder(model, stop_token_ids=formatter.stops(model), temperature=0.7,
+                                            sampling="typical")
     return decoders
 
 
@@ -156,7 +156,7 @@ def memory_probe(payload: str) -> None:
     spec = json.loads(payload)
     model = load_prompt_decoder(spec["model_path"], dtype=spec["dtype"], quiet=True)
     formatter = ChatFormatter(model.tokenizer)
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
+    stops = formatter.stops(model)
     decoder = Decoder(model, stop_token_ids=stops) if spec["method"] == "tuned" else Decoder(model.base_model, stop_token_ids=stops)
     for prompt in spec["prompts"]:
         decoder.generate(formatter.input_ids([prompt]), spec["max_new_tokens"])

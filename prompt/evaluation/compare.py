@@ -13,8 +13,9 @@ import torch
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.evaluation.runner import ArgumentParser, HFGenerate
-from prompt.inference.decoding import Decoder, stop_token_ids_for, tuned_decoding
+from prompt.cli import ArgumentParser
+from prompt.evaluation.runner import HFGenerate
+from prompt.inference.decoding import Decoder, tuned_decoding
 from prompt.model.config import PromptConfig
 from prompt.model.defaults import load_prompt_decoder
 from prompt.model.prompt_decoder import PromptDecoder
@@ -49,7 +50,7 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
                    dtype="float32"):
     """Decoders by method name. PPD methods use `tree_length` if given, else the tuned tree for `dtype` (if
     it uses the prompt tokens), else the tree file's largest; lookup methods use chains of `lookup_tokens`."""
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
+    stops = formatter.stops(model)
     if tree_length is None and tree_file is None:
         tree_length = tuned_decoding(model, dtype).get("tree_length") or None
     # an explicit tree file keeps the decoder from applying the tuned decoding (which may turn PPD off)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
@@ -15,15 +14,7 @@ import torch
 from prompt.errors import PPDError
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.inference.decoding import Decoder, GenerationResult, stop_token_ids_for
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad flags on one line (`error: ...`) and exits 2."""
-
-    def error(self, message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+from prompt.inference.decoding import Decoder, GenerationResult
 
 
 def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_model_id: str):
@@ -141,6 +132,6 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
 
 
 def make_decoder(model, formatter: ChatFormatter, args, **kwargs):
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
     return Decoder(model, temperature=args.temperature, posterior_threshold=args.posterior_threshold,
-                   posterior_alpha=args.posterior_alpha, sampling=args.sampling, stop_token_ids=stops, **kwargs)
+                   posterior_alpha=args.posterior_alpha, sampling=args.sampling, stop_token_ids=formatter.stops(model),
+                   **kwargs)

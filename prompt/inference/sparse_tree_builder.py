@@ -21,7 +21,7 @@ import os
 
 from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import read_json
-from prompt.evaluation.runner import ArgumentParser
+from prompt.cli import ArgumentParser
 
 
 def rank_probabilities(top_k_accuracy) -> list[list[float]]:

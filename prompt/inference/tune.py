@@ -259,7 +259,7 @@ def check_tree_lengths(model, lengths) -> None:
 def main(argv=None):
     from prompt.evaluation.chat import ChatFormatter
     from prompt.evaluation.questions import BENCH_NAMES, load_questions
-    from prompt.evaluation.runner import ArgumentParser
+    from prompt.cli import ArgumentParser
     from prompt.model.defaults import load_prompt_decoder
     from prompt.model.prompt_decoder import DECODING_NAME
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from prompt.errors import PPDError
-from prompt.evaluation.runner import ArgumentParser
+from prompt.cli import ArgumentParser
 from prompt.model.config import PromptConfig
 from prompt.data.files import canonical_model_name
 
