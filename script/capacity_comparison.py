@@ -92,8 +92,7 @@ def decode(args) -> None:
     from prompt.evaluation.runner import HFGenerate
     from prompt.inference.decoding import Decoder
     from prompt.jsonio import read_json
-    from prompt.model.defaults import default_prompt_tokens_path
-    from prompt.model.loading import load_base_model
+    from prompt.model.loading import SHIPPED_PROMPT_TOKENS, load_base_model
     from prompt.model.prompt_decoder import AutoPromptDecoder
 
     torch.set_num_threads(args.threads)
@@ -103,7 +102,7 @@ def decode(args) -> None:
     decoders, rows = {"generate": HFGenerate(base, stops)}, {}
     folders = {name: os.path.join(args.work, name) for name in trained_options(args.work)}
     if args.with_shipped:
-        folders["shipped"] = default_prompt_tokens_path()
+        folders["shipped"] = SHIPPED_PROMPT_TOKENS
     for name, folder in folders.items():
         model = AutoPromptDecoder.from_pretrained(folder, base_model=base, tokenizer=tokenizer)
         config = model.config

@@ -54,7 +54,7 @@ def main():
     parser.add_argument("--max-new-token", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    model = load_prompt_decoder(None, dtype=args.dtype, quiet=True)
+    model = load_prompt_decoder(None, dtype=args.dtype)
     n = model.config.num_special_tokens
     sparse = select_tree_spec(model.tree_file, n, 1, args.tree_length)
     nodes = len(sparse[str(n)])

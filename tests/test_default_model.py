@@ -16,7 +16,7 @@ MT_BENCH = os.path.join(SHARED_DATA, "mt_bench", "question.jsonl")
 
 @pytest.fixture(scope="module")
 def default_ppd():
-    return load_prompt_decoder(None, dtype="float32", quiet=True)
+    return load_prompt_decoder(None, dtype="float32")
 
 
 @pytest.mark.skipif(not os.path.isfile(MT_BENCH), reason="../shared/data is not beside the repository")

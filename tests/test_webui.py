@@ -485,7 +485,7 @@ def test_default_model_end_to_end(tmp_path):
         _, compression, tokens, passes = parse_stats(stats)
         assert tokens == reference.new_tokens and compression >= 0.5
         # the stats name the decoding in use: the shipped tuned decoding for float32
-        assert Decoder(load_prompt_decoder(None, quiet=True)).describe() in stats
+        assert Decoder(load_prompt_decoder(None)).describe() in stats
         assert server.poll() is None
     finally:
         server.terminate()
