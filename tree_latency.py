@@ -13,7 +13,7 @@ import torch
 
 from prompt.errors import PPDError, cli_entry
 from prompt.cli import ArgumentParser
-from prompt.inference.tune import forward_latency, machine_name, plot_latency
+from prompt.evaluation.tune import forward_latency, machine_name, plot_latency
 
 
 @cli_entry
