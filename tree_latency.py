@@ -11,8 +11,8 @@ import os
 
 import torch
 
-from prompt.errors import PPDError, cli_entry
 from prompt.cli import ArgumentParser
+from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.tune import forward_latency, machine_name, plot_latency
 
 

@@ -24,9 +24,9 @@ except ImportError:  # run from a checkout without `pip install -e .`
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
-from prompt.errors import PPDError, cli_entry  # noqa: E402
-from prompt.data.chat import chat_template_ids  # noqa: E402
 from prompt.cli import ArgumentParser  # noqa: E402
+from prompt.data.chat import chat_template_ids  # noqa: E402
+from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.inference import Decoder, GenerationResult  # noqa: E402
 from prompt.model.loading import is_default_model  # noqa: E402
 from prompt.model.prompt_decoder import PromptDecoder  # noqa: E402

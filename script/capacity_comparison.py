@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from prompt.errors import PPDError, cli_entry
 from prompt.cli import ArgumentParser
+from prompt.errors import PPDError, cli_entry
 
 # name -> (dataset N, extra train.py flags)
 OPTIONS = {
@@ -72,13 +72,13 @@ def train_option(name: str, args) -> None:
 
 def option_tree(accuracies, num_special: int, virtual_tokens: int) -> tuple[dict, float]:
     """The option's 16-node tree spec and the builder's predicted accept length for it."""
-    from prompt.inference.sparse_tree_builder import best_paths, expected_accept_length, rank_probabilities, tree_spec
+    from prompt.inference.budget import tree_input_length
+    from prompt.inference.sparse_tree_builder import predicted_accept_length, rank_probabilities, tree_spec
 
-    probs = rank_probabilities(accuracies)
-    budget = (1 + num_special * virtual_tokens + (1 + virtual_tokens) * NODES
-              + FULL_NODES * (num_special - 1) * virtual_tokens)
-    spec = tree_spec(probs, NODES, budget, virtual_tokens)
-    return spec, expected_accept_length(best_paths(probs, NODES, num_special))
+    # FULL_NODES nodes carry all the special tokens, the others one
+    budget = tree_input_length([num_special] * FULL_NODES + [1] * (NODES - FULL_NODES), num_special, virtual_tokens)
+    spec = tree_spec(rank_probabilities(accuracies), NODES, budget, virtual_tokens)
+    return spec, predicted_accept_length(spec)
 
 
 def trained_options(work: str) -> list[str]:

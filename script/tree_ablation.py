@@ -13,11 +13,11 @@ tokens; they run interleaved with `generate` greedy in one process, on validatio
 """
 import random
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare, format_table
 from prompt.evaluation.questions import load_questions
-from prompt.cli import ArgumentParser
 from prompt.evaluation.runner import HFGenerate
 from prompt.inference.decoding import Decoder
 from prompt.inference.tree import select_tree_spec, spec_input_length

@@ -14,7 +14,8 @@ from training_helpers import repo_root, save_tiny_model, write_questions, write_
 from prompt import AutoPromptDecoder, Decoder, PromptConfig, PromptDecoder
 from prompt.data import load_dataset
 from prompt.data import cli as dataset_cli
-from prompt.data.finetune import chat_ids, tokenize_conversation
+from prompt.data.chat import chat_ids
+from prompt.data.finetune import tokenize_conversation
 from prompt.evaluation import accuracy
 from prompt.train import train as trainer
 from prompt.train.many_cuts import many_cuts_special_logits, teacher_logits, teacher_pass

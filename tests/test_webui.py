@@ -52,7 +52,8 @@ def greedy_answer(base_model, tokenizer, messages, max_new_tokens=MAX_NEW):
     """(text, result) of plain greedy decoding of a chat, computed without the UI's code."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
     ids = ids if torch.is_tensor(ids) else ids["input_ids"]
-    result = Decoder(base_model, stop_token_ids=stop_token_ids_for(tokenizer)).generate(ids, max_new_tokens)
+    stops = stop_token_ids_for(tokenizer, model=base_model)
+    result = Decoder(base_model, stop_token_ids=stops).generate(ids, max_new_tokens)
     return tokenizer.decode(result.token_ids, skip_special_tokens=True), result
 
 

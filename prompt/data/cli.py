@@ -23,13 +23,13 @@ import time
 import torch
 from tqdm import tqdm
 
+from prompt.cli import ArgumentParser
 from prompt.data.chat import chat_ids
 from prompt.data.files import DATASET_TYPES, IGNORE_INDEX, canonical_model_name, check_output_file, dataset_file_name, load_dataset, save_dataset
 from prompt.data.finetune import build_finetune_records
 from prompt.data.generation import batches_by_length, greedy_replies, greedy_teacher
 from prompt.data.sources import parse_source, read_conversations, read_prompts
 from prompt.errors import PPDError, cli_entry
-from prompt.cli import ArgumentParser
 from prompt.model.loading import load_base_model
 from prompt.model.stops import stop_token_ids_for, truncate_at_stop
 

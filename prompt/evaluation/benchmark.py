@@ -27,12 +27,12 @@ import time
 
 import torch
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import build_decoders, compare
 from prompt.evaluation.questions import load_questions
 from prompt.evaluation.tune import available_tree_lengths
-from prompt.cli import ArgumentParser
 from prompt.inference.decoding import Decoder, tuned_decoding
 
 SUITES = {  # name -> question file under --data-dir (None: from a package)

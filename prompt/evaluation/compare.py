@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.cli import ArgumentParser
 from prompt.evaluation.runner import HFGenerate, MethodTotals
 from prompt.inference.decoding import Decoder, tuned_decoding
 from prompt.model.config import PromptConfig

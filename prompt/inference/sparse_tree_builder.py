@@ -61,10 +61,14 @@ def expected_accept_length(paths) -> float:
     return 1.0 + sum(p for _, p in paths)
 
 
+def deepest_tree(spec) -> list:
+    """The nodes [path, probability, n_special] of a spec's deepest tree."""
+    return spec[str(max(int(k) for k in spec))]
+
+
 def predicted_accept_length(spec) -> float:
     """The expected accept length of a tree spec (its deepest tree's node probabilities)."""
-    deepest = spec[str(max(int(k) for k in spec))]
-    return expected_accept_length([(path, float(p)) for path, p, _ in deepest])
+    return expected_accept_length([(path, float(p)) for path, p, _ in deepest_tree(spec)])
 
 
 def tree_spec(probs, num_nodes: int, input_budget: int | None = None, virtual_tokens: int = 1) -> dict:
@@ -141,7 +145,7 @@ def main(argv=None):
     with open(args.output_file, "w", encoding="utf-8") as f:
         json.dump(trees, f, indent=1)
     for length, spec in trees.items():
-        print(f"input length {length}: {len(spec[str(max(int(k) for k in spec))])} nodes, predicted accept length "
+        print(f"input length {length}: {len(deepest_tree(spec))} nodes, predicted accept length "
               f"{predicted_accept_length(spec):.3f}")
 
 

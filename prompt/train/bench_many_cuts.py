@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from prompt.errors import cli_entry
 from prompt.cli import ArgumentParser
+from prompt.errors import cli_entry
 
 
 def stand_in_sequences(tokenizer, sharegpt: str, gsm8k: str, count: int, reply_tokens: int) -> list[dict]:
