@@ -13,13 +13,13 @@ import os
 
 import torch
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.evaluation.runner import ArgumentParser
-from prompt.inference.choice import tree_file
-from prompt.inference.tune import (PLAIN, available_tree_lengths, check_tree_lengths, choose, config_name,
+from prompt.evaluation.tune import (PLAIN, available_tree_lengths, check_tree_lengths, choose, config_name,
                                    measure_configs, parse_lengths, results_table)
+from prompt.inference.choice import tree_file
 from prompt.model.defaults import load_prompt_decoder
 
 
@@ -75,7 +75,7 @@ def main():
     if out_file:
         os.makedirs(args.dir_path, exist_ok=True)
         with open(out_file, "w", encoding="utf-8") as f:
-            json.dump({"dtype": args.dtype, "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t}
+            json.dump({"dtype": args.dtype, "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t.row()}
                                                         for c, t in totals.items()], "best": list(best)}, f, indent=1)
         print(f"saved {out_file}")
 

@@ -1,8 +1,8 @@
 """Answer benchmark questions with plain decoding (no prompt tokens): our loop, or transformers `generate`."""
+from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.runner import ArgumentParser, check_args, HFGenerate, add_common_flags, make_decoder, run_benchmark
-from prompt.inference.decoding import stop_token_ids_for
+from prompt.evaluation.runner import check_args, HFGenerate, add_common_flags, make_decoder, run_benchmark
 from prompt.model.loading import load_base_model
 
 
@@ -18,8 +18,7 @@ def main():
     model, tokenizer = load_base_model(args.model_path, dtype=args.dtype)
     formatter = ChatFormatter(tokenizer, args.model_id)
     if args.hf_generate:
-        stops = stop_token_ids_for(tokenizer, formatter.stop_token_ids)
-        decoder = HFGenerate(model, stops, args.prompt_lookup_num_tokens)
+        decoder = HFGenerate(model, formatter.stops(model), args.prompt_lookup_num_tokens)
     else:
         decoder = make_decoder(model, formatter, args)
     run_benchmark(args, questions, decoder, formatter, "hf-generate" if args.hf_generate else "baseline")

@@ -1,7 +1,8 @@
 """Answer benchmark questions with Parallel Prompt Decoding (prompt tokens + dynamic sparse tree)."""
+from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.runner import ArgumentParser, check_args, add_common_flags, make_decoder, run_benchmark
+from prompt.evaluation.runner import check_args, add_common_flags, make_decoder, run_benchmark
 from prompt.inference.tree import select_tree_spec
 from prompt.model.defaults import load_prompt_decoder
 

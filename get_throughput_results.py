@@ -1,6 +1,6 @@
 """Print throughput, mean accept length and mean forward time of answer files (averaged over groups of --n runs)."""
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import ArgumentParser
 from prompt.evaluation.throughput import summarize
 
 

@@ -11,9 +11,9 @@ import os
 
 import torch
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import ArgumentParser
-from prompt.inference.tune import forward_latency, machine_name, plot_latency
+from prompt.evaluation.tune import forward_latency, machine_name, plot_latency
 
 
 @cli_entry

@@ -24,12 +24,13 @@ except ImportError:  # run from a checkout without `pip install -e .`
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
+from prompt.cli import ArgumentParser  # noqa: E402
+from prompt.data.chat import chat_template_ids  # noqa: E402
 from prompt.errors import PPDError, cli_entry  # noqa: E402
-from prompt.evaluation.chat import chat_template_ids  # noqa: E402
-from prompt.evaluation.runner import ArgumentParser  # noqa: E402
-from prompt.inference import Decoder, GenerationResult, stop_token_ids_for  # noqa: E402
+from prompt.inference import Decoder, GenerationResult  # noqa: E402
 from prompt.model.loading import is_default_model  # noqa: E402
 from prompt.model.prompt_decoder import PromptDecoder  # noqa: E402
+from prompt.model.stops import stop_token_ids_for  # noqa: E402
 
 TITLE = "Parallel Prompt Decoding chat"
 HIGHLIGHT_STYLE = "background-color: rgba(250, 204, 21, 0.45); border-radius: 3px;"
@@ -183,7 +184,7 @@ class ChatEngine:
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.has_prompt_tokens = isinstance(model, PromptDecoder)
-        self.stop_token_ids = stop_token_ids_for(tokenizer)
+        self.stop_token_ids = stop_token_ids_for(tokenizer, model=model)
         self.chat_template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
 
     def decoder(self, use_ppd: bool, temperature: float) -> Decoder:

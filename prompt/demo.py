@@ -6,10 +6,10 @@ decoding are measured in the same run.
 """
 from __future__ import annotations
 
+from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
 from prompt.evaluation.compare import add_model_flags, run
 from prompt.evaluation.questions import load_questions
-from prompt.evaluation.runner import ArgumentParser
 
 DEMO_QUESTIONS = [
     "Explain in a short paragraph why the sky is blue.",

@@ -23,8 +23,8 @@ import time
 
 import torch
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import ArgumentParser
 
 # name -> (dataset N, extra train.py flags)
 OPTIONS = {
@@ -72,13 +72,13 @@ def train_option(name: str, args) -> None:
 
 def option_tree(accuracies, num_special: int, virtual_tokens: int) -> tuple[dict, float]:
     """The option's 16-node tree spec and the builder's predicted accept length for it."""
-    from prompt.inference.sparse_tree_builder import best_paths, expected_accept_length, rank_probabilities, tree_spec
+    from prompt.inference.budget import tree_input_length
+    from prompt.inference.sparse_tree_builder import predicted_accept_length, rank_probabilities, tree_spec
 
-    probs = rank_probabilities(accuracies)
-    budget = (1 + num_special * virtual_tokens + (1 + virtual_tokens) * NODES
-              + FULL_NODES * (num_special - 1) * virtual_tokens)
-    spec = tree_spec(probs, NODES, budget, virtual_tokens)
-    return spec, expected_accept_length(best_paths(probs, NODES, num_special))
+    # FULL_NODES nodes carry all the special tokens, the others one
+    budget = tree_input_length([num_special] * FULL_NODES + [1] * (NODES - FULL_NODES), num_special, virtual_tokens)
+    spec = tree_spec(rank_probabilities(accuracies), NODES, budget, virtual_tokens)
+    return spec, predicted_accept_length(spec)
 
 
 def trained_options(work: str) -> list[str]:
@@ -90,20 +90,19 @@ def decode(args) -> None:
     from prompt.evaluation.compare import compare
     from prompt.evaluation.questions import load_questions
     from prompt.evaluation.runner import HFGenerate
-    from prompt.inference.decoding import Decoder, stop_token_ids_for
+    from prompt.inference.decoding import Decoder
     from prompt.jsonio import read_json
-    from prompt.model.defaults import default_prompt_tokens_path
-    from prompt.model.loading import load_base_model
+    from prompt.model.loading import SHIPPED_PROMPT_TOKENS, load_base_model
     from prompt.model.prompt_decoder import AutoPromptDecoder
 
     torch.set_num_threads(args.threads)
     base, tokenizer = load_base_model(None, dtype=args.dtype)
     formatter = ChatFormatter(tokenizer)
-    stops = stop_token_ids_for(tokenizer, formatter.stop_token_ids)
+    stops = formatter.stops(base)
     decoders, rows = {"generate": HFGenerate(base, stops)}, {}
     folders = {name: os.path.join(args.work, name) for name in trained_options(args.work)}
     if args.with_shipped:
-        folders["shipped"] = default_prompt_tokens_path()
+        folders["shipped"] = SHIPPED_PROMPT_TOKENS
     for name, folder in folders.items():
         model = AutoPromptDecoder.from_pretrained(folder, base_model=base, tokenizer=tokenizer)
         config = model.config

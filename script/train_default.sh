@@ -5,7 +5,7 @@
 # forward. On a 2-core CPU: about 10 minutes of reply generation, MINUTES (8) of training, a minute of evaluation.
 # Re-running it skips the datasets that exist and resumes training from the latest checkpoint (the time budget
 # counts over resumes). Then builds trees.json from the held-out accuracies; decoding.json (the tuned decoding)
-# comes from python -m prompt.inference.tune (BENCHMARKS.md).
+# comes from python -m prompt.evaluation.tune (BENCHMARKS.md).
 #
 #   bash script/train_default.sh [DATA_DIR]        # DATA_DIR defaults to ../shared/data
 #
@@ -73,7 +73,7 @@ fi
 "$PYTHON" -m prompt.evaluation.accuracy --model-path "$WORK/prompt-tokens" --data_path "$HELDOUT_SET" \
     --output "$WORK/prompt-tokens/accuracies.json" --plot "$WORK/prompt-tokens/accuracies.png" --dtype float32
 
-# Ship: the folder prompt.model.defaults.SHIPPED_PROMPT_TOKENS reads (the decode loop then uses these tokens).
+# Ship: the folder prompt.model.loading.SHIPPED_PROMPT_TOKENS reads (the decode loop then uses these tokens).
 mkdir -p "$DEST"
 for name in adapter_config.json adapter_model.safetensors prefix_tuning.pt accuracies.json accuracies.png \
     trainer_state.json; do

@@ -13,13 +13,14 @@ tokens; they run interleaved with `generate` greedy in one process, on validatio
 """
 import random
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare, format_table
 from prompt.evaluation.questions import load_questions
-from prompt.evaluation.runner import ArgumentParser, HFGenerate
-from prompt.inference.decoding import Decoder, stop_token_ids_for
+from prompt.evaluation.runner import HFGenerate
 from prompt.inference.choice import tree_file
+from prompt.inference.decoding import Decoder
 from prompt.inference.tree import select_tree_spec, spec_input_length
 from prompt.model.defaults import load_prompt_decoder
 
@@ -54,7 +55,7 @@ def main():
     parser.add_argument("--max-new-token", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    model = load_prompt_decoder(None, dtype=args.dtype, quiet=True)
+    model = load_prompt_decoder(None, dtype=args.dtype)
     n = model.config.num_special_tokens
     sparse = select_tree_spec(tree_file(model), n, 1, args.tree_length)
     nodes = len(sparse[str(n)])
@@ -64,7 +65,7 @@ def main():
     chain = chain_spec(n)
     chain_length = spec_input_length(chain, n)
     formatter = ChatFormatter(model.tokenizer)
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
+    stops = formatter.stops(model)
     decoders = {"generate": HFGenerate(model.base_model, stops),
                 f"sparse ({nodes} nodes, {args.tree_length} inputs)": Decoder(model, tree_spec=sparse, stop_token_ids=stops, prompt_lookup_num_tokens=0),
                 f"random ({nodes} nodes, {args.tree_length} inputs)": Decoder(model, tree_spec=rand, stop_token_ids=stops, prompt_lookup_num_tokens=0),

@@ -79,12 +79,21 @@ def test_plain_loop_equals_generate_and_counts_passes():
 
 
 def test_bfloat16_runs_and_mostly_matches():
+    """In bf16 a tree forward and a one-token step round differently, so greedy outputs may part at near-ties:
+    most of the tokens must still match generate's greedy ones. Measured: the whole of every answer here (1.0), and
+    at least 0.89 per model over tiny models of seeds 0-5; 0.75 leaves a margin."""
     model = tiny_llama(1, dtype=torch.bfloat16)
     ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
-    ids = torch.randint(3, 97, (1, 8))
-    result = Decoder(ppd).generate(ids, 20)
-    assert len(result.token_ids) == 20
     assert ppd.prompt_embeds().dtype == torch.bfloat16
+    matched = 0
+    for _ in range(8):
+        ids = torch.randint(3, 97, (1, 8))
+        expected = reference(model, ids, 24)
+        result = Decoder(ppd).generate(ids, 24)
+        assert len(result.token_ids) == 24
+        # tokens up to the first difference (after it, the two continue from different texts)
+        matched += next((i for i, (a, b) in enumerate(zip(result.token_ids, expected)) if a != b), 24)
+    assert matched / (8 * 24) >= 0.75
 
 
 def test_stops_exactly_at_max_new_tokens_and_at_eos():

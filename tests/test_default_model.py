@@ -16,7 +16,7 @@ MT_BENCH = os.path.join(SHARED_DATA, "mt_bench", "question.jsonl")
 
 @pytest.fixture(scope="module")
 def default_ppd():
-    return load_prompt_decoder(None, dtype="float32", quiet=True)
+    return load_prompt_decoder(None, dtype="float32")
 
 
 @pytest.mark.skipif(not os.path.isfile(MT_BENCH), reason="../shared/data is not beside the repository")
@@ -57,7 +57,7 @@ def test_train_end_to_end_on_the_default_model(tmp_path):
     import torch
 
     from prompt.data.files import load_dataset
-    from prompt.inference.decoding import Decoder, stop_token_ids_for
+    from prompt.inference.decoding import Decoder
     from prompt.model.prompt_decoder import AutoPromptDecoder
 
     run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True)  # noqa: E731
@@ -77,7 +77,7 @@ def test_train_end_to_end_on_the_default_model(tmp_path):
     assert model.prefix_length == 6
     formatter = ChatFormatter(model.tokenizer)
     ids = formatter.input_ids(["Name three primary colors."])
-    stops = stop_token_ids_for(model.tokenizer, formatter.stop_token_ids)
+    stops = formatter.stops(model)
     expected = model.base_model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=stops)[0, ids.shape[1]:]
     result = Decoder(model, prompt_lookup_num_tokens=0, stop_token_ids=stops).generate(ids, 24)
     assert result.token_ids == expected.tolist() and len(result.token_ids) >= 8

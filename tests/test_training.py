@@ -14,7 +14,9 @@ from training_helpers import repo_root, save_tiny_model, write_questions, write_
 from prompt import AutoPromptDecoder, Decoder, PromptConfig, PromptDecoder
 from prompt.data import load_dataset
 from prompt.data import cli as dataset_cli
-from prompt.data.finetune import chat_ids, tokenize_conversation
+from prompt.data.chat import chat_ids
+from prompt.data.files import IGNORE_INDEX
+from prompt.data.finetune import tokenize_conversation
 from prompt.evaluation import accuracy
 from prompt.train import train as trainer
 from prompt.train.many_cuts import many_cuts_special_logits, teacher_logits, teacher_pass
@@ -92,10 +94,10 @@ def test_finetune_records_cut_inside_assistant_text(work):
         assert record["input_ids"].tolist() == ids[: c + 1]
         assert record["continuation"].tolist() == ids[c + 1: c + N + 2]
         assert record["labels"].tolist() == labels[c + 1: c + N + 2]
-        assert labels[c + 1] != -100  # the next token is assistant text
+        assert labels[c + 1] != IGNORE_INDEX  # the next token is assistant text
     # user turns are masked: the first user message's tokens never appear as labels
     user_span = chat_ids(tokenizer, messages[:1], add_generation_prompt=False)
-    assert all(label == -100 for label in labels[: len(user_span)])
+    assert all(label == IGNORE_INDEX for label in labels[: len(user_span)])
 
 
 def test_distillation_records_hold_the_greedy_continuation_and_its_distributions(work):

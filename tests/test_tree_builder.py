@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from prompt import PPDError
+from prompt.inference.budget import tree_input_length
 from prompt.inference.sparse_tree_builder import (best_paths, build_trees, expected_accept_length,
-                                                  rank_probabilities, tree_spec)
-from prompt.inference.tree import DynamicTree
+                                                  predicted_accept_length, rank_probabilities, tree_spec)
+from prompt.inference.tree import DEFAULT_TREE_FILE, DynamicTree, load_tree_specs
 from prompt.model.layout import SpecialTokenLayout
 
 ACCURACIES = [[0.3, 0.4, 0.45, 0.5], [0.15, 0.22, 0.26, 0.3], [0.1, 0.14, 0.17, 0.2]]
@@ -81,3 +82,19 @@ def test_bad_accuracies_and_budgets(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "prompt.inference.sparse_tree_builder", "--accuracies-file", str(bad),
                            "--output-file", str(tmp_path / "t.json")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("virtual", [1, 3])
+def test_input_budget_formula_counts_the_inputs_of_the_tree_buffers(virtual):
+    specs = list(load_tree_specs(DEFAULT_TREE_FILE).values()) + list(build_trees(ACCURACIES, 8, 30, virtual).values())
+    for spec in specs:
+        tree = DynamicTree(spec, SpecialTokenLayout(3, virtual))
+        for depth, nodes in spec.items():
+            assert tree_input_length([n for _, _, n in nodes], 3, virtual) == tree.buffers[int(depth)].num_inputs
+    assert tree_input_length([], 3, virtual) == tree.recovery.num_inputs == 1 + 3 * virtual
+
+
+def test_predicted_accept_length_of_a_spec_is_its_deepest_trees_expectation():
+    probs = rank_probabilities(ACCURACIES)
+    spec = tree_spec(probs, 6)
+    assert predicted_accept_length(spec) == pytest.approx(expected_accept_length(best_paths(probs, 6, 3)), abs=1e-5)

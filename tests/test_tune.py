@@ -1,4 +1,4 @@
-"""Measuring the hardware and recording the tuned decoding: tree_latency.py, accept_length.py, prompt.inference.tune."""
+"""Measuring the hardware and recording the tuned decoding: tree_latency.py, accept_length.py, prompt.evaluation.tune."""
 import json
 import os
 import shutil
@@ -54,22 +54,33 @@ def test_accept_length_reports_each_tree_and_the_best(tmp_path):
 @needs_sharegpt
 def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
     from prompt.inference.decoding import Decoder
-    from prompt.model.defaults import SHIPPED_PROMPT_TOKENS
+    from prompt.model.loading import SHIPPED_PROMPT_TOKENS
     from prompt.model.prompt_decoder import AutoPromptDecoder
 
     folder = tmp_path / "tokens"
     shutil.copytree(SHIPPED_PROMPT_TOKENS, folder)
     (folder / "decoding.json").unlink(missing_ok=True)
-    args = ["prompt.inference.tune", "--model-path", folder, "--dtype", "float32", "--question-file", SHAREGPT,
+    args = ["prompt.evaluation.tune", "--model-path", folder, "--dtype", "float32", "--question-file", SHAREGPT,
             "--question-begin", 940, "--question-end", 941, "--max-new-token", 8, "--tree-lengths", 10,
             "--lookup-lengths", "0,4", "--latency-lengths", "1,8"]
     proc = run_module(*args)
     assert proc.returncode == 0, proc.stderr
     recorded = json.loads((folder / "decoding.json").read_text())["float32"]
-    assert recorded["tree_length"] in (0, 10) and recorded["prompt_lookup_num_tokens"] in (0, 4)
-    assert "chosen:" in proc.stdout or "plain greedy is recorded" in proc.stdout
     report = json.loads((folder / "tuning_float32.json").read_text())
     assert {(r["tree_length"], r["prompt_lookup_num_tokens"]) for r in report["results"]} == {(0, 0), (0, 4), (10, 0), (10, 4)}
+    # the fastest measured configuration is the one recorded, and the message names it
+    fastest = max(report["results"], key=lambda r: r["tokens_per_second"])
+    plain = next(r for r in report["results"] if r["tree_length"] == 0 and r["prompt_lookup_num_tokens"] == 0)
+    assert (recorded["tree_length"], recorded["prompt_lookup_num_tokens"]) == (fastest["tree_length"],
+                                                                              fastest["prompt_lookup_num_tokens"])
+    assert recorded["speed_vs_plain_greedy"] == round(fastest["tokens_per_second"] / plain["tokens_per_second"], 3)
+    assert report["chosen"] == recorded
+    if fastest is plain:
+        assert "plain greedy is recorded" in proc.stdout and "chosen:" not in proc.stdout
+    else:
+        name = " + ".join(([f"tree {fastest['tree_length']}"] if fastest["tree_length"] else [])
+                          + ([f"lookup {fastest['prompt_lookup_num_tokens']}"] if fastest["prompt_lookup_num_tokens"] else []))
+        assert f"chosen: {name}, " in proc.stdout and "plain greedy is recorded" not in proc.stdout
     assert (folder / "tuning_float32_trees.png").is_file() and (folder / "tuning_float32_latency.png").is_file()
     assert_clear_error(run_module(*args), "already records a float32 decoding")
     assert_clear_error(run_module(*args[:-4], "--tree-lengths", 11), "no tree of length 11")

@@ -23,7 +23,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from conftest import tiny_llama  # noqa: E402
 from prompt import Decoder, PromptConfig, PromptDecoder  # noqa: E402
-from prompt.inference import stop_token_ids_for  # noqa: E402
+from prompt.model.stops import stop_token_ids_for  # noqa: E402
 from webui_helpers import (SlowForward, byte_level_tokenizer, free_port, tiny_chat_tokenizer,  # noqa: E402
                            wait_for_port, webui_command)
 
@@ -52,7 +52,8 @@ def greedy_answer(base_model, tokenizer, messages, max_new_tokens=MAX_NEW):
     """(text, result) of plain greedy decoding of a chat, computed without the UI's code."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
     ids = ids if torch.is_tensor(ids) else ids["input_ids"]
-    result = Decoder(base_model, stop_token_ids=stop_token_ids_for(tokenizer)).generate(ids, max_new_tokens)
+    stops = stop_token_ids_for(tokenizer, model=base_model)
+    result = Decoder(base_model, stop_token_ids=stops).generate(ids, max_new_tokens)
     return tokenizer.decode(result.token_ids, skip_special_tokens=True), result
 
 
@@ -485,7 +486,7 @@ def test_default_model_end_to_end(tmp_path):
         _, compression, tokens, passes = parse_stats(stats)
         assert tokens == reference.new_tokens and compression >= 0.5
         # the stats name the decoding in use: the shipped tuned decoding for float32
-        assert Decoder(load_prompt_decoder(None, quiet=True)).describe() in stats
+        assert Decoder(load_prompt_decoder(None)).describe() in stats
         assert server.poll() is None
     finally:
         server.terminate()

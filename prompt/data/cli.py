@@ -23,13 +23,15 @@ import time
 import torch
 from tqdm import tqdm
 
-from prompt.data.files import DATASET_TYPES, canonical_model_name, check_output_file, dataset_file_name, load_dataset, save_dataset
-from prompt.data.finetune import build_finetune_records, chat_ids
+from prompt.cli import ArgumentParser
+from prompt.data.chat import chat_ids
+from prompt.data.files import DATASET_TYPES, IGNORE_INDEX, canonical_model_name, check_output_file, dataset_file_name, load_dataset, save_dataset
+from prompt.data.finetune import build_finetune_records
 from prompt.data.generation import batches_by_length, greedy_replies, greedy_teacher
 from prompt.data.sources import parse_source, read_conversations, read_prompts
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import ArgumentParser
 from prompt.model.loading import load_base_model
+from prompt.model.stops import stop_token_ids_for, truncate_at_stop
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +127,7 @@ def build_finetune(args, tokenizer, conversations: list, seed: int) -> tuple[lis
 
 def build_distillation(args, model, tokenizer, prefixes: list) -> tuple[list, dict]:
     steps = args.num_special_tokens + 1
-    stops = set(stop_ids(tokenizer, model))
+    stops = set(stop_token_ids_for(tokenizer, model=model))
     records = []
     for batch in tqdm(batches_by_length(prefixes, args.batch_size), desc="teacher", unit="batch"):
         outputs = greedy_teacher(model, [prefixes[i] for i in batch], steps, args.top_k, pad_id(tokenizer, model))
@@ -136,11 +138,9 @@ def build_distillation(args, model, tokenizer, prefixes: list) -> tuple[list, di
 
 
 def distillation_record(prefix, tokens, top_ids, top_probs, stops) -> dict:
-    """A distillation record; labels after the first stop token of the continuation are -100."""
+    """A distillation record; labels after the first stop token of the continuation are IGNORE_INDEX."""
     labels = tokens.clone()
-    stopped = [i for i, t in enumerate(tokens.tolist()) if t in stops]
-    if stopped:
-        labels[stopped[0] + 1:] = -100
+    labels[len(truncate_at_stop(tokens.tolist(), stops)):] = IGNORE_INDEX
     return {"input_ids": prefix.clone(), "continuation": tokens, "labels": labels,
             "teacher_ids": top_ids.to(torch.int32), "teacher_probs": top_probs.float()}
 
@@ -150,7 +150,7 @@ def build_self_distillation(args, model, tokenizer, prompts: list) -> tuple[list
     encoded = [torch.tensor(chat_ids(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True))
                for p in prompts]
     usable = [i for i, ids in enumerate(encoded) if len(ids) <= room]
-    stops, pad = stop_ids(tokenizer, model), pad_id(tokenizer, model)
+    stops, pad = stop_token_ids_for(tokenizer, model=model), pad_id(tokenizer, model)
     records, generated, start = {}, 0, time.perf_counter()
     bar = tqdm(batches_by_length([encoded[i] for i in usable], args.batch_size), desc="replies", unit="batch")
     for batch in bar:
@@ -167,22 +167,11 @@ def build_self_distillation(args, model, tokenizer, prompts: list) -> tuple[list
     return [records[i] for i in sorted(records)], info
 
 
-def stop_ids(tokenizer, model) -> list[int]:
-    """EOS ids of the tokenizer and the model's generation config."""
-    ids = set()
-    for eos in (getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(eos, int):
-            ids.add(eos)
-        elif isinstance(eos, (list, tuple)):
-            ids.update(eos)
-    return sorted(ids)
-
-
 def pad_id(tokenizer, model) -> int:
     for value in (getattr(tokenizer, "pad_token_id", None), getattr(model.config, "pad_token_id", None) if model else None):
         if isinstance(value, int):
             return value
-    stops = stop_ids(tokenizer, model) if model is not None else []
+    stops = stop_token_ids_for(tokenizer, model=model) if model is not None else []
     return stops[0] if stops else 0
 
 

@@ -9,9 +9,9 @@ Layout (every value loads with `torch.load(..., weights_only=True)`)::
 Records by type:
 
 - finetune: `input_ids` (the prefix x_0..x_c), `continuation` (x_{c+1}..x_{c+N+1}) and `labels` (the
-  continuation with -100 where a token is not assistant text).
+  continuation with IGNORE_INDEX, -100, where a token is not assistant text).
 - distillation: `input_ids` (prefix), `continuation` (the base model's N+1 greedy tokens after it),
-  `labels` (the same, -100 after a stop token), `teacher_ids` / `teacher_probs` ([N+1, K]: the top-K of the
+  `labels` (the same, IGNORE_INDEX after a stop token), `teacher_ids` / `teacher_probs` ([N+1, K]: the top-K of the
   base model's distribution at each of those N+1 positions; row k is the target of special token k).
 - self_distillation: `input_ids` (prompt + the base model's own reply) and `reply_start` (where the reply begins).
 """
@@ -27,6 +27,7 @@ from prompt.errors import PPDError
 from prompt.model.loading import DEFAULT_MODEL_ID, is_default_model
 
 FORMAT = "ppd-dataset"
+IGNORE_INDEX = -100  # a label that no loss counts (not assistant text, or after a stop token)
 VERSION = 1
 DATASET_TYPES = ("finetune", "distillation", "self_distillation")
 

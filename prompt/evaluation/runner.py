@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,15 +16,7 @@ from prompt.errors import PPDError
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.inference.acceptance import ACCEPTANCE_RULES
-from prompt.inference.decoding import Decoder, GenerationResult, stop_token_ids_for
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad flags on one line (`error: ...`) and exits 2."""
-
-    def error(self, message):
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+from prompt.inference.decoding import Decoder, GenerationResult
 
 
 def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_model_id: str):
@@ -51,6 +43,53 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--seed", type=int, default=0)
     return parser
+
+
+@dataclass
+class MethodTotals:
+    """What one decoding method produced over a run: its answers' results summed (`add`)."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    passes: int = 0
+    chain_wins: int = 0
+    identical: int = 0  # answers equal to a reference method's (the caller decides which)
+    answers: int = 0
+    outputs: list = field(default_factory=list)
+    step_tokens: list = field(default_factory=list)  # tokens accepted per forward after the prefill (our loop only)
+    per_question: list = field(default_factory=list)  # (new tokens, seconds) of each question, all turns
+
+    def add(self, result: GenerationResult, identical: bool = True) -> None:
+        self.tokens += result.new_tokens
+        self.seconds += result.wall_time
+        self.passes += result.forward_passes
+        self.chain_wins += result.chain_wins
+        self.identical += int(identical)
+        self.answers += 1
+        self.outputs.append(result.token_ids)
+        self.step_tokens.extend(result.step_tokens)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def accept_length(self) -> float | None:
+        """New tokens per forward; None where the forwards were not counted (transformers prompt lookup)."""
+        return self.tokens / self.passes if self.passes else None
+
+    def row(self) -> dict:
+        """The totals as a JSON row."""
+        return {"tokens": self.tokens, "seconds": round(self.seconds, 3), "passes": self.passes,
+                "chain_wins": self.chain_wins, "answers": self.answers, "identical": self.identical,
+                "tokens_per_second": self.tokens_per_second, "accept_length": self.accept_length}
+
+    def summary(self, label: str) -> str:
+        text = (f"{label}: {self.tokens} new tokens in {self.seconds:.1f} s = "
+                f"{self.tokens / max(self.seconds, 1e-9):.2f} tokens/s")
+        if self.passes:
+            text += f", accept length {self.accept_length:.3f} tokens per forward"
+        return text
 
 
 class HFGenerate:
@@ -112,7 +151,7 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
     for _ in range(max(args.warmup, 0)):
         decoder.generate(formatter.input_ids(questions[0]["turns"][:1]), min(args.max_new_token, 32))
 
-    total_tokens, total_time, total_passes = 0, 0.0, 0
+    totals = MethodTotals()
     with open(answer_file, "a", encoding="utf-8") as out:
         for q_index, question in enumerate(tqdm(questions, desc=label, unit="question")):
             choices = []
@@ -128,25 +167,19 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
                     idxs.append(result.forward_passes - 1)
                     new_tokens.append(result.new_tokens)
                     wall_time.append(result.wall_time)
-                    total_tokens += result.new_tokens
-                    total_time += result.wall_time
-                    total_passes += result.forward_passes
+                    totals.add(result)
                 choices.append({"index": choice, "turns": turns, "idxs": idxs, "new_tokens": new_tokens,
                                 "wall_time": wall_time})
             row = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(), "model_id": args.model_id,
                    "choices": choices, "tstamp": time.time()}
             out.write(json.dumps(row) + "\n")
             out.flush()
-    summary = f"{label}: {total_tokens} new tokens in {total_time:.1f} s = {total_tokens / max(total_time, 1e-9):.2f} tokens/s"
-    if total_passes:
-        summary += f", accept length {total_tokens / total_passes:.3f} tokens per forward"
-    print(summary)
+    print(totals.summary(label))
     print(f"answers appended to {answer_file}")
     return answer_file
 
 
 def make_decoder(model, formatter: ChatFormatter, args, **kwargs):
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
     return Decoder(model, temperature=args.temperature, posterior_threshold=args.posterior_threshold,
                    posterior_alpha=args.posterior_alpha, sampling=args.sampling, top_p=args.top_p, top_k=args.top_k,
-                   stop_token_ids=stops, **kwargs)
+                   stop_token_ids=formatter.stops(model), **kwargs)

@@ -33,6 +33,7 @@ from prompt.inference.choice import resolve_decoding
 from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_chains
 from prompt.model import backbone
 from prompt.model.layout import SpecialTokenLayout
+from prompt.model.stops import truncate_at_stop
 
 
 @dataclass
@@ -259,11 +260,7 @@ class Decoder:
         """Append the accepted `tokens` (root first) to the result, cut at a stop token or the token limit; the base
         model's `next_token` becomes the next root."""
         result = state.result
-        tokens = tokens[: state.max_new_tokens - result.new_tokens]
-        for i, token in enumerate(tokens):
-            if token in self.stop_token_ids:
-                tokens = tokens[: i + 1]
-                break
+        tokens = truncate_at_stop(tokens[: state.max_new_tokens - result.new_tokens], self.stop_token_ids)
         result.token_ids.extend(tokens)
         if tokens[-1] in self.stop_token_ids:
             result.stop_reason, state.done = "eos", True
@@ -392,14 +389,3 @@ class Decoder:
         for _ in self.stream(input_ids, max_new_tokens, result, seed=seed):
             pass
         return result
-
-
-def stop_token_ids_for(tokenizer, extra=()) -> list:
-    """EOS ids of the tokenizer (and generation config, where given) plus `extra` ids."""
-    ids = set(extra)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif isinstance(eos, (list, tuple)):
-        ids.update(eos)
-    return sorted(ids)

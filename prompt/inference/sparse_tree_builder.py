@@ -19,9 +19,11 @@ import heapq
 import json
 import os
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
+from prompt.inference.budget import tree_input_length
+from prompt.inference.tree import spec_input_length
 from prompt.jsonio import read_json
-from prompt.evaluation.runner import ArgumentParser
 
 
 def rank_probabilities(top_k_accuracy) -> list[list[float]]:
@@ -59,6 +61,16 @@ def expected_accept_length(paths) -> float:
     return 1.0 + sum(p for _, p in paths)
 
 
+def deepest_tree(spec) -> list:
+    """The nodes [path, probability, n_special] of a spec's deepest tree."""
+    return spec[str(max(int(k) for k in spec))]
+
+
+def predicted_accept_length(spec) -> float:
+    """The expected accept length of a tree spec (its deepest tree's node probabilities)."""
+    return expected_accept_length([(path, float(p)) for path, p, _ in deepest_tree(spec)])
+
+
 def tree_spec(probs, num_nodes: int, input_budget: int | None = None, virtual_tokens: int = 1) -> dict:
     """A dynamic tree spec {depth: [[path, probability, n_special], ...]} with `num_nodes` nodes per tree.
 
@@ -74,15 +86,12 @@ def tree_spec(probs, num_nodes: int, input_budget: int | None = None, virtual_to
         for path, q in paths:
             children = sum(accepted.get(tuple(path) + (r,), 0.0) for r in range(len(probs[min(len(path), n - 1)])))
             last[tuple(path)] = q - children
-        special = {tuple(p): 1 for p, _ in paths}
-        # root + its N special tokens + each node and one special token
-        inputs = 1 + n * virtual_tokens + (1 + virtual_tokens) * len(paths)
+        special = {tuple(p): 1 for p, _ in paths}  # every node carries one special token, or all N
         for path in sorted(special, key=lambda p: -last[p]):
-            extra = (n - 1) * virtual_tokens
-            if input_budget is not None and inputs + extra > input_budget:
+            more = {**special, path: n}
+            if input_budget is not None and tree_input_length(more.values(), n, virtual_tokens) > input_budget:
                 break
-            special[path] = n
-            inputs += extra
+            special = more
         spec[str(depth)] = [[list(p), round(q, 6), special[tuple(p)]] for p, q in paths]
     return spec
 
@@ -97,19 +106,16 @@ def read_accuracies(path: str) -> list[list[float]]:
 def build_trees(accuracies, min_input_length: int, max_input_length: int, virtual_tokens: int = 1) -> dict:
     """The best tree spec for each input length in the range (keyed by its real input length), for prompt
     tokens of `virtual_tokens` virtual tokens per special token."""
-    from prompt.inference.tree import spec_input_length
-
     probs = rank_probabilities(accuracies)
     n = len(probs)
-    per_node = 1 + virtual_tokens  # a node and its one special token
-    smallest = 1 + n * virtual_tokens + per_node  # root, its special tokens, one node with one special token
+    smallest = tree_input_length([1], n, virtual_tokens)  # the root and one node, each with its special tokens
     if max_input_length < smallest:
         raise PPDError(f"--max-input-length {max_input_length} is smaller than the smallest tree ({smallest} inputs)")
     trees = {}
     for budget in range(max(min_input_length, smallest), max_input_length + 1):
         best = None
         for nodes in range(1, budget):
-            if smallest + per_node * (nodes - 1) > budget:
+            if tree_input_length([1] * nodes, n, virtual_tokens) > budget:
                 break
             spec = tree_spec(probs, nodes, budget, virtual_tokens)
             if spec_input_length(spec, n, virtual_tokens) <= budget:
@@ -139,9 +145,8 @@ def main(argv=None):
     with open(args.output_file, "w", encoding="utf-8") as f:
         json.dump(trees, f, indent=1)
     for length, spec in trees.items():
-        deepest = spec[str(max(int(k) for k in spec))]
-        print(f"input length {length}: {len(deepest)} nodes, predicted accept length "
-              f"{expected_accept_length([(p, q) for p, q, _ in deepest]):.3f}")
+        print(f"input length {length}: {len(deepest_tree(spec))} nodes, predicted accept length "
+              f"{predicted_accept_length(spec):.3f}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from prompt.errors import PPDError
+from prompt.inference.budget import tree_input_length
 from prompt.jsonio import read_json
 from prompt.model.layout import SpecialTokenLayout
 
@@ -259,11 +260,9 @@ def root_only_buffers(device=None) -> TreeBuffers:
 
 
 def spec_input_length(spec, num_special_tokens: int, virtual_tokens: int = 1) -> int:
-    """Inputs of the largest tree of `spec`'s forward, without building its buffers: every token node, the root's N
-    special tokens and each node's own, V inputs per special token."""
+    """Inputs of the largest tree of `spec`'s forward, without building its buffers."""
     trees = _validate_spec(spec, num_special_tokens)
-    return max(1 + len(nodes) + (num_special_tokens + sum(n for _, n in nodes)) * virtual_tokens
-               for nodes in trees.values())
+    return max(tree_input_length([n for _, n in nodes], num_special_tokens, virtual_tokens) for nodes in trees.values())
 
 
 def load_tree_specs(path: str) -> dict:

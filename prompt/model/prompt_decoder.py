@@ -15,7 +15,7 @@ from prompt.errors import PPDError
 from prompt.model import backbone
 from prompt.model.config import AggregationType, PromptConfig
 from prompt.model.layout import SpecialTokenLayout, virtual_token_attention  # noqa: F401 (re-exported)
-from prompt.model.loading import load_base_model
+from prompt.model.loading import load_base_model, resolve_prompt_tokens_path
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
@@ -288,14 +288,7 @@ class AutoPromptDecoder:
         The base model comes from `base_model` if given, else `base_model_path`, else the checkpoint's
         `base_model_name_or_path` (which must be a local folder or the default model).
         """
-        from prompt.model.loading import is_default_model
-
-        if is_default_model(path):
-            from prompt.model.defaults import default_prompt_tokens_path
-
-            path = default_prompt_tokens_path()
-            if path is None:
-                raise PPDError("no trained prompt tokens ship for the default model yet")
+        path = resolve_prompt_tokens_path(path)  # the default model's names mean the shipped prompt tokens
         if not os.path.isdir(str(path)):
             raise PPDError(f"prompt-token checkpoint {path!r} is not a folder")
         saved_config = PromptConfig.from_pretrained(path)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError
-from prompt.evaluation.runner import ArgumentParser
 from prompt.model.config import PromptConfig
 from prompt.data.files import canonical_model_name
 

@@ -16,13 +16,13 @@ import time
 
 import torch
 
+from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
-from prompt.evaluation.runner import ArgumentParser
 
 
 def stand_in_sequences(tokenizer, sharegpt: str, gsm8k: str, count: int, reply_tokens: int) -> list[dict]:
     """Prompt + reply sequences with the shape of self-distilled data (the reply is GSM8K answer text)."""
-    from prompt.data.finetune import chat_ids
+    from prompt.data.chat import chat_ids
     from prompt.data.sources import Source, read_prompts
 
     prompts = read_prompts(Source(sharegpt, 0, count))

@@ -8,8 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from prompt.data.files import IGNORE_INDEX
+
 DECAY = 0.8
-IGNORE_INDEX = -100
 
 
 def weighted_mean(per_position: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -40,7 +41,7 @@ def kl_to_top_k(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher
 
 
 def cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against target ids [R, N] (-100 = ignored)."""
+    """Cross-entropy against target ids [R, N] (IGNORE_INDEX = ignored)."""
     valid = targets != IGNORE_INDEX
     log_probs = F.log_softmax(student_logits.float(), -1)
     per_position = -log_probs.gather(-1, targets.clamp(min=0).long()[..., None])[..., 0]

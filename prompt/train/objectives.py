@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from prompt.data.files import IGNORE_INDEX
 from prompt.data.generation import left_pad
 from prompt.train import losses
 from prompt.train.many_cuts import choose_cuts, many_cuts_special_logits, teacher_logits, teacher_pass
@@ -88,7 +89,7 @@ def one_cut_loss(model, records: list[dict], dataset_type: str, trainer_type: st
     targets = torch.stack(targets).to(device)
     if trainer_type == FINE_TUNING:
         return losses.cross_entropy(student, targets), len(prefixes)
-    valid = targets != losses.IGNORE_INDEX
+    valid = targets != IGNORE_INDEX
     if dataset_type == "self_distillation":
         return losses.kl_to_teacher(student, torch.stack(teachers), torch.ones_like(valid)), len(prefixes)
     return losses.kl_to_top_k(student, torch.stack(top_ids).to(device), torch.stack(top_probs).to(device), valid), len(prefixes)

@@ -8,7 +8,7 @@
    answer scripts and the web UI then use by default. Where no tree beats plain greedy, plain greedy is
    recorded (tree length 0) and the tool says so.
 
-    python -m prompt.inference.tune --dtype bfloat16 \\
+    python -m prompt.evaluation.tune --dtype bfloat16 \\
         --question-file ../shared/data/sharegpt/ShareGPT_V3_filtered_1000.json --question-begin 940 --question-end 946
 """
 from __future__ import annotations
@@ -24,11 +24,18 @@ import time
 import torch
 from transformers import DynamicCache
 
+from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
+from prompt.evaluation.chat import ChatFormatter
+from prompt.evaluation.compare import compare
+from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.inference.choice import DECODING_NAME, tree_file
+from prompt.inference.decoding import Decoder
+from prompt.inference.sparse_tree_builder import predicted_accept_length
 from prompt.inference.tree import specs_by_length
 from prompt.jsonio import read_json
 from prompt.model import backbone
+from prompt.model.defaults import load_prompt_decoder
 
 PLAIN = (0, 0)  # (tree length, prompt lookup tokens): plain greedy
 
@@ -90,15 +97,9 @@ def available_tree_lengths(model) -> list[int]:
 
 
 def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, warmup: int = 1, progress: bool = True):
-    """Run the decode loop with each (tree length, lookup tokens) on every prompt, interleaved and rotated.
-
-    Returns {config: {"tokens", "seconds", "passes", "chain_wins", "accept_length", "tokens_per_second"}}.
-    """
-    from tqdm import tqdm
-
-    from prompt.inference.decoding import Decoder, stop_token_ids_for
-
-    stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
+    """Run the decode loop with each (tree length, lookup tokens) on every prompt, in the comparison harness
+    (interleaved and rotated). Returns {config: MethodTotals}."""
+    stops = formatter.stops(model)
     decoders = {}
     for tree_length, lookup in configs:
         if tree_length:
@@ -107,24 +108,7 @@ def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, war
         else:
             decoders[(tree_length, lookup)] = Decoder(model.base_model, prompt_lookup_num_tokens=lookup,
                                                       stop_token_ids=stops)
-    inputs = [formatter.input_ids([p]) for p in prompts]
-    for _ in range(warmup):
-        for decoder in decoders.values():
-            decoder.generate(inputs[0], min(16, max_new_tokens))
-    totals = {c: {"tokens": 0, "seconds": 0.0, "passes": 0, "chain_wins": 0} for c in decoders}
-    keys = list(decoders)
-    for i, input_ids in enumerate(tqdm(inputs, desc="prompts", disable=not progress)):
-        for config in keys[i % len(keys):] + keys[: i % len(keys)]:
-            result = decoders[config].generate(input_ids, max_new_tokens)
-            t = totals[config]
-            t["tokens"] += result.new_tokens
-            t["seconds"] += result.wall_time
-            t["passes"] += result.forward_passes
-            t["chain_wins"] += result.chain_wins
-    for t in totals.values():
-        t["accept_length"] = t["tokens"] / max(t["passes"], 1)
-        t["tokens_per_second"] = t["tokens"] / t["seconds"] if t["seconds"] else 0.0
-    return totals
+    return compare(decoders, formatter, prompts, max_new_tokens, warmup, progress)
 
 
 def config_name(config) -> str:
@@ -141,16 +125,16 @@ def results_table(totals: dict, latency: dict | None = None) -> str:
     lines = ["| decoding | accept length | tokens/s | speed vs plain greedy | predicted from latency curve |",
              "|---|---|---|---|---|"]
     for config, t in totals.items():
-        ratio = f"{t['tokens_per_second'] / plain['tokens_per_second']:.2f}x" if plain and plain["tokens_per_second"] else "-"
+        ratio = f"{t.tokens_per_second / plain.tokens_per_second:.2f}x" if plain and plain.tokens_per_second else "-"
         predicted = "-"
         if latency and config[1] == 0 and config[0] in latency and 1 in latency:
-            predicted = f"{t['accept_length'] * latency[1] / latency[config[0]]:.2f}x"
-        lines.append(f"| {config_name(config)} | {t['accept_length']:.3f} | {t['tokens_per_second']:.2f} | {ratio} | {predicted} |")
+            predicted = f"{t.accept_length * latency[1] / latency[config[0]]:.2f}x"
+        lines.append(f"| {config_name(config)} | {t.accept_length:.3f} | {t.tokens_per_second:.2f} | {ratio} | {predicted} |")
     return "\n".join(lines)
 
 
 def choose(totals: dict):
-    return max(totals, key=lambda c: totals[c]["tokens_per_second"])
+    return max(totals, key=lambda c: totals[c].tokens_per_second)
 
 
 def plot_latency(latency: dict, path: str, title: str) -> None:
@@ -184,9 +168,9 @@ def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str) -> Non
     for lookup in sorted({c[1] for c in totals}):
         configs = sorted(c for c in totals if c[1] == lookup)
         label = f"lookup {lookup}" if lookup else "prompt tokens only"
-        left.plot([c[0] for c in configs], [totals[c]["accept_length"] for c in configs], marker="o", label=f"measured, {label}")
+        left.plot([c[0] for c in configs], [totals[c].accept_length for c in configs], marker="o", label=f"measured, {label}")
         if plain:
-            right.plot([c[0] for c in configs], [totals[c]["tokens_per_second"] / plain["tokens_per_second"] for c in configs],
+            right.plot([c[0] for c in configs], [totals[c].tokens_per_second / plain.tokens_per_second for c in configs],
                        marker="o", label=label)
     if predicted:
         lengths = sorted(predicted)
@@ -212,8 +196,7 @@ def predicted_accept_lengths(model) -> dict[int, float]:
         return predicted
     n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
     for length, spec in specs_by_length(tree_file(model), n, v).items():
-        deepest = spec[str(max(int(k) for k in spec))]
-        predicted[length] = 1.0 + sum(float(p) for _, p, _ in deepest)
+        predicted[length] = predicted_accept_length(spec)
     return predicted
 
 
@@ -258,11 +241,6 @@ def check_tree_lengths(model, lengths) -> None:
 
 @cli_entry
 def main(argv=None):
-    from prompt.evaluation.chat import ChatFormatter
-    from prompt.evaluation.questions import BENCH_NAMES, load_questions
-    from prompt.evaluation.runner import ArgumentParser
-    from prompt.model.defaults import load_prompt_decoder
-
     parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", default=None, help="Prompt-token folder (default: the default model's).")
     parser.add_argument("--base-model-path", default=None)
@@ -311,22 +289,22 @@ def main(argv=None):
     totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token)
     print(results_table(totals, latency))
     best = choose(totals)
-    plain = totals[PLAIN]["tokens_per_second"]
-    ratio = totals[best]["tokens_per_second"] / plain if plain else 0.0
+    plain = totals[PLAIN].tokens_per_second
+    ratio = totals[best].tokens_per_second / plain if plain else 0.0
     if best == PLAIN:
         print(f"no tree or lookup chain paid for its cost on this machine in {args.dtype}: plain greedy is recorded")
     else:
-        print(f"chosen: {config_name(best)}, {ratio:.2f}x plain greedy, accept length {totals[best]['accept_length']:.3f}")
-    command = "python -m prompt.inference.tune " + " ".join(argv if argv is not None else sys.argv[1:])
+        print(f"chosen: {config_name(best)}, {ratio:.2f}x plain greedy, accept length {totals[best].accept_length:.3f}")
+    command = "python -m prompt.evaluation.tune " + " ".join(argv if argv is not None else sys.argv[1:])
     entry = {"tree_length": best[0], "prompt_lookup_num_tokens": best[1],
-             "accept_length": round(totals[best]["accept_length"], 3), "speed_vs_plain_greedy": round(ratio, 3),
+             "accept_length": round(totals[best].accept_length, 3), "speed_vs_plain_greedy": round(ratio, 3),
              "machine": machine, "date": datetime.date.today().isoformat(), "command": command}
     record_choice(output, args.dtype, entry, args.overwrite)
     print(f"recorded in {output}")
     stem = os.path.join(report_dir, f"tuning_{args.dtype}")
     report = {"machine": machine, "dtype": args.dtype, "command": command, "latency_ms": latency,
               "prompts": f"{args.bench_name} {args.question_begin}:{args.question_end}", "max_new_tokens": args.max_new_token,
-              "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t} for c, t in totals.items()],
+              "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t.row()} for c, t in totals.items()],
               "chosen": entry}
     with open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
