@@ -16,11 +16,10 @@ others one, within the input-length budget.
 from __future__ import annotations
 
 import heapq
-import json
 import os
 
 from prompt.errors import PPDError, cli_entry
-from prompt.jsonio import read_json
+from prompt.jsonio import read_json, write_json
 from prompt.evaluation.runner import ArgumentParser
 
 
@@ -136,8 +135,7 @@ def main(argv=None):
         raise PPDError("--virtual-tokens must be >= 1")
     trees = build_trees(read_accuracies(args.accuracies_file), args.min_input_length, args.max_input_length,
                         args.virtual_tokens)
-    with open(args.output_file, "w", encoding="utf-8") as f:
-        json.dump(trees, f, indent=1)
+    write_json(args.output_file, trees)
     for length, spec in trees.items():
         deepest = spec[str(max(int(k) for k in spec))]
         print(f"input length {length}: {len(deepest)} nodes, predicted accept length "
