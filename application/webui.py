@@ -30,6 +30,7 @@ from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.evaluation.chat import chat_template_ids  # noqa: E402
 from prompt.evaluation.runner import ArgumentParser  # noqa: E402
 from prompt.inference import Decoder, GenerationResult, stop_token_ids_for  # noqa: E402
+from prompt.inference.tuned import check_tuned_decoding  # noqa: E402
 from prompt.model.loading import is_default_model  # noqa: E402
 from prompt.model.prompt_decoder import PromptDecoder  # noqa: E402
 
@@ -397,6 +398,7 @@ def main(argv=None):
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise PPDError(f"no tokenizer found for {args.ppd_path!r}")
+    check_tuned_decoding(model)
     demo = build_demo(model, tokenizer, max_new_tokens=args.max_new_token, concurrency=args.concurrency)
     try:
         demo.launch(server_name=args.host, server_port=args.port, show_error=True)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from training_helpers import repo_root, save_tiny_model
-from prompt import AutoPromptDecoder, Decoder, PPDError, PromptConfig, PromptDecoder
+from training_helpers import repo_root
+from prompt import AutoPromptDecoder, PPDError, PromptConfig, PromptDecoder
 
 REPO = repo_root()
 
@@ -309,3 +309,28 @@ def test_throughput_counts_a_duplicated_question_once(tmp_path):
     path.write_text(throughput_row(1, [9], (20,), (1.0,)) + "\n" + throughput_row(1, [9], (20,), (1.0,)) + "\n"
                     + throughput_row(2, [4], (10,), (1.0,)) + "\n")
     assert file_throughput(str(path)).turns == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding.json naming a tree the checkpoint does not have
+@pytest.mark.parametrize("with_trees", [False, True])
+def test_decoding_json_naming_a_missing_tree_is_reported_against_decoding_json(tmp_path, tiny_chat, with_trees):
+    from prompt.evaluation.chat import ChatFormatter
+    from prompt.evaluation.runner import make_decoder
+
+    base, tokenizer = tiny_chat
+    PromptDecoder(base, PromptConfig(num_special_tokens=3, base_model_name_or_path="unused",
+                                     prompt_tuning_init="RANDOM")).save_pretrained(tmp_path / "ckpt")
+    write_json_file(tmp_path / "ckpt" / "decoding.json", {"float32": {"tree_length": 99, "prompt_lookup_num_tokens": 0}})
+    if with_trees:
+        shutil.copy(os.path.join(REPO, "prompt", "inference", "trees", "default_3.json"), tmp_path / "ckpt" / "trees.json")
+    model = AutoPromptDecoder.from_pretrained(str(tmp_path / "ckpt"), base_model=base, tokenizer=tokenizer)
+    args = answer_args(tmp_path, QUESTIONS, tmp_path / "a.jsonl")
+    with pytest.raises(PPDError, match=r"decoding\.json asks") as error:
+        make_decoder(model, ChatFormatter(tokenizer, "tiny"), args, tree_length=None, tree_file=None)
+    assert "99" in str(error.value) and ("trees.json" in str(error.value))
+
+
+def write_json_file(path, data):
+    with open(path, "w") as f:
+        json.dump(data, f)

@@ -16,6 +16,7 @@ from prompt.evaluation.answers import AnswerFile
 from prompt.evaluation.chat import ChatFormatter, decode_answer
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.inference.decoding import Decoder, GenerationResult, stop_token_ids_for
+from prompt.inference.tuned import check_tuned_decoding
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -167,6 +168,8 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
 
 
 def make_decoder(model, formatter: ChatFormatter, args, **kwargs):
+    if kwargs.get("tree_length") is None and kwargs.get("tree_file") is None:
+        check_tuned_decoding(model)  # a decoding.json that names a missing tree is reported against decoding.json
     stops = stop_token_ids_for(formatter.tokenizer, formatter.stop_token_ids)
     return Decoder(model, temperature=args.temperature, posterior_threshold=args.posterior_threshold,
                    posterior_alpha=args.posterior_alpha, sampling=args.sampling, stop_token_ids=stops, **kwargs)
