@@ -23,7 +23,7 @@ import time
 import torch
 
 from prompt.errors import PPDError, cli_entry
-from prompt.jsonio import write_json
+from prompt.jsonio import write_json, write_text
 from prompt.evaluation.runner import ArgumentParser
 
 # name -> (dataset N, extra train.py flags)
@@ -128,8 +128,7 @@ def decode(args) -> None:
               "threads": torch.get_num_threads(), "generate_tokens_per_second": round(reference, 2), "options": rows}
     write_json(os.path.join(args.work, "comparison.json"), result)
     table = format_rows(rows)
-    with open(os.path.join(args.work, "comparison.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+    write_text(os.path.join(args.work, "comparison.md"), table + "\n")
     print(f"\n{len(questions)} MT-Bench first turns, {args.max_new_token} new tokens, {args.dtype}, "
           f"{torch.get_num_threads()} threads; generate greedy {reference:.2f} tokens/s")
     print(table)
