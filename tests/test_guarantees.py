@@ -334,3 +334,12 @@ def test_decoding_json_naming_a_missing_tree_is_reported_against_decoding_json(t
 def write_json_file(path, data):
     with open(path, "w") as f:
         json.dump(data, f)
+
+
+def test_readme_says_in_which_dtype_greedy_output_is_exact_and_lists_the_guarantees():
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    intro = text[: text.index("## Quick start")]
+    assert "float32" in intro and "bfloat16" in intro  # the exactness claim carries its dtype where users read it
+    guarantees = text[text.index("## Guarantees"):]
+    for word in ("Exact", "Atomic", "Resumable", "Refused"):
+        assert f"**{word}" in guarantees

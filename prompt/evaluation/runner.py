@@ -98,6 +98,8 @@ def check_args(args) -> list[dict]:
     if len(todo) < len(questions):
         print(f"{len(questions) - len(todo)} of the {len(questions)} selected questions are already answered for "
               f"{args.model_id} in {args.answer_file}: " + (f"answering the other {len(todo)}" if todo else "nothing to do"))
+    if not todo:
+        args.answers.tidy()
     if args.threads:
         torch.set_num_threads(args.threads)
     return todo
@@ -154,12 +156,13 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
         row = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(), "model_id": args.model_id,
                "choices": choices, "tstamp": time.time()}
         answers.append(row)
-    rows = answers.reorganize()
+    rows = answers.tidy()
     summary = f"{label}: {total_tokens} new tokens in {total_time:.1f} s = {total_tokens / max(total_time, 1e-9):.2f} tokens/s"
     if total_passes and not unknown_passes:
         summary += f", accept length {total_tokens / total_passes:.3f} tokens per forward"
     print(summary)
-    print(f"answers of {len(questions) - len(failed)} question(s) appended to {answer_file} ({rows} rows, sorted by question id)")
+    print(f"answers of {len(questions) - len(failed)} question(s) appended to {answer_file}"
+          + (f" ({rows} rows, sorted by question id)" if rows is not None else ""))
     if failed:
         listed = "; ".join(f"{qid!r}: {reason}" for qid, reason in list(failed.items())[:5])
         raise PPDError(f"{len(failed)} of {len(questions)} question(s) not answered ({listed}"
