@@ -343,3 +343,16 @@ def test_readme_says_in_which_dtype_greedy_output_is_exact_and_lists_the_guarant
     guarantees = text[text.index("## Guarantees"):]
     for word in ("Exact", "Atomic", "Resumable", "Refused"):
         assert f"**{word}" in guarantees
+
+
+def test_transformers_generate_reports_an_over_long_question_too(tmp_path, tiny_chat):
+    from prompt.evaluation.chat import ChatFormatter
+    from prompt.evaluation.runner import HFGenerate, check_args, run_benchmark
+
+    model, tokenizer = tiny_chat
+    path = tmp_path / "answers.jsonl"
+    args = answer_args(tmp_path, [(1, "hello"), ("too-long", "word " * 80)], path)
+    formatter = ChatFormatter(tokenizer, args.model_id)
+    with pytest.raises(PPDError, match="too-long"):
+        run_benchmark(args, check_args(args), HFGenerate(model, [2]), formatter, "hf")
+    assert [row["question_id"] for row in rows(path)] == [1]

@@ -60,6 +60,9 @@ class HFGenerate:
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
 
     def generate(self, input_ids, max_new_tokens, seed=None) -> GenerationResult:
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context is not None and input_ids.shape[1] >= context:  # as our loop reports it, not a traceback
+            raise PPDError(f"the prompt has {input_ids.shape[1]} tokens; the model's context is {context}")
         kwargs = {}
         if self.prompt_lookup_num_tokens:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
