@@ -326,7 +326,7 @@ def test_decoding_json_naming_a_missing_tree_is_reported_against_decoding_json(t
         shutil.copy(os.path.join(REPO, "prompt", "inference", "trees", "default_3.json"), tmp_path / "ckpt" / "trees.json")
     model = AutoPromptDecoder.from_pretrained(str(tmp_path / "ckpt"), base_model=base, tokenizer=tokenizer)
     args = answer_args(tmp_path, QUESTIONS, tmp_path / "a.jsonl")
-    with pytest.raises(PPDError, match=r"decoding\.json asks") as error:
+    with pytest.raises(PPDError, match=r"decoding\.json") as error:
         make_decoder(model, ChatFormatter(tokenizer, "tiny"), args, tree_length=None, tree_file=None)
     assert "99" in str(error.value) and ("trees.json" in str(error.value))
 

@@ -1,16 +1,28 @@
 """Checks of what a checkpoint's decoding.json asks for, reported against decoding.json itself."""
 from __future__ import annotations
 
+import os
+
 from prompt.errors import PPDError
 from prompt.inference.tree import select_tree_spec
 from prompt.jsonio import read_json
+
+
+def checkpoint_files(model) -> tuple:
+    """(decoding.json, trees.json) of the checkpoint `model` was loaded from (None where absent), whether the model
+    records them directly (`decoding_file`, `tree_file`) or records its folder (`checkpoint_dir`)."""
+    folder = getattr(model, "checkpoint_dir", None)
+    if folder:
+        found = [os.path.join(folder, name) for name in ("decoding.json", "trees.json")]
+        return tuple(path if os.path.isfile(path) else None for path in found)
+    return getattr(model, "decoding_file", None), getattr(model, "tree_file", None)
 
 
 def check_tuned_decoding(model, dtype: str | None = None) -> None:
     """Refuse a decoding.json whose tree length for `dtype` (default: the model's) names no tree that this checkpoint
     has: its trees.json, or the shipped default trees when the folder has no trees.json. Without this check the
     decoder reports the missing tree against the tree file, which is not the file to fix."""
-    path = getattr(model, "decoding_file", None)
+    path, tree_file = checkpoint_files(model)
     if not path:
         return
     dtype = dtype or str(model.dtype).replace("torch.", "")
@@ -30,7 +42,6 @@ def check_tuned_decoding(model, dtype: str | None = None) -> None:
     if length == 0:
         return  # plain decoding: no tree needed
     config = model.config
-    tree_file = getattr(model, "tree_file", None)
     try:
         select_tree_spec(tree_file, config.num_special_tokens, config.virtual_tokens_per_special_token, length)
     except PPDError as exc:
