@@ -14,12 +14,12 @@ import torch
 from prompt.errors import PPDError
 from prompt.jsonio import atomic_write, write_json
 from prompt.model.config import CONFIG_NAME, PromptConfig
-from prompt.model.prompt_decoder import (CUSTOM_LM_HEAD_NAME, DECODING_NAME, PREFIX_NAME, TREES_NAME,
-                                         WEIGHTING_LAYERS_NAME, WEIGHTS_NAME)
+from prompt.model.prompt_decoder import CUSTOM_LM_HEAD_NAME, PREFIX_NAME, WEIGHTING_LAYERS_NAME, WEIGHTS_NAME
 
 STATE_NAME = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
 ARGS_NAME = "training_args.json"
+TREES_NAME, DECODING_NAME = "trees.json", "decoding.json"  # what the tree builder and the tuner add for a run's tokens
 FINAL_STAGING = ".final.partial"  # the final save is written here, then moved into output_dir file by file
 # adapter_config.json fields that make two runs different runs
 IDENTITY_FIELDS = ("base_model_name_or_path", "num_special_tokens", "virtual_tokens_per_special_token",
