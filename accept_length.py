@@ -8,13 +8,13 @@ file), interleaved prompt by prompt with plain greedy decoding as the reference.
 lengths from --min-length to --max-length in steps of --length-interval that the tree file has.
 Use validation prompts (ShareGPT beyond the training slice), never an evaluation set.
 """
-import json
 import os
 
 import torch
 
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
+from prompt.jsonio import write_json
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.tune import (PLAIN, available_tree_lengths, check_tree_lengths, choose, config_name,
@@ -74,9 +74,8 @@ def main():
     print(f"best: {config_name(best)}")
     if out_file:
         os.makedirs(args.dir_path, exist_ok=True)
-        with open(out_file, "w", encoding="utf-8") as f:
-            json.dump({"dtype": args.dtype, "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t.row()}
-                                                        for c, t in totals.items()], "best": list(best)}, f, indent=1)
+        write_json(out_file, {"dtype": args.dtype, "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t.row()}
+                                                              for c, t in totals.items()], "best": list(best)})
         print(f"saved {out_file}")
 
 

@@ -15,6 +15,8 @@ def main():
                         help="With --hf-generate: transformers prompt lookup decoding with this many tokens.")
     args = parser.parse_args()
     questions = check_args(args)
+    if not questions:
+        return
     model, tokenizer = load_base_model(args.model_path, dtype=args.dtype)
     formatter = ChatFormatter(tokenizer, args.model_id)
     if args.hf_generate:

@@ -23,6 +23,8 @@ def main():
                              "(default: the checkpoint's tuned setting for the dtype, else off).")
     args = parser.parse_args()
     questions = check_args(args)
+    if not questions:
+        return
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
     formatter = ChatFormatter(model.tokenizer, args.model_id)
     tree = {"tree_length": args.tree_length}

@@ -20,8 +20,13 @@ def main():
             "macro_tokens_per_s", "micro_tokens_per_s", "accept_length", "forward_time"))
         print(f"Macro-average throughput: {m:.3f} tokens/s (std {ms:.3f})")
         print(f"Micro-average throughput: {u:.3f} tokens/s (std {us:.3f})")
-        print(f"Average accept length: {a:.5f} tokens per forward (std {as_:.5f})")
-        print(f"Average forward pass time: {f:.5f} s (std {fs:.5f})")
+        if a is None:
+            print("Average accept length: n.a. (the answers do not record their forward passes: idxs is -1, "
+                  "as transformers generate with prompt lookup writes)")
+            print("Average forward pass time: n.a.")
+        else:
+            print(f"Average accept length: {a:.5f} tokens per forward (std {as_:.5f})")
+            print(f"Average forward pass time: {f:.5f} s (std {fs:.5f})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@
 Each point is the median of --repeats forwards after a --prefix-length token prefix, with a tree mask and
 the lm head over every input, as the decode loop runs them. Prints the curve and its ratio to one input.
 """
-import json
 import os
 
 import torch
@@ -14,6 +13,7 @@ import torch
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.tune import forward_latency, machine_name, plot_latency
+from prompt.jsonio import write_json
 
 
 @cli_entry
@@ -55,9 +55,8 @@ def main():
     print("| inputs | ms | vs 1 input |\n|---|---|---|")
     for n, ms in latency.items():
         print(f"| {n} | {ms:.1f} | {ms / latency[1]:.2f}x |")
-    with open(args.output_file, "w", encoding="utf-8") as f:
-        json.dump({"machine": machine, "dtype": args.dtype, "prefix_length": args.prefix_length,
-                   "repeats": args.repeats, "latency_ms": latency}, f, indent=1)
+    write_json(args.output_file, {"machine": machine, "dtype": args.dtype, "prefix_length": args.prefix_length,
+                                  "repeats": args.repeats, "latency_ms": latency})
     plot_latency(latency, plot_file, f"forward latency, {machine}, {args.dtype}")
     print(f"saved {args.output_file} and {plot_file}")
 

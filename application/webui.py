@@ -10,10 +10,12 @@ at the same time.
 """
 from __future__ import annotations
 
+import copy
 import html
 import logging
 import os
 import sys
+import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the UI must work offline
 try:
@@ -28,6 +30,7 @@ from prompt.cli import ArgumentParser  # noqa: E402
 from prompt.data.chat import chat_template_ids  # noqa: E402
 from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.inference import Decoder, GenerationResult  # noqa: E402
+from prompt.inference.choice import resolve_decoding  # noqa: E402
 from prompt.model.loading import is_default_model  # noqa: E402
 from prompt.model.prompt_decoder import PromptDecoder  # noqa: E402
 from prompt.model.stops import stop_token_ids_for  # noqa: E402
@@ -40,6 +43,7 @@ FALLBACK_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] | capitalize }}: 
 GENERATING = "generating…"
 STOPPED = "stopped"
 STOP_REASONS = {"eos": "end of answer", "length": "token limit reached", "context": "context window full"}
+BUSY = "Still answering your previous message: wait for it (or press Stop), then send again."
 
 log = logging.getLogger("ppd.webui")
 
@@ -118,13 +122,21 @@ def render_pieces(pieces, highlight: bool) -> str:
 # Conversation: turns {"role", "content", "pieces", "error"} in a per-session ChatSession
 # --------------------------------------------------------------------------------------------------
 class ChatSession:
-    """One browser session's conversation, and a run counter that lets Stop, Clear or a newer request
-    end the answer being generated (the answer checks `is_current` after every decoding step)."""
+    """One browser session's conversation, and a run counter that lets Stop, Clear or Regenerate end the
+    answer being generated (the answer checks `is_current` after every decoding step). `answering` is held
+    while an answer is generated: one answer at a time per session, so turns never interleave."""
 
     def __init__(self):
         self.turns: list = []
         self.run = 0
         self.stopped_run = 0  # the last run that the Stop button ended
+        self.answering = threading.Lock()
+
+    def __deepcopy__(self, memo):  # gradio copies the initial state for each session; a lock cannot be copied
+        fresh = ChatSession()
+        fresh.turns = copy.deepcopy(self.turns, memo)
+        fresh.run, fresh.stopped_run = self.run, self.stopped_run
+        return fresh
 
     def begin(self) -> int:
         """Start a new answer, superseding any running one; returns its run number."""
@@ -224,7 +236,8 @@ class ChatEngine:
                 answer.add_step(step_tokens)
                 turn["content"], turn["pieces"] = answer.text, answer.pieces
                 yield format_stats(result, decoding)
-            answer.finish()
+            if result.stop_reason == "eos":  # cut by a token or context limit, an incomplete last character is left out
+                answer.finish()
             turn["content"], turn["pieces"] = answer.text, answer.pieces
             yield format_stats(result, decoding, STOP_REASONS.get(result.stop_reason, "done"))
         except PPDError as exc:
@@ -252,7 +265,8 @@ def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, 
     """
     engine = ChatEngine(model, tokenizer, max_new_tokens, decoder_class)
 
-    def send(message, session, use_ppd, highlight, temperature):
+    def answer(message, session, use_ppd, highlight, temperature):
+        """Add the user's message and stream the answer; the caller holds `session.answering`."""
         message = (message or "").strip()
         if not message:
             gr.Warning("The message is empty.")
@@ -260,29 +274,50 @@ def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, 
             yield "", chat_messages(session.turns, highlight), session, "Error: the message is empty."
             return
         run = session.begin()
-        session.turns.append({"role": "user", "content": message})
-        yield "", chat_messages(session.turns, highlight), session, GENERATING
-        for stats in engine.stream_answer(session.turns, use_ppd, temperature, lambda: session.is_current(run)):
+        turns = session.turns  # Clear replaces the list: this answer then writes to the old one, out of sight
+        turns.append({"role": "user", "content": message})
+        yield "", chat_messages(turns, highlight), session, GENERATING
+        for stats in engine.stream_answer(turns, use_ppd, temperature, lambda: session.is_current(run)):
             if not session.is_current(run) and session.stopped_run != run:
-                return  # superseded by Clear, Regenerate or a newer message: they own the display now
+                return  # superseded by Clear or Regenerate: they own the display now
             if stats.startswith("Error:"):
                 gr.Warning(stats)
-            yield "", chat_messages(session.turns, highlight), session, stats
+            yield "", chat_messages(turns, highlight), session, stats
+
+    def send(message, session, use_ppd, highlight, temperature):
+        """One answer at a time per session: a message sent while one is generated is refused, visibly, and stays
+        in the message box (never interleaved with the running answer)."""
+        if not session.answering.acquire(blocking=False):
+            gr.Warning(BUSY)
+            yield message, chat_messages(session.turns, highlight), session, BUSY
+            return
+        try:
+            yield from answer(message, session, use_ppd, highlight, temperature)
+        finally:
+            session.answering.release()
 
     def regenerate(session, use_ppd, highlight, temperature):
         session.supersede()
-        turns = session.turns
-        while turns and turns[-1]["role"] != "user":
-            turns.pop()
-        if not turns:
-            gr.Warning("Nothing to regenerate.")
-            yield "", [], session, "Nothing to regenerate."
+        # the running answer (if any) ends after its current step
+        if not session.answering.acquire(timeout=60):
+            gr.Warning(BUSY)
+            yield "", chat_messages(session.turns, highlight), session, BUSY
             return
-        yield from send(turns.pop()["content"], session, use_ppd, highlight, temperature)
+        try:
+            turns = session.turns
+            while turns and turns[-1]["role"] != "user":
+                turns.pop()
+            if not turns:
+                gr.Warning("Nothing to regenerate.")
+                yield "", [], session, "Nothing to regenerate."
+                return
+            yield from answer(turns.pop()["content"], session, use_ppd, highlight, temperature)
+        finally:
+            session.answering.release()
 
     def clear(session):
         session.supersede()
-        session.turns.clear()
+        session.turns = []  # a new list: an answer still finishing its step writes to the old one
         return "", [], session, "Conversation cleared."
 
     with gr.Blocks(title=title) as demo:
@@ -364,6 +399,7 @@ def main(argv=None):
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise PPDError(f"no tokenizer found for {args.ppd_path!r}")
+    resolve_decoding(model)  # a decoding.json naming a missing tree is refused before the page starts
     demo = build_demo(model, tokenizer, max_new_tokens=args.max_new_token, concurrency=args.concurrency)
     try:
         demo.launch(server_name=args.host, server_port=args.port, show_error=True)

@@ -16,7 +16,6 @@ token costs V inputs, so V = 3 pays three times for each special token it carrie
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
+from prompt.jsonio import write_json, write_text
 
 # name -> (dataset N, extra train.py flags)
 OPTIONS = {
@@ -125,12 +125,9 @@ def decode(args) -> None:
                    accept_length=round(t.accept_length, 4))
     result = {"questions": len(questions), "max_new_tokens": args.max_new_token, "dtype": args.dtype,
               "threads": torch.get_num_threads(), "generate_tokens_per_second": round(reference, 2), "options": rows}
-    with open(os.path.join(args.work, "comparison.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    write_json(os.path.join(args.work, "comparison.json"), result)
     table = format_rows(rows)
-    with open(os.path.join(args.work, "comparison.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
+    write_text(os.path.join(args.work, "comparison.md"), table + "\n")
     print(f"\n{len(questions)} MT-Bench first turns, {args.max_new_token} new tokens, {args.dtype}, "
           f"{torch.get_num_threads()} threads; generate greedy {reference:.2f} tokens/s")
     print(table)

@@ -77,7 +77,7 @@ fi
 mkdir -p "$DEST"
 for name in adapter_config.json adapter_model.safetensors prefix_tuning.pt accuracies.json accuracies.png \
     trainer_state.json; do
-  cp "$WORK/prompt-tokens/$name" "$DEST/$name"
+  cp "$WORK/prompt-tokens/$name" "$DEST/.$name.partial" && mv -f "$DEST/.$name.partial" "$DEST/$name"  # atomic
 done
 "$PYTHON" -m prompt.inference.sparse_tree_builder --accuracies-file "$DEST/accuracies.json" \
     --output-file "$DEST/trees.json" --min-input-length 6 --max-input-length 48 --overwrite

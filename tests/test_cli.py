@@ -88,9 +88,9 @@ def test_answer_scripts_write_fastchat_rows_and_throughput_reads_them(tmp_path):
     questions.write_text(json.dumps({"question_id": 7, "category": "x", "turns": ["Say hello.", "Say bye."]}) + "\n")
     answers = tmp_path / "answers.jsonl"
     answers.write_text("")  # appended to, never truncated
-    for script in ("gen_model_answer_baseline.py", "gen_model_answer_prompt_decoding.py"):
+    for script, model_id in (("gen_model_answer_baseline.py", "baseline-run"), ("gen_model_answer_prompt_decoding.py", "ppd-run")):
         proc = run(script, "--question-file", questions, "--answer-file", answers, "--max-new-token", 12,
-                   "--warmup", 0, "--model-id", "tiny-run")
+                   "--warmup", 0, "--model-id", model_id)
         assert proc.returncode == 0, proc.stderr
         assert "tokens/s" in proc.stdout
     rows = [json.loads(line) for line in answers.read_text().splitlines()]

@@ -349,3 +349,62 @@ def test_accuracy_file_matches_one_cut_forwards(work, tmp_path):
                 positions += 1
     assert result["num_positions"] == positions
     assert torch.allclose(torch.tensor(saved["top_k_accuracy"]), hits / positions, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# nothing lost: trained output is never replaced without --overwrite_output_dir, chunk folders must be complete
+def test_trained_output_is_not_replaced_without_overwrite(work, tmp_path, capsys):
+    model, data = work["model"], work["self_distillation"]
+    done = str(tmp_path / "done")
+    train(model, data, done, "--max_steps", "2", "--save_steps", "1")
+    for name in ("trees.json", "decoding.json"):  # what the tuner adds beside trained tokens
+        with open(os.path.join(done, name), "w") as f:
+            f.write("{}\n")
+
+    def snapshot(folder):
+        return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+                if os.path.isfile(os.path.join(folder, name))}
+
+    before = snapshot(done)
+    # a finished run rerun with another learning rate: refused, naming the flag; nothing rewritten
+    assert_one_error(capsys, lambda: train(model, data, done, "--max_steps", "2", "--save_steps", "1",
+                                           "--learning_rate", "0.5"), "--learning_rate")
+    # a changed prefix option on resume: one clear error, not a traceback
+    assert_one_error(capsys, lambda: train(model, data, done, "--max_steps", "2", "--save_steps", "1",
+                                           "--use_prefix_tuning", "--prefix_virtual_tokens", "2"), "use_prefix_tuning")
+    # final weights without checkpoints (pruned, or a copy of shipped tokens): refused
+    for name in os.listdir(done):
+        if name.startswith("checkpoint-"):
+            shutil.rmtree(os.path.join(done, name))
+    assert_one_error(capsys, lambda: train(model, data, done, "--max_steps", "2"), "--overwrite_output_dir")
+    assert snapshot(done) == before
+    # the same command resumes a finished run without changing its tokens
+    again = str(tmp_path / "again")
+    train(model, data, again, "--max_steps", "2", "--save_steps", "1")
+    tokens = embeddings(again)
+    train(model, data, again, "--max_steps", "2", "--save_steps", "1")
+    assert torch.equal(embeddings(again), tokens)
+    # --overwrite_output_dir replaces the run and removes the files tied to the old tokens
+    train(model, data, done, "--max_steps", "1", "--overwrite_output_dir")
+    assert not os.path.exists(os.path.join(done, "trees.json")) and not os.path.exists(os.path.join(done, "decoding.json"))
+    assert json.load(open(os.path.join(done, "trainer_state.json")))["step"] == 1
+
+
+def test_incomplete_chunk_folder_is_refused(work, tmp_path, capsys):
+    save = str(tmp_path / "ds")
+    extra = ("--batch_size", "4", "--max_new_tokens", "24", "--use_chunked", "--chunk_size", "5")
+    folder = build("self_distillation", work["model"], [work["prompts"] + ":0:8", work["questions"]], save, *extra)
+    # a build killed after two of its three chunks
+    os.remove(os.path.join(folder, "chunk_00002.pt"))
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    manifest["done"] = [0, 1]
+    manifest.get("records", {}).pop("2", None)
+    json.dump(manifest, open(os.path.join(folder, "manifest.json"), "w"))
+    assert_one_error(capsys, lambda: train(work["model"], folder, str(tmp_path / "run"), "--use_chunked",
+                                           "--max_steps", "1"), "2 of 3 chunks")
+    assert not os.path.exists(os.path.join(tmp_path, "run", "adapter_model.safetensors"))
+    # a chunk file lost after the build finished
+    build("self_distillation", work["model"], [work["prompts"] + ":0:8", work["questions"]], save, *extra)
+    os.remove(os.path.join(folder, "chunk_00001.pt"))
+    assert_one_error(capsys, lambda: train(work["model"], folder, str(tmp_path / "run"), "--use_chunked",
+                                           "--max_steps", "1"), "chunk files are missing")

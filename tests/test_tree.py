@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from prompt import PPDError
 from prompt.inference.tree import (DEFAULT_TREE_FILE, DynamicTree, build_tree_buffers, load_tree_specs,

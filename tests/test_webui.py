@@ -166,6 +166,27 @@ def test_answer_text_holds_back_split_characters_and_marks_guessed_tokens():
     assert webui.render_pieces([["a<b", False], ["c<d\ne", True]], highlight=False) == "a<bc<d\ne"
 
 
+def test_an_answer_cut_inside_an_emoji_shows_no_replacement_character():
+    tokenizer = byte_level_tokenizer()
+    ids = tokenizer.encode("ok \U0001F600")
+
+    class CutEmoji:  # a decoder whose token limit falls inside the emoji's bytes
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def describe(self):
+            return "test"
+
+        def stream(self, input_ids, max_new_tokens=512, result=None, seed=None):
+            result.token_ids.extend(ids[:-2])
+            result.stop_reason = "length"
+            yield ids[:-2]
+
+    turns = [{"role": "user", "content": "hi"}]
+    list(webui.ChatEngine(None, tokenizer, decoder_class=CutEmoji).stream_answer(turns, False, 0.0))
+    assert turns[-1]["content"] == "ok "
+
+
 # ------------------------------------------------------------------------------------------------
 # the server, through gradio_client
 # ------------------------------------------------------------------------------------------------
@@ -316,6 +337,33 @@ def test_cancel_ends_generation_and_the_session_stays_usable(slow_server, tokeni
     history = [{"role": "user", "content": "Good morning!"}, {"role": "assistant", "content": partial},
                {"role": "user", "content": "Thanks"}]
     assert texts[3][1] == greedy_answer(model.base_model, tokenizer, history, 200)[0]
+
+
+def test_a_second_send_while_answering_is_refused_visibly_and_never_interleaved(slow_server, tokenizer):
+    """Two messages sent at once in one session: the second is refused with a visible message and stays in the
+    message box; the first answer completes as plain greedy decoding gives it, and the session goes on."""
+    url, model, probe = slow_server
+    first = [{"role": "user", "content": "Hello there"}]
+    expected, _ = greedy_answer(model.base_model, tokenizer, first, 200)
+    session = client(url)
+    probe.delay = 0.02  # the first answer takes several seconds
+    try:
+        job = session.submit("Hello there", True, False, 0.0, api_name="/send")
+        deadline = time.monotonic() + 30
+        while len(job.outputs()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not job.done(), "precondition: the first answer is still being generated"
+        box, chat, stats = call(session, "What is PPD?", True, False, 0.0, api_name="/send")
+        assert box == "What is PPD?" and "Still answering" in stats
+        assert not job.done(), "the second send ended the first answer"
+        _, chat, stats = job.result(timeout=120)
+    finally:
+        probe.delay = 0.0
+    assert chat_texts(chat) == [("user", "Hello there"), ("assistant", expected)]
+    _, chat, _ = call(session, "What is PPD?", True, False, 0.0, api_name="/send")
+    history = first + [{"role": "assistant", "content": expected}, {"role": "user", "content": "What is PPD?"}]
+    assert chat_texts(chat)[2:] == [("user", "What is PPD?"),
+                                    ("assistant", greedy_answer(model.base_model, tokenizer, history, 200)[0])]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,11 +25,13 @@ from tqdm import tqdm
 
 from prompt.cli import ArgumentParser
 from prompt.data.chat import chat_ids
-from prompt.data.files import DATASET_TYPES, IGNORE_INDEX, canonical_model_name, check_output_file, dataset_file_name, load_dataset, save_dataset
+from prompt.data.files import (CHUNK_MANIFEST, DATASET_TYPES, IGNORE_INDEX, canonical_model_name, check_output_file,
+                               dataset_file_name, load_dataset, save_dataset)
 from prompt.data.finetune import build_finetune_records
 from prompt.data.generation import batches_by_length, greedy_replies, greedy_teacher
 from prompt.data.sources import parse_source, read_conversations, read_prompts
 from prompt.errors import PPDError, cli_entry
+from prompt.jsonio import read_json, write_json
 from prompt.model.loading import load_base_model
 from prompt.model.stops import stop_token_ids_for, truncate_at_stop
 
@@ -230,7 +232,8 @@ def save(args, path: str, records: list, info: dict, overwrite: bool) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # chunked output
-MANIFEST = "manifest.json"
+MANIFEST = CHUNK_MANIFEST
+PROGRESS_KEYS = ("done", "chunks", "records")  # manifest fields that a build fills in as it goes
 
 
 def chunk_name(index: int) -> str:
@@ -264,7 +267,8 @@ def prepare_chunk_folder(folder: str, manifest: dict, overwrite: bool) -> list:
                     saved = json.load(f)
             except (OSError, ValueError) as exc:
                 raise PPDError(f"cannot read {path}: {exc}") from None
-            if {k: v for k, v in saved.items() if k != "done"} != {k: v for k, v in manifest.items() if k != "done"}:
+            if ({k: v for k, v in saved.items() if k not in PROGRESS_KEYS}
+                    != {k: v for k, v in manifest.items() if k not in PROGRESS_KEYS}):
                 raise PPDError(f"{folder!r} holds chunks of a different build; pass --overwrite to replace them")
             return list(saved.get("done", []))
         for name in os.listdir(folder):
@@ -276,17 +280,18 @@ def prepare_chunk_folder(folder: str, manifest: dict, overwrite: bool) -> list:
 
 
 def write_manifest(folder: str, manifest: dict) -> None:
-    partial = os.path.join(folder, MANIFEST + ".partial")
-    with open(partial, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
-    os.replace(partial, os.path.join(folder, MANIFEST))
+    write_json(os.path.join(folder, MANIFEST), manifest)
 
 
 def write_chunks(args, model, tokenizer, inputs: list, folder: str, done: list) -> str:
     """Build and save each chunk of `chunk_size` inputs in turn, skipping those already done."""
-    manifest = {**manifest_of(args), "done": sorted(done)}
     count = (len(inputs) + args.chunk_size - 1) // args.chunk_size
+    counts = {}
+    if os.path.isfile(os.path.join(folder, MANIFEST)):  # records of the chunks an interrupted run finished
+        counts = read_json(os.path.join(folder, MANIFEST), "chunk manifest").get("records", {})
+    manifest = {**manifest_of(args), "done": sorted(done), "chunks": count,
+                "records": {key: n for key, n in counts.items() if int(key) in done}}
+    write_manifest(folder, manifest)  # how many chunks the folder will hold, before the first is built
     written = 0
     for index in range(count):
         if index in manifest["done"]:
@@ -299,6 +304,7 @@ def write_chunks(args, model, tokenizer, inputs: list, folder: str, done: list) 
                  {**info, "seed": args.seed + index, "chunk": index}, overwrite=True)
             written += len(records)
         manifest["done"] = sorted(manifest["done"] + [index])
+        manifest["records"][str(index)] = len(records)
         write_manifest(folder, manifest)
         print(f"chunk {index + 1}/{count}: {len(records)} records", file=sys.stderr)
     if not any(name.startswith("chunk_") for name in os.listdir(folder)):

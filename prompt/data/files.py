@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 import torch
 
 from prompt.errors import PPDError
+from prompt.jsonio import atomic_write, read_json
 from prompt.model.loading import DEFAULT_MODEL_ID, is_default_model
 
+CHUNK_MANIFEST = "manifest.json"  # in a chunk folder: the build's flags, and which chunks are done of how many
 FORMAT = "ppd-dataset"
 IGNORE_INDEX = -100  # a label that no loss counts (not assistant text, or after a stop token)
 VERSION = 1
@@ -76,9 +78,7 @@ def save_dataset(path: str, dataset_type: str, records: list, *, num_special_tok
     payload = {"format": FORMAT, "version": VERSION, "dataset_type": dataset_type,
                "num_special_tokens": int(num_special_tokens), "model_name_or_path": canonical_model_name(model_name_or_path),
                "model_max_length": int(model_max_length), "info": dict(info or {}), "records": list(records)}
-    partial = path + ".partial"
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 
@@ -96,6 +96,28 @@ def _read_payload(path: str) -> dict:
     return payload
 
 
+def check_chunk_folder_complete(path: str, records: int) -> None:
+    """Refuse a chunk folder whose build has not finished (its manifest counts the chunks and their records)."""
+    manifest_path = os.path.join(path, CHUNK_MANIFEST)
+    if not os.path.isfile(manifest_path):
+        return  # chunk files put together by hand: nothing says how many there should be
+    manifest = read_json(manifest_path, "chunk manifest")
+    if not isinstance(manifest, dict):
+        raise PPDError(f"malformed chunk manifest {manifest_path!r}: expected a JSON object")
+    chunks, done, counts = manifest.get("chunks"), manifest.get("done", []), manifest.get("records", {})
+    finish = "run generate_dataset.py again with the same flags to finish it"
+    if chunks is None:
+        raise PPDError(f"dataset folder {path!r} may be incomplete: its {CHUNK_MANIFEST} does not say how many chunks "
+                       f"it should hold (an interrupted build, or one from an older version); {finish}")
+    if len(set(done)) < chunks:
+        raise PPDError(f"dataset folder {path!r} is incomplete: {len(set(done))} of {chunks} chunks were built "
+                       f"({records} records so far); {finish}")
+    counted = isinstance(counts, dict) and all(str(i) in counts for i in done)
+    if counted and sum(counts.values()) != records:
+        raise PPDError(f"dataset folder {path!r} holds {records} records but its {CHUNK_MANIFEST} counts {sum(counts.values())}: "
+                       f"chunk files are missing or were replaced; {finish} (with --overwrite to rebuild it)")
+
+
 def load_dataset(path: str, expected_types=None, num_special_tokens: int | None = None) -> DatasetFile:
     """Read a dataset file (or, for a folder, every `*.pt` chunk in it, in name order) and check what it was built for."""
     if os.path.isdir(path):
@@ -109,6 +131,7 @@ def load_dataset(path: str, expected_types=None, num_special_tokens: int | None 
                     first.dataset_type, first.num_special_tokens, first.model_name_or_path):
                 raise PPDError(f"chunks in {path!r} were built differently ({part.path!r} against {first.path!r})")
         records = [record for part in parts for record in part.records]
+        check_chunk_folder_complete(path, len(records))
         return DatasetFile(first.dataset_type, first.num_special_tokens, first.model_name_or_path,
                            first.model_max_length, records, first.info, path)
     payload = _read_payload(path)

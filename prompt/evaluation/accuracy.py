@@ -12,7 +12,6 @@ JSON: {"num_special_tokens": N, "top_k_accuracy": [[acc@1..acc@10] for each spec
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -21,6 +20,7 @@ import torch
 from prompt.cli import ArgumentParser
 from prompt.data.files import load_dataset
 from prompt.errors import PPDError, cli_entry
+from prompt.jsonio import atomic_write, write_json
 from prompt.train.many_cuts import many_cuts_special_logits, teacher_pass, valid_cuts
 from prompt.train.objectives import future_tokens
 
@@ -89,7 +89,7 @@ def plot_accuracy(result: dict, path: str, title: str = "") -> None:
     axes.legend()
     axes.set_title(title or f"special-token accuracy ({result['num_positions']} held-out positions)")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120))
     plt.close(figure)
 
 
@@ -127,9 +127,7 @@ def main(argv=None) -> dict:
     result = special_token_accuracy(model, records, max_length=args.max_length)
     result.update({"model_path": args.model_path, "data_path": args.data_path, "dtype": args.dtype})
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    write_json(args.output, result)
     if args.plot:
         plot_accuracy(result, args.plot)
     for k, row in enumerate(result["top_k_accuracy"], 1):

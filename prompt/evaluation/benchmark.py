@@ -29,6 +29,7 @@ import torch
 
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
+from prompt.jsonio import atomic_write, write_json, write_text
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import build_decoders, compare
 from prompt.evaluation.questions import load_questions
@@ -128,7 +129,7 @@ def _save(fig, ax, path: str, legend_size: int) -> str:
 
     ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
     return path
 
@@ -164,8 +165,7 @@ def update_markdown(path: str, section: str) -> None:
         raise PPDError(f"{path!r} has no generated section (lines {BEGIN!r} and {END!r})")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(head + BEGIN + "\n" + section.strip() + "\n" + END + tail)
+    write_text(path, head + BEGIN + "\n" + section.strip() + "\n" + END + tail)
 
 
 @cli_entry
@@ -241,11 +241,9 @@ def main(argv=None):
                        f"processes): baseline {memory['baseline']:.0f} MB, tuned PPD {memory['tuned']:.0f} MB "
                        f"({memory['tuned'] / memory['baseline']:.3f}x).")
     section = "\n".join(summary) + "\n\n" + tables(results, describe)
-    with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"results": results, "describe": describe, "parameters": parameters, "memory_mb": memory,
-                   "argv": argv}, f, indent=1)
-    with open(os.path.join(args.output_dir, "tables.md"), "w", encoding="utf-8") as f:
-        f.write(section + "\n")
+    write_json(os.path.join(args.output_dir, "results.json"), {"results": results, "describe": describe,
+                                                              "parameters": parameters, "memory_mb": memory, "argv": argv})
+    write_text(os.path.join(args.output_dir, "tables.md"), section + "\n")
     plots = plot(results, args.output_dir)
     print(section)
     print("plots: " + ", ".join(plots))

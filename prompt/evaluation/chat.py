@@ -8,6 +8,19 @@ from prompt.errors import PPDError
 from prompt.model.stops import stop_token_ids_for
 
 
+def decode_answer(tokenizer, token_ids, stop_reason: str = "length") -> str:
+    """The text of generated tokens. An answer cut off by a token or context limit can end in the middle of a
+    multi-byte character (an emoji): its incomplete bytes are left out instead of becoming U+FFFD."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    if stop_reason == "eos" or not text.endswith("\ufffd"):
+        return text
+    for cut in range(1, min(4, len(token_ids)) + 1):  # a character spans at most 4 bytes, so at most 4 tokens
+        shorter = tokenizer.decode(token_ids[:-cut], skip_special_tokens=True)
+        if not shorter.endswith("\ufffd"):
+            return shorter
+    return text
+
+
 class ChatFormatter:
     """Turns a conversation (alternating user/assistant texts) into input ids ending with the assistant's turn."""
 

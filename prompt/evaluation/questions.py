@@ -30,6 +30,9 @@ def _field(row, name, path, index):
 def load_questions(bench_name: str, question_file: str | None = None, begin: int | None = None,
                    end: int | None = None) -> list[dict]:
     """Questions as dicts {question_id, category, turns: [user messages]}, sliced [begin:end]."""
+    for flag, value in (("--question-begin", begin), ("--question-end", end)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise PPDError(f"{flag} must be an index >= 0 (the first question is 0), got {value!r}")
     if bench_name not in BENCH_NAMES:
         raise PPDError(f"unknown bench name {bench_name!r}; use one of {', '.join(BENCH_NAMES)}")
     if bench_name == "humaneval":

@@ -5,15 +5,16 @@ Both scripts take the upstream flags and write FastChat answer rows; they differ
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from prompt.errors import PPDError
-from prompt.evaluation.chat import ChatFormatter
+from prompt.evaluation.answers import AnswerFile
+from prompt.evaluation.chat import ChatFormatter, decode_answer
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.inference.acceptance import ACCEPTANCE_RULES
 from prompt.inference.decoding import Decoder, GenerationResult
@@ -23,7 +24,9 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     parser.add_argument("--model-path", default=None, help=model_help + " Default: the embedded default model.")
     parser.add_argument("--model-id", default=default_model_id,
                         help="Name written into the answers; a FastChat template name (e.g. vicuna) selects that chat format.")
-    parser.add_argument("--answer-file", default=None, help="Output jsonl (appended to). Default: data/<bench>/model_answer/<model-id>.jsonl")
+    parser.add_argument("--answer-file", default=None,
+                        help="Output jsonl (appended to; questions it already answers for --model-id are skipped; "
+                             "sorted by question id at the end). Default: data/<bench>/model_answer/<model-id>.jsonl")
     parser.add_argument("--bench-name", default="mt_bench", choices=BENCH_NAMES)
     parser.add_argument("--question-file", default=None, help="Questions (MT-Bench jsonl, AlpacaEval json, GSM8K jsonl); HumanEval needs none.")
     parser.add_argument("--question-begin", type=int, default=None)
@@ -101,6 +104,9 @@ class HFGenerate:
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
 
     def generate(self, input_ids, max_new_tokens, seed=None) -> GenerationResult:
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context is not None and input_ids.shape[1] >= context:  # as our loop reports it, not a traceback
+            raise PPDError(f"the prompt has {input_ids.shape[1]} tokens; the model's context is {context}")
         kwargs = {}
         if self.prompt_lookup_num_tokens:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
@@ -124,7 +130,8 @@ def default_answer_file(bench_name, model_id):
 
 
 def check_args(args) -> list[dict]:
-    """Validate the flags and read the questions before any model is loaded; returns the questions."""
+    """Validate the flags, check that the answer file can be written and read the questions, before any model is
+    loaded; returns the questions the answer file does not answer yet ([]: nothing left to do, said on stdout)."""
     if args.max_new_token < 1:
         raise PPDError("--max-new-token must be >= 1")
     if args.num_choices < 1:
@@ -132,36 +139,51 @@ def check_args(args) -> list[dict]:
     if args.threads is not None and args.threads < 1:
         raise PPDError("--threads must be >= 1")
     args.answer_file = args.answer_file or default_answer_file(args.bench_name, args.model_id)
-    if os.path.isdir(args.answer_file):
-        raise PPDError(f"--answer-file {args.answer_file!r} is a folder")
+    questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
+    args.answers = AnswerFile.open(args.answer_file)
+    todo = [q for q in questions if not args.answers.is_answered(q["question_id"], args.model_id)]
+    if len(todo) < len(questions):
+        print(f"{len(questions) - len(todo)} of the {len(questions)} selected questions are already answered for "
+              f"{args.model_id} in {args.answer_file}: " + (f"answering the other {len(todo)}" if todo else "nothing to do"))
+    if not todo:
+        args.answers.tidy()
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
+    return todo
 
 
 def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str):
-    """Answer every question with `decoder` and append FastChat rows to the answer file (never truncated)."""
+    """Answer every question with `decoder` and append FastChat rows to the answer file, one row per question as
+    it is answered; at the end the file is de-duplicated and sorted by question id. A question that cannot be
+    answered (a prompt longer than the context) is reported by id and the run goes on; the run then fails
+    naming them."""
     from tqdm import tqdm
     import shortuuid
 
     tokenizer = formatter.tokenizer
     answer_file = args.answer_file
-    os.makedirs(os.path.dirname(os.path.abspath(answer_file)), exist_ok=True)
+    answers = getattr(args, "answers", None) or AnswerFile.open(answer_file)
 
-    for _ in range(max(args.warmup, 0)):
-        decoder.generate(formatter.input_ids(questions[0]["turns"][:1]), min(args.max_new_token, 32))
+    for question in questions if args.warmup > 0 else []:  # warm up on the first question whose prompt fits
+        try:
+            for _ in range(args.warmup):
+                decoder.generate(formatter.input_ids(question["turns"][:1]), min(args.max_new_token, 32))
+            break
+        except PPDError:
+            continue
 
     totals = MethodTotals()
-    with open(answer_file, "a", encoding="utf-8") as out:
-        for q_index, question in enumerate(tqdm(questions, desc=label, unit="question")):
-            choices = []
+    failed = {}
+    for q_index, question in enumerate(tqdm(questions, desc=label, unit="question")):
+        choices = []
+        try:
             for choice in range(args.num_choices):
                 conversation, turns, idxs, new_tokens, wall_time = [], [], [], [], []
                 for user_turn in question["turns"]:
                     conversation.append(user_turn)
                     input_ids = formatter.input_ids(conversation)
                     result = decoder.generate(input_ids, args.max_new_token, seed=args.seed + 1000 * q_index + choice)
-                    text = tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+                    text = decode_answer(tokenizer, result.token_ids, result.stop_reason).strip()
                     conversation.append(text)
                     turns.append(text)
                     idxs.append(result.forward_passes - 1)
@@ -170,12 +192,21 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
                     totals.add(result)
                 choices.append({"index": choice, "turns": turns, "idxs": idxs, "new_tokens": new_tokens,
                                 "wall_time": wall_time})
-            row = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(), "model_id": args.model_id,
-                   "choices": choices, "tstamp": time.time()}
-            out.write(json.dumps(row) + "\n")
-            out.flush()
+        except PPDError as exc:
+            failed[question["question_id"]] = str(exc)
+            print(f"question {question['question_id']!r} not answered: {exc}", file=sys.stderr)
+            continue
+        row = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(), "model_id": args.model_id,
+               "choices": choices, "tstamp": time.time()}
+        answers.append(row)
+    rows = answers.tidy()
     print(totals.summary(label))
-    print(f"answers appended to {answer_file}")
+    print(f"answers of {len(questions) - len(failed)} question(s) appended to {answer_file}"
+          + (f" ({rows} rows, sorted by question id)" if rows is not None else ""))
+    if failed:
+        listed = "; ".join(f"{qid!r}: {reason}" for qid, reason in list(failed.items())[:5])
+        raise PPDError(f"{len(failed)} of {len(questions)} question(s) not answered ({listed}"
+                       f"{'; ...' if len(failed) > 5 else ''})")
     return answer_file
 
 

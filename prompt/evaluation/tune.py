@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -33,7 +32,7 @@ from prompt.inference.choice import DECODING_NAME, tree_file
 from prompt.inference.decoding import Decoder
 from prompt.inference.sparse_tree_builder import predicted_accept_length
 from prompt.inference.tree import specs_by_length
-from prompt.jsonio import read_json
+from prompt.jsonio import atomic_write, read_json, write_json
 from prompt.model import backbone
 from prompt.model.defaults import load_prompt_decoder
 
@@ -152,7 +151,7 @@ def plot_latency(latency: dict, path: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
@@ -185,7 +184,7 @@ def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str) -> Non
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
 
 
@@ -214,11 +213,7 @@ def record_choice(path: str, dtype: str, entry: dict, overwrite: bool) -> None:
     """Add the dtype's entry to decoding.json, keeping the other dtypes' entries."""
     data = recorded_decodings(path, dtype, overwrite)
     data[dtype] = entry
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, data, sort_keys=True)
 
 
 def parse_lengths(text: str, flag: str) -> list[int]:
@@ -306,8 +301,7 @@ def main(argv=None):
               "prompts": f"{args.bench_name} {args.question_begin}:{args.question_end}", "max_new_tokens": args.max_new_token,
               "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t.row()} for c, t in totals.items()],
               "chosen": entry}
-    with open(stem + ".json", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+    write_json(stem + ".json", report)
     plot_latency(latency, stem + "_latency.png", f"forward latency, {machine}, {args.dtype}")
     plot_tree_sizes(totals, predicted_accept_lengths(model), stem + "_trees.png",
                     f"tree size on {machine}, {args.dtype}, {len(questions)} prompts")

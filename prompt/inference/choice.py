@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 
 from prompt.errors import PPDError
-from prompt.inference.tree import select_tree_spec, specs_by_length
+from prompt.inference.tree import select_tree_spec
 from prompt.jsonio import read_json
 
 TREES_NAME = "trees.json"
@@ -86,10 +86,17 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
     if tree_length is None and "tree_length" in tuned:
         tree_length = _count(tuned["tree_length"], f"tree_length in {DECODING_NAME}")
         origin = f"tuned for {str(model.dtype).replace('torch.', '')} ({DECODING_NAME})"
-        path = tree_file(model)
-        if tree_length and (path is None or tree_length not in _lengths(path, config)):
-            raise PPDError(f"{checkpoint_file(model, DECODING_NAME)} names tree length {tree_length}, but "
-                           + (f"{path} has no tree of that length" if path else f"the checkpoint has no {TREES_NAME}"))
+        if tree_length:
+            try:
+                spec = select_tree_spec(tree_file(model), config.num_special_tokens,
+                                        config.virtual_tokens_per_special_token, tree_length)
+            except PPDError as exc:
+                where = (f"its {TREES_NAME} has none" if tree_file(model)
+                         else f"the folder has no {TREES_NAME} (the default trees have none)")
+                raise PPDError(f"{checkpoint_file(model, DECODING_NAME)} asks for a tree of length {tree_length}, but "
+                               f"{where}: {exc}; re-run the tuner for this checkpoint, restore its {TREES_NAME}, "
+                               f"or pass a tree length") from None
+            return DecodingChoice(spec, lookup, origin)
     if tree_length == 0:
         return DecodingChoice(None, lookup, origin)
     if tree_length is None:
@@ -97,7 +104,3 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
     spec = select_tree_spec(tree_file(model), config.num_special_tokens, config.virtual_tokens_per_special_token,
                             tree_length)
     return DecodingChoice(spec, lookup, origin)
-
-
-def _lengths(path: str, config) -> set:
-    return set(specs_by_length(path, config.num_special_tokens, config.virtual_tokens_per_special_token))

@@ -16,14 +16,13 @@ others one, within the input-length budget.
 from __future__ import annotations
 
 import heapq
-import json
 import os
 
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.inference.budget import tree_input_length
 from prompt.inference.tree import spec_input_length
-from prompt.jsonio import read_json
+from prompt.jsonio import read_json, write_json
 
 
 def rank_probabilities(top_k_accuracy) -> list[list[float]]:
@@ -142,8 +141,7 @@ def main(argv=None):
         raise PPDError("--virtual-tokens must be >= 1")
     trees = build_trees(read_accuracies(args.accuracies_file), args.min_input_length, args.max_input_length,
                         args.virtual_tokens)
-    with open(args.output_file, "w", encoding="utf-8") as f:
-        json.dump(trees, f, indent=1)
+    write_json(args.output_file, trees)
     for length, spec in trees.items():
         print(f"input length {length}: {len(deepest_tree(spec))} nodes, predicted accept length "
               f"{predicted_accept_length(spec):.3f}")

@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 from prompt.errors import PPDError
+from prompt.jsonio import write_json
 
 CONFIG_NAME = "adapter_config.json"
 
@@ -101,9 +102,7 @@ class PromptConfig:
 
     def save_pretrained(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json(os.path.join(directory, CONFIG_NAME), self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PromptConfig":

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from prompt.errors import PPDError
+from prompt.jsonio import atomic_write
 from prompt.model import backbone
 from prompt.model.config import AggregationType, PromptConfig
 from prompt.model.layout import SpecialTokenLayout, virtual_token_attention  # noqa: F401 (re-exported)
@@ -162,19 +163,25 @@ class PromptDecoder(nn.Module):
         return self.base_model.get_input_embeddings().weight.dtype
 
     def save_pretrained(self, directory: str) -> None:
-        """Write `adapter_config.json` and `adapter_model.safetensors` (key `prompt_embeddings`), as peft does."""
+        """Write `adapter_config.json` and `adapter_model.safetensors` (key `prompt_embeddings`), as peft does.
+
+        Each file is written atomically (a kill or a full disk leaves the old file or none, never a part of one).
+        """
         from safetensors.torch import save_file
 
         os.makedirs(directory, exist_ok=True)
         self.config.save_pretrained(directory)
-        save_file({"prompt_embeddings": self.prompt_embeddings.detach().float().cpu().contiguous()},
-                  os.path.join(directory, WEIGHTS_NAME))
-        if self.weighting_layers is not None:
-            torch.save(self.weighting_layers.state_dict(), os.path.join(directory, WEIGHTING_LAYERS_NAME))
-        if self.custom_lm_head is not None:
-            torch.save(self.custom_lm_head.state_dict(), os.path.join(directory, CUSTOM_LM_HEAD_NAME))
-        if self.prefix is not None:
-            torch.save(self.prefix.state_dict(), os.path.join(directory, PREFIX_NAME))
+        embeddings = {"prompt_embeddings": self.prompt_embeddings.detach().float().cpu().contiguous()}
+        atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda tmp: save_file(embeddings, tmp))
+        for module, name in self._extra_modules():
+            state = module.state_dict()
+            atomic_write(os.path.join(directory, name), lambda tmp, state=state: torch.save(state, tmp))
+
+    def _extra_modules(self) -> list:
+        """(module, file name) of the trained parts beside the prompt embeddings that this model has."""
+        return [(module, name) for module, name in ((self.weighting_layers, WEIGHTING_LAYERS_NAME),
+                                                    (self.custom_lm_head, CUSTOM_LM_HEAD_NAME),
+                                                    (self.prefix, PREFIX_NAME)) if module is not None]
 
     # ----------------------------------------------------------------------------------------------
     # pieces used by training and by the decode loop
@@ -269,12 +276,49 @@ class PromptDecoder(nn.Module):
         return special, next_logits
 
 
-def _load_state(path: str):
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+def _load_state(path: str) -> dict:
+    """The tensors saved in `path`; a file that cannot be read as one (empty, truncated, garbage) is reported as
+    corrupt, apart from a file that reads but does not fit the model (reported where it is loaded)."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ValueError("the file is empty")
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt files raise many types (zip, pickle, safetensors header errors)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PPDError(f"{path} is corrupt or unreadable ({reason}); restore it from the training output "
+                       "or a checkpoint-* folder") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise PPDError(f"{path} is corrupt: it does not hold a dictionary of tensors")
+    return state
+
+
+def check_finite(state: dict, path: str) -> None:
+    """Refuse tensors with NaN or infinite values: a single one makes every PPD answer empty or wrong."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise PPDError(f"{path} is corrupt: {name} holds {bad} non-finite value(s) (NaN or inf); "
+                           "these prompt tokens cannot be used (retrain, or restore the file from a checkpoint-* folder)")
+
+
+def _load_extra(module, path: str, required: bool) -> None:
+    """Load one of the extra trained parts (weighting layers, custom head, prefix) from its file."""
+    if not os.path.isfile(path):
+        if required:
+            raise PPDError(f"{os.path.dirname(path)!r} is a checkpoint without {os.path.basename(path)}, "
+                           "which its adapter_config.json asks for")
+        return
+    state = _load_state(path)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise PPDError(f"{path} does not fit this base model: {str(exc).splitlines()[0]}") from None
+    check_finite(state, path)
 
 
 class AutoPromptDecoder:
@@ -300,12 +344,10 @@ class AutoPromptDecoder:
                 break
         if weights is None:
             raise PPDError(f"no {WEIGHTS_NAME} in {path!r}")
-        try:
-            state = _load_state(weights)
-        except Exception as exc:  # corrupt files raise many types
-            raise PPDError(f"cannot read {weights}: {exc}") from None
+        state = _load_state(weights)
         if "prompt_embeddings" not in state:
             raise PPDError(f"{weights} holds no tensor named prompt_embeddings")
+        check_finite({"prompt_embeddings": state["prompt_embeddings"]}, weights)
         if base_model is None:
             base_model, loaded_tokenizer = load_base_model(
                 base_model_path or saved_config.base_model_name_or_path, dtype=dtype, device=device)
@@ -319,21 +361,11 @@ class AutoPromptDecoder:
             raise PPDError(f"adapter config token_dim={config.token_dim} does not match the base model's hidden size {hidden}")
         model = PromptDecoder(base_model, config, tokenizer=tokenizer, prompt_embeddings=embeddings)
         if model.weighting_layers is not None and saved_config.aggregation_type == config.aggregation_type:
-            extra = os.path.join(path, WEIGHTING_LAYERS_NAME)
-            if os.path.isfile(extra):
-                model.weighting_layers.load_state_dict(_load_state(extra))
+            _load_extra(model.weighting_layers, os.path.join(path, WEIGHTING_LAYERS_NAME), required=False)
         if model.custom_lm_head is not None and saved_config.use_custom_lm_head:
-            extra = os.path.join(path, CUSTOM_LM_HEAD_NAME)
-            if os.path.isfile(extra):
-                model.custom_lm_head.load_state_dict(_load_state(extra))
+            _load_extra(model.custom_lm_head, os.path.join(path, CUSTOM_LM_HEAD_NAME), required=False)
         if model.prefix is not None and saved_config.use_prefix_tuning:
-            extra = os.path.join(path, PREFIX_NAME)
-            if not os.path.isfile(extra):
-                raise PPDError(f"{path!r} is a prefix-tuning checkpoint without {PREFIX_NAME}")
-            try:
-                model.prefix.load_state_dict(_load_state(extra))
-            except RuntimeError as exc:
-                raise PPDError(f"{extra} does not fit this base model: {str(exc).splitlines()[0]}") from None
+            _load_extra(model.prefix, os.path.join(path, PREFIX_NAME), required=True)
         model.checkpoint_dir = str(path)
         model.eval()
         return model

@@ -2,22 +2,35 @@
 `trainer_state.pt` (optimizer state and progress) to resume from; the final `output_dir` holds the same files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
+import sys
 
 import torch
 
 from prompt.errors import PPDError
+from prompt.jsonio import atomic_write, write_json
 from prompt.model.config import CONFIG_NAME, PromptConfig
 from prompt.model.prompt_decoder import CUSTOM_LM_HEAD_NAME, PREFIX_NAME, WEIGHTING_LAYERS_NAME, WEIGHTS_NAME
 
 STATE_NAME = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
+ARGS_NAME = "training_args.json"
+TREES_NAME, DECODING_NAME = "trees.json", "decoding.json"  # what the tree builder and the tuner add for a run's tokens
+FINAL_STAGING = ".final.partial"  # the final save is written here, then moved into output_dir file by file
 # adapter_config.json fields that make two runs different runs
 IDENTITY_FIELDS = ("base_model_name_or_path", "num_special_tokens", "virtual_tokens_per_special_token",
-                   "vt_attention_type", "aggregation_type", "use_custom_lm_head", "num_exits")
+                   "vt_attention_type", "aggregation_type", "use_custom_lm_head", "num_exits", "use_prefix_tuning",
+                   "prefix_virtual_tokens")
+# flags that may change when a run resumes (they do not change what is trained)
+RESUMABLE_FLAGS = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "threads", "logging_steps",
+                   "save_steps"}
+# files tied to the prompt tokens of a run: replaced or removed with them
+RUN_FILES = (CONFIG_NAME, WEIGHTS_NAME, WEIGHTING_LAYERS_NAME, CUSTOM_LM_HEAD_NAME, PREFIX_NAME, STATE_NAME, STATE_JSON,
+             ARGS_NAME, TREES_NAME, DECODING_NAME)
 
 
 def checkpoint_folders(output_dir: str) -> list[str]:
@@ -32,42 +45,79 @@ def checkpoint_folders(output_dir: str) -> list[str]:
     return [path for _, path in sorted(found)]
 
 
-def config_differences(folder: str, config: PromptConfig) -> list[str]:
-    """Identity fields where the adapter_config.json in `folder` differs from `config` ([] if none or no file)."""
-    path = os.path.join(folder, CONFIG_NAME)
+def _saved_object(path: str):
+    """The JSON object in `path`: None if there is no file, a string saying what is wrong if it is not one."""
     if not os.path.isfile(path):
-        return []
+        return None
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return ["adapter_config.json (unreadable)"]
+    except (OSError, ValueError):
+        return f"{os.path.basename(path)} (unreadable)"
+    return saved if isinstance(saved, dict) else f"{os.path.basename(path)} (not an object)"
+
+
+def config_differences(folder: str, config: PromptConfig) -> list[str]:
+    """Identity fields where the adapter_config.json in `folder` differs from `config` ([] if none or no file)."""
+    saved = _saved_object(os.path.join(folder, CONFIG_NAME))
     if not isinstance(saved, dict):
-        return ["adapter_config.json (not an object)"]
+        return [saved] if saved else []
     ours = config.to_dict()
-    return [f"{key}: {saved.get(key)!r} there, {ours.get(key)!r} here" for key in IDENTITY_FIELDS
-            if saved.get(key) != ours.get(key)]
+    defaults = {f.name: f.default for f in dataclasses.fields(PromptConfig)}
+    return [f"{key}: {saved.get(key, defaults.get(key))!r} there, {ours.get(key)!r} here" for key in IDENTITY_FIELDS
+            if saved.get(key, defaults.get(key)) != ours.get(key)]
 
 
-def check_output_dir(output_dir: str, config: PromptConfig, overwrite: bool) -> None:
-    """Refuse an output_dir that holds another run (a different adapter_config.json), unless told to replace it."""
+def args_differences(output_dir: str, args: dict) -> list[str]:
+    """Flags (other than RESUMABLE_FLAGS) where the run recorded in output_dir/training_args.json differs from `args`."""
+    saved = _saved_object(os.path.join(output_dir, ARGS_NAME))
+    if not isinstance(saved, dict):
+        return [saved] if saved else []
+    ours = json.loads(json.dumps(args, default=str))
+    return [f"--{key} {saved.get(key)!r} there, {ours.get(key)!r} here" for key in sorted(set(saved) | set(ours))
+            if key not in RESUMABLE_FLAGS and saved.get(key) != ours.get(key)]
+
+
+def check_output_dir(output_dir: str, config: PromptConfig, overwrite: bool, args: dict | None = None,
+                     resume: str | None = None) -> None:
+    """Refuse to train into an output_dir whose trained output the run would replace, unless told to replace it:
+    another run (a different adapter_config.json or different flags in training_args.json), or trained prompt
+    tokens without a checkpoint of this run to resume from (`resume`: the checkpoint this run resumes from)."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise PPDError(f"--output_dir {output_dir!r} is a file")
+    if overwrite:
+        return
+    advice = "choose another folder, or pass --overwrite_output_dir to replace it"
     for folder in [output_dir] + checkpoint_folders(output_dir):
         differences = config_differences(folder, config)
-        if differences and not overwrite:
-            raise PPDError(f"--output_dir {output_dir!r} holds a different run ({'; '.join(differences)}); "
-                           "choose another folder or pass --overwrite_output_dir")
+        if differences:
+            raise PPDError(f"--output_dir {output_dir!r} holds a different run ({'; '.join(differences)}); {advice}")
+    differences = args_differences(output_dir, args or {})
+    if differences:
+        raise PPDError(f"--output_dir {output_dir!r} holds a run trained with other flags ({'; '.join(differences)}); "
+                       f"pass the same flags to resume it, or {advice}")
+    inside = resume is not None and os.path.abspath(os.path.dirname(resume.rstrip("/"))) == os.path.abspath(output_dir)
+    trained = [name for name in (WEIGHTS_NAME, PREFIX_NAME) if os.path.isfile(os.path.join(output_dir, name))]
+    if (trained or checkpoint_folders(output_dir)) and not inside:
+        what = f"trained prompt tokens ({', '.join(trained)})" if trained else "checkpoint-* folders"
+        raise PPDError(f"--output_dir {output_dir!r} holds {what} and this run would not resume from its checkpoints, "
+                       f"so training would replace them; {advice}")
 
 
-def clear_run(output_dir: str) -> None:
-    """Remove a previous run's files (only those this trainer writes) before replacing it."""
+def clear_run(output_dir: str) -> list[str]:
+    """Remove a previous run's files (only those this trainer and the tuner write for it) before replacing it;
+    returns the names removed."""
+    removed = []
     for path in checkpoint_folders(output_dir):
         shutil.rmtree(path)
-    for name in (CONFIG_NAME, WEIGHTS_NAME, WEIGHTING_LAYERS_NAME, CUSTOM_LM_HEAD_NAME, PREFIX_NAME, STATE_NAME,
-                 STATE_JSON):
+        removed.append(os.path.basename(path))
+    for name in RUN_FILES:
         if os.path.isfile(os.path.join(output_dir, name)):
             os.remove(os.path.join(output_dir, name))
+            removed.append(name)
+    if removed:
+        print(f"--overwrite_output_dir: removed {', '.join(removed)} from {output_dir}", file=sys.stderr)
+    return removed
 
 
 def resolve_resume(value, output_dir: str) -> str | None:
@@ -91,16 +141,34 @@ def save_checkpoint(folder: str, model, optimizer, state: dict) -> None:
     partial = folder.rstrip("/") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
-    torch.save({"optimizer": optimizer.state_dict(), "state": state}, os.path.join(partial, STATE_NAME))
+    saved = {"optimizer": optimizer.state_dict(), "state": state}
+    atomic_write(os.path.join(partial, STATE_NAME), lambda tmp: torch.save(saved, tmp))
     write_state_json(partial, state)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
 
 
 def write_state_json(folder: str, state: dict) -> None:
-    with open(os.path.join(folder, STATE_JSON), "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1)
-        f.write("\n")
+    write_json(os.path.join(folder, STATE_JSON), state)
+
+
+def write_args_json(folder: str, args: dict) -> None:
+    write_json(os.path.join(folder, ARGS_NAME), args, default=str)
+
+
+def save_final(output_dir: str, model, state: dict, args: dict) -> None:
+    """The prompt tokens, progress and flags in output_dir. Every file is first written completely into a staging
+    folder, then moved over its old version (an atomic rename): a kill or a full disk leaves each file old or new,
+    never empty or cut short."""
+    staging = os.path.join(output_dir, FINAL_STAGING)
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    write_state_json(staging, state)
+    write_args_json(staging, args)
+    names = sorted(os.listdir(staging), key=lambda name: name == CONFIG_NAME)  # the config last: it marks the folder
+    for name in names:
+        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_checkpoint(folder: str, model, optimizer) -> dict:

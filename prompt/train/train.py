@@ -42,7 +42,7 @@ from prompt.train import checkpoints  # noqa: E402
 from prompt.train.arguments import build_parser, check_args, prompt_config  # noqa: E402
 from prompt.train.objectives import DISTILLATION, many_cuts_loss, one_cut_loss  # noqa: E402
 
-ARGS_NAME = "training_args.json"
+ARGS_NAME = checkpoints.ARGS_NAME
 
 
 @dataclass
@@ -75,12 +75,12 @@ def main_body(args) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = prompt_config(args)
-    checkpoints.check_output_dir(args.output_dir, config, args.overwrite_output_dir)
+    resume = None if args.overwrite_output_dir else checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
+    checkpoints.check_output_dir(args.output_dir, config, args.overwrite_output_dir, vars(args), resume)
     dataset = load_training_data(args)
     many_cuts = choose_many_cuts(args, dataset.dataset_type)
 
     accelerator = Accelerator()
-    resume = None if args.overwrite_output_dir else checkpoints.resolve_resume(args.resume_from_checkpoint, args.output_dir)
     model = load_model(args, config, accelerator.device)
     optimizer = build_optimizer(model, args)
     progress = Progress()
@@ -89,6 +89,9 @@ def main_body(args) -> str:
         accelerator.print(f"resuming from {resume} (step {progress.step})")
     elif args.overwrite_output_dir and accelerator.is_main_process:
         checkpoints.clear_run(args.output_dir)
+    if accelerator.is_main_process:  # the flags of this run, so that a resume with other flags is refused
+        os.makedirs(args.output_dir, exist_ok=True)
+        checkpoints.write_args_json(args.output_dir, vars(args))
     accelerator.wait_for_everyone()
 
     plan = make_plan(args, len(dataset.records), accelerator.num_processes)
@@ -342,11 +345,7 @@ def save_checkpoint(args, model, optimizer, progress: Progress, started, acceler
 
 def save_final(args, model, progress: Progress) -> None:
     """The prompt tokens in output_dir (adapter_config.json + adapter_model.safetensors), plus state and flags."""
-    model.save_pretrained(args.output_dir)
-    checkpoints.write_state_json(args.output_dir, asdict(progress))
-    with open(os.path.join(args.output_dir, ARGS_NAME), "w", encoding="utf-8") as f:
-        json.dump(vars(args), f, indent=1, default=str)
-        f.write("\n")
+    checkpoints.save_final(args.output_dir, model, asdict(progress), vars(args))
 
 
 @cli_entry
