@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from prompt.errors import PPDError
 from prompt.inference.candidates import PromptLookup
 from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, select_tree_spec, with_chains
 from prompt.jsonio import read_json
 from prompt.model import backbone
+from prompt.model.cache import keep_cache_entries, new_cache
 from prompt.model.prompt_decoder import PromptDecoder
 
 SAMPLING_MODES = ("greedy", "typical")
@@ -202,15 +202,7 @@ class Decoder:
     @staticmethod
     def _keep_cache_entries(cache, past: int, kept: list, written: int) -> None:
         """Keep the cache entries of the accepted nodes (at past + kept) in slots past.., drop the rest."""
-        if kept != list(range(len(kept))):
-            index = torch.tensor(kept, device=cache.layers[0].keys.device) + past
-            for layer in cache.layers:
-                layer.keys[..., past: past + len(kept), :] = layer.keys[..., index, :]
-                layer.values[..., past: past + len(kept), :] = layer.values[..., index, :]
-        remove = written - len(kept)
-        if remove > 0:
-            for layer in cache.layers:
-                layer.crop(-remove)
+        keep_cache_entries(cache, past, kept, written)
 
     def _propose(self, root: int, special_logits, tree: TreeBuffers, context: list) -> torch.Tensor:
         """Token of every prompt-token node: the root, then the top-k guesses of each special token, placed by
@@ -288,7 +280,7 @@ class Decoder:
         if ppd and self.max_positions is not None and input_ids.shape[1] + model.config.num_special_tokens > self.max_positions:
             ppd = False  # no room left for the prompt tokens: decode plainly
         offset = model.prefix_length if ppd else 0  # cache slots the prefix takes before the sequence
-        cache = model.with_prefix() if offset else DynamicCache(config=self.base.config)
+        cache = model.with_prefix() if offset else new_cache(self.base)
         length = input_ids.shape[1]
         embeds = self.base.get_input_embeddings()(input_ids)
         allowed = None  # plainly causal

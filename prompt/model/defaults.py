@@ -16,22 +16,29 @@ def default_prompt_tokens_path() -> str | None:
     return path if os.path.isfile(os.path.join(path, "adapter_config.json")) else None
 
 
-def load_prompt_decoder(model_path=None, base_model_path=None, dtype="float32", device="cpu", quiet=False):
-    """A PromptDecoder for `model_path` (a prompt-token folder, or the default model's name/None).
+def load_prompt_decoder(model_path=None, base_model_path=None, dtype="float32", device=None, quiet=False,
+                        load_in_4bit: bool = False, load_in_8bit: bool = False):
+    """A PromptDecoder for `model_path` (a prompt-token folder or Hub repo id, or the default model's name/None).
+
+    `device`: None (cuda when available, else cpu), "cpu", "cuda:N" or "auto" (device_map="auto");
+    `load_in_4bit`/`load_in_8bit`: the base model's weights through bitsandbytes.
 
     For the default model without shipped trained tokens, the prompt tokens are initialised from
     text (untrained: correct output, little speed-up) and a notice says so.
     """
     from prompt.model.prompt_decoder import AutoPromptDecoder, PromptDecoder
 
+    quant = {"load_in_4bit": load_in_4bit, "load_in_8bit": load_in_8bit}
     if is_default_model(model_path):
         shipped = default_prompt_tokens_path()
         if shipped is not None:
-            return AutoPromptDecoder.from_pretrained(shipped, base_model_path=base_model_path, dtype=dtype, device=device)
+            return AutoPromptDecoder.from_pretrained(shipped, base_model_path=base_model_path, dtype=dtype,
+                                                      device=device, **quant)
         if not quiet:
             print("note: no trained prompt tokens ship for the default model yet; using text-initialised "
                   "(untrained) prompt tokens", file=sys.stderr)
-        base, tokenizer = load_base_model(base_model_path or DEFAULT_MODEL_ID, dtype=dtype, device=device)
+        base, tokenizer = load_base_model(base_model_path or DEFAULT_MODEL_ID, dtype=dtype, device=device, **quant)
         config = PromptConfig(base_model_name_or_path=DEFAULT_MODEL_ID, num_special_tokens=3)
         return PromptDecoder(base, config, tokenizer=tokenizer).eval()
-    return AutoPromptDecoder.from_pretrained(model_path, base_model_path=base_model_path, dtype=dtype, device=device)
+    return AutoPromptDecoder.from_pretrained(model_path, base_model_path=base_model_path, dtype=dtype, device=device,
+                                             **quant)
