@@ -140,6 +140,7 @@ def load_base_model(name_or_path=None, dtype="float32", device=None, attn_implem
     from prompt.model.backbone import check_supported
     from prompt.model.devices import AUTO, quantization_config, resolve_device
 
+    chosen_attention = attn_implementation
     attn_implementation = attn_implementation or attention.NAME
     device = resolve_device(device)
     torch_dtype = parse_dtype(dtype)
@@ -160,8 +161,14 @@ def load_base_model(name_or_path=None, dtype="float32", device=None, attn_implem
     elif device == AUTO:
         kwargs["device_map"] = "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, attn_implementation=attn_implementation, **kwargs)
+        except ValueError as exc:
+            if chosen_attention or "does not support an attention implementation" not in str(exc):
+                raise
+            # families without sdpa support (Gemma 2, gpt-oss) run eager attention, as transformers advises
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="eager", **kwargs)
     except (OSError, ValueError, ImportError) as exc:
         raise PPDError(f"cannot load model from {path!r}: {str(exc).splitlines()[0]}") from None
     if "device_map" not in kwargs:
