@@ -42,3 +42,13 @@ def load_prompt_decoder(model_path=None, base_model_path=None, dtype="float32", 
         return PromptDecoder(base, config, tokenizer=tokenizer).eval()
     return AutoPromptDecoder.from_pretrained(model_path, base_model_path=base_model_path, dtype=dtype, device=device,
                                              **quant)
+
+
+def checkpoint_folder(model_path=None) -> str | None:
+    """The local folder of a prompt-token checkpoint (a folder, a Hub repo id, or the default model's name/None:
+    its shipped tokens), None when the default model ships none."""
+    from prompt.model.loading import resolve_checkpoint_path
+
+    if is_default_model(model_path):
+        return default_prompt_tokens_path()
+    return resolve_checkpoint_path(model_path)

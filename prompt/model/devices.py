@@ -72,7 +72,7 @@ def quantization_config(load_in_4bit: bool = False, load_in_8bit: bool = False, 
 
 def add_device_flags(parser: argparse.ArgumentParser, dtype: str = "float32", quantization: bool = True,
                      underscores: bool = False) -> argparse.ArgumentParser:
-    """Add --device, --dtype and (with `quantization`) --load-in-4bit/--load-in-8bit to a script's parser.
+    """Add --device, --dtype (unless `dtype` is None) and (with `quantization`) --load-in-4bit/--load-in-8bit.
 
     Both spellings of the quantization flags are accepted (upstream's training uses --load_in_4bit);
     `underscores` only picks the one shown in the help.
@@ -80,7 +80,8 @@ def add_device_flags(parser: argparse.ArgumentParser, dtype: str = "float32", qu
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:N, or auto (device_map='auto': spread over the GPUs and the CPU). "
                              "Default: cuda when available, else cpu.")
-    parser.add_argument("--dtype", default=dtype, choices=DTYPE_CHOICES, help=f"Model dtype (default {dtype}).")
+    if dtype is not None:
+        parser.add_argument("--dtype", default=dtype, choices=DTYPE_CHOICES, help=f"Model dtype (default {dtype}).")
     if quantization:
         for bits in (4, 8):
             names = [f"--load-in-{bits}bit", f"--load_in_{bits}bit"]
@@ -92,5 +93,5 @@ def add_device_flags(parser: argparse.ArgumentParser, dtype: str = "float32", qu
 
 def device_kwargs(args) -> dict:
     """The loader keywords (device, dtype, load_in_4bit, load_in_8bit) from flags added by `add_device_flags`."""
-    return {"device": args.device, "dtype": args.dtype, "load_in_4bit": getattr(args, "load_in_4bit", False),
+    return {"device": args.device, "dtype": getattr(args, "dtype", "float32"), "load_in_4bit": getattr(args, "load_in_4bit", False),
             "load_in_8bit": getattr(args, "load_in_8bit", False)}
