@@ -79,6 +79,20 @@ def test_ppd_greedy_equals_generate(name):
     assert Decoder(ppd, sources=[Oracle(full, seed=2)]).generate(ids, new).accept_length > 2  # long acceptances
 
 
+@pytest.mark.parametrize("name", ["mistral-window", "gemma3"])
+def test_prefix_tuning_past_the_window(name):
+    """Prefix keys and values (seen by the special tokens only) take the cache's first slots and carry no position:
+    the window still lands on the right slots past the window, so greedy output stays exact."""
+    model = tiny(name)
+    torch.manual_seed(2)
+    ids = torch.randint(3, 97, (1, 3 * WINDOW))
+    out = model.generate(ids, max_new_tokens=3 * WINDOW, do_sample=False, eos_token_id=None, pad_token_id=0)
+    config = PromptConfig(num_special_tokens=2, prompt_tuning_init="RANDOM", use_prefix_tuning=True,
+                          prefix_virtual_tokens=2)
+    result = Decoder(PromptDecoder(model, config), sources=[Oracle(out[0].tolist())]).generate(ids, 3 * WINDOW)
+    assert result.token_ids == out[0, ids.shape[1]:].tolist()
+
+
 def test_sliding_families_are_sliding():
     """The window tests above test windows: these configs do have sliding layers shorter than the prompt."""
     for name in ("qwen2-window", "mistral-window", "mixtral", "gemma2", "gemma3", "phi3-window", "gpt-oss", "cohere2"):
