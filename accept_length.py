@@ -21,15 +21,16 @@ from prompt.evaluation.tune import (PLAIN, available_tree_lengths, check_tree_le
                                    measure_configs, parse_lengths, results_table)
 from prompt.inference.choice import tree_file
 from prompt.model.defaults import load_prompt_decoder
+from prompt.model.devices import add_device_flags, device_kwargs
 
 
 @cli_entry
 def main():
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model-name", "--model-path", dest="model_path", default=None,
-                        help="Prompt-token folder (default: the default model's).")
-    parser.add_argument("--base-model-path", default=None)
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+                        help="Prompt-token folder or Hub repo id (default: the default model's).")
+    parser.add_argument("--base-model-path", default=None, help="Base model folder or Hub repo id (default: the checkpoint's).")
+    add_device_flags(parser, dtype="bfloat16")
     parser.add_argument("--bench-name", default="sharegpt", choices=BENCH_NAMES)
     parser.add_argument("--question-file", required=True)
     parser.add_argument("--question-begin", type=int, default=940)
@@ -53,7 +54,7 @@ def main():
     if out_file and os.path.exists(out_file):
         raise PPDError(f"{out_file!r} exists; choose another --file-name or remove it")
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
-    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
+    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     if args.choices:
         lengths = parse_lengths(args.choices, "--choices")
         check_tree_lengths(model, lengths)

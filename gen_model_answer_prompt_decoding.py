@@ -5,15 +5,16 @@ from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.runner import check_args, add_common_flags, make_decoder, run_benchmark
 from prompt.inference.tree import select_tree_spec
 from prompt.model.defaults import load_prompt_decoder
+from prompt.model.devices import device_kwargs
 
 
 @cli_entry
 def main():
     parser = add_common_flags(ArgumentParser(description=__doc__),
-                              "Folder of the trained prompt tokens (adapter_config.json + adapter_model.safetensors).",
+                              "Trained prompt tokens: a folder or Hub repo id (adapter_config.json + adapter_model.safetensors).",
                               "smollm2-135m-ppd")
     parser.add_argument("--base-model-path", default=None,
-                        help="Local base model folder, if the checkpoint's base_model_name_or_path is not one.")
+                        help="Base model (folder or Hub repo id) instead of the checkpoint's base_model_name_or_path.")
     parser.add_argument("--tree-length", type=int, default=None,
                         help="Input length of the sparse tree to use from the tree file; 0: no prompt tokens "
                              "(default: the checkpoint's tuned tree for the dtype, else the file's largest).")
@@ -25,7 +26,7 @@ def main():
     questions = check_args(args)
     if not questions:
         return
-    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
+    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     formatter = ChatFormatter(model.tokenizer, args.model_id)
     tree = {"tree_length": args.tree_length}
     if args.tree_file:  # a tree file of the user's: its tree of --tree-length (else its largest)

@@ -14,14 +14,15 @@ from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.tune import forward_latency, machine_name, plot_latency
 from prompt.jsonio import write_json
+from prompt.model.devices import add_device_flags, device_kwargs
 
 
 @cli_entry
 def main():
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--model-path", default=None, help="Base model folder (default: the embedded default model).")
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model-path", default=None,
+                        help="Base model folder or Hub repo id (default: the embedded default model).")
+    add_device_flags(parser, dtype="bfloat16")
     parser.add_argument("--min-tree-length", type=int, default=1)
     parser.add_argument("--max-tree-length", type=int, default=64)
     parser.add_argument("--length-interval", type=int, default=4)
@@ -44,7 +45,7 @@ def main():
         torch.set_num_threads(args.threads)
     from prompt.model.loading import load_base_model
 
-    base, _ = load_base_model(args.model_path, dtype=args.dtype, device=args.device)
+    base, _ = load_base_model(args.model_path, **device_kwargs(args))
     lengths = sorted({1, *range(args.min_tree_length, args.max_tree_length + 1, args.length_interval)})
     max_positions = getattr(base.config, "max_position_embeddings", None)
     if max_positions is not None and args.prefix_length + lengths[-1] > max_positions:

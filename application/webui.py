@@ -1,7 +1,8 @@
 """Chat web UI for Parallel Prompt Decoding: answers stream as the decoder accepts tokens.
 
-    python application/webui.py [--ppd-path PATH] [--host 127.0.0.1] [--port 7860]
-                                [--dtype float32|bfloat16] [--max-new-token 256]
+    python application/webui.py [--ppd-path PATH_OR_HUB_ID] [--host 127.0.0.1] [--port 7860]
+                                [--device cuda] [--dtype float16|bfloat16|float32] [--load-in-4bit|--load-in-8bit]
+                                [--max-new-token 256]
 
 `build_demo(model, tokenizer)` builds the gradio app for any PromptDecoder (or plain causal LM);
 `main()` parses the command line, loads the model and serves the app. Each request builds its own
@@ -29,9 +30,11 @@ import torch  # noqa: E402
 from prompt.cli import ArgumentParser  # noqa: E402
 from prompt.data.chat import chat_template_ids  # noqa: E402
 from prompt.errors import PPDError, cli_entry  # noqa: E402
+from prompt.evaluation.compare import fastest_decoding_dtype  # noqa: E402
 from prompt.inference import Decoder, GenerationResult  # noqa: E402
 from prompt.inference.choice import resolve_decoding  # noqa: E402
-from prompt.model.loading import is_default_model  # noqa: E402
+from prompt.model.devices import DTYPE_CHOICES, add_device_flags, device_kwargs  # noqa: E402
+from prompt.model.loading import is_default_model, looks_like_path  # noqa: E402
 from prompt.model.prompt_decoder import PromptDecoder  # noqa: E402
 from prompt.model.stops import stop_token_ids_for  # noqa: E402
 
@@ -252,6 +255,14 @@ class ChatEngine:
 # --------------------------------------------------------------------------------------------------
 # The gradio app
 # --------------------------------------------------------------------------------------------------
+def decoding_label(engine) -> str:
+    """The decoding "Use PPD" switches on, in words: the checkpoint's tuned decoding for the model's dtype."""
+    dtype = str(engine.model.dtype).replace("torch.", "")
+    if not engine.has_prompt_tokens:
+        return f"Decoding: plain greedy ({dtype}; no prompt tokens loaded)"
+    return f"With PPD: {engine.decoder(True, 0.0).describe()} ({dtype}); without: plain decoding"
+
+
 def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, concurrency: int = 4,
                decoder_class=Decoder) -> gr.Blocks:
     """The chat app for `model` (a PromptDecoder, or a plain causal LM with PPD switched off).
@@ -335,6 +346,7 @@ def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, 
         with gr.Row():
             use_ppd = gr.Checkbox(value=engine.has_prompt_tokens, interactive=engine.has_prompt_tokens,
                                   label="Use PPD", elem_id="use-ppd")
+            gr.Markdown(decoding_label(engine), elem_id="decoding")
             highlight = gr.Checkbox(value=False, label="Highlight tokens that came from the prompt tokens",
                                     elem_id="highlight")
             temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, elem_id="temperature",
@@ -369,11 +381,13 @@ def parse_args(argv=None):
     """The command line, checked before anything is loaded (bad values raise PPDError)."""
     parser = ArgumentParser(description="Chat with a model through Parallel Prompt Decoding in the browser.")
     parser.add_argument("--ppd-path", default=None,
-                        help="prompt-token folder (default: the default model with its default prompt tokens)")
+                        help="prompt-token folder or Hub repo id (default: the default model with its default prompt tokens)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="model dtype (default float32)")
+    add_device_flags(parser, dtype=None)
+    parser.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                        help="model dtype (default: the one in which the checkpoint's tuned decoding is fastest on "
+                             "this kind of device)")
     parser.add_argument("--max-new-token", type=int, default=256, help="most tokens per answer (default 256)")
     parser.add_argument("--concurrency", type=int, default=4, help="answers generated at once (default 4)")
     args = parser.parse_args(argv)
@@ -383,7 +397,8 @@ def parse_args(argv=None):
         raise PPDError(f"--concurrency must be >= 1, got {args.concurrency}")
     if not 0 <= args.port <= 65535:
         raise PPDError(f"--port must be in 0..65535, got {args.port}")
-    if not is_default_model(args.ppd_path) and not os.path.exists(os.path.expanduser(args.ppd_path)):
+    if (not is_default_model(args.ppd_path) and looks_like_path(args.ppd_path)
+            and not os.path.exists(os.path.expanduser(args.ppd_path))):
         raise PPDError(f"--ppd-path {args.ppd_path!r} does not exist")
     return args
 
@@ -395,7 +410,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from prompt.model.defaults import load_prompt_decoder
 
-    model = load_prompt_decoder(args.ppd_path, dtype=args.dtype)
+    if args.dtype is None:
+        args.dtype = fastest_decoding_dtype(args.ppd_path, args.device)
+    model = load_prompt_decoder(args.ppd_path, **device_kwargs(args))
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise PPDError(f"no tokenizer found for {args.ppd_path!r}")

@@ -2,13 +2,15 @@
 (prompt tokens and prompt lookup in one tree); tokens/s, accept length and the speed-up over plain greedy
 decoding are measured in the same run.
 
-    python -m prompt.demo [--dtype float32] [--question-file ../shared/data/mt_bench/question.jsonl]
+    python -m prompt.demo [--dtype float32] [--device cuda] [--question-file ../shared/data/mt_bench/question.jsonl]
+
+The dtype defaults to the one in which the checkpoint's tuned decoding is fastest on this kind of device.
 """
 from __future__ import annotations
 
 from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
-from prompt.evaluation.compare import add_model_flags, run
+from prompt.evaluation.compare import add_model_flags, fastest_decoding_dtype, run
 from prompt.evaluation.questions import load_questions
 
 DEMO_QUESTIONS = [
@@ -24,8 +26,10 @@ def main(argv=None):
     parser.add_argument("--question-file", default=None, help="MT-Bench style jsonl; default: three built-in questions")
     parser.add_argument("--num-questions", type=int, default=3)
     add_model_flags(parser)
-    parser.set_defaults(max_new_token=96, dtype="bfloat16", methods="generate,baseline,tuned")  # bf16: where PPD pays on this CPU
+    parser.set_defaults(max_new_token=96, dtype=None, methods="generate,baseline,tuned")
     args = parser.parse_args(argv)
+    if args.dtype is None:  # where the tuned decoding is fastest (bfloat16 on this project's CPU)
+        args.dtype = fastest_decoding_dtype(args.model_path, args.device)
     if args.question_file:
         prompts = [q["turns"][0] for q in load_questions("mt_bench", args.question_file, 0, args.num_questions)]
     else:

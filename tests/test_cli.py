@@ -45,7 +45,7 @@ def test_missing_model_path(tmp_path):
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question_id": 1, "turns": ["hi"]}\n')
     proc = run("gen_model_answer_baseline.py", "--question-file", questions, "--model-path", tmp_path / "nomodel")
-    assert_clear_error(proc, "not a local folder")
+    assert_clear_error(proc, "is not a folder")
     proc = run("gen_model_answer_prompt_decoding.py", "--question-file", questions, "--model-path", tmp_path / "nockpt")
     assert_clear_error(proc, "not a folder")
 

@@ -181,7 +181,7 @@ def test_missing_or_broken_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(PPDError, match="cannot read"):
         AutoPromptDecoder.from_pretrained(str(tmp_path / "broken"))
     write_checkpoint(tmp_path / "nobase", 32, str(tmp_path / "missing-base"))
-    with pytest.raises(PPDError, match="not a local folder"):
+    with pytest.raises(PPDError, match="is not a folder"):
         AutoPromptDecoder.from_pretrained(str(tmp_path / "nobase"))
 
 

@@ -32,6 +32,7 @@ from prompt.data.generation import batches_by_length, greedy_replies, greedy_tea
 from prompt.data.sources import parse_source, read_conversations, read_prompts
 from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import read_json, write_json
+from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.model.loading import load_base_model
 from prompt.model.stops import stop_token_ids_for, truncate_at_stop
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_type", default="finetune", choices=DATASET_TYPES)
     parser.add_argument("--model_name_or_path", default=None,
-                        help="Base model (tokenizer for finetune). Default: the embedded default model.")
+                        help="Base model, a folder or Hub repo id (tokenizer for finetune). Default: the embedded default model.")
     parser.add_argument("--data_path", nargs="+", required=True,
                         help="finetune: ShareGPT JSON file(s); distillation: a finetune .pt; self_distillation: "
                              "ShareGPT and/or GSM8K-train style jsonl files. Each may end in :START:END.")
@@ -51,10 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=32, help="Sequences per forward (distillation, self_distillation).")
     parser.add_argument("--max_new_tokens", type=int, default=128, help="self_distillation: reply length cap.")
     parser.add_argument("--top_k", type=int, default=20, help="distillation: teacher probabilities kept per position.")
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"),
-                        help="dtype of the base model when it runs (bf16 is about 2x faster on CPUs with avx512_bf16; "
-                             "batched bf16 replies differ from float32 at a few %% of positions).")
-    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
+    # --dtype: bf16 is about 2x faster on CPUs with avx512_bf16; batched bf16 replies differ from float32 at a few
+    # percent of positions
+    add_device_flags(parser, dtype="bfloat16", underscores=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--use_chunked", action="store_true",
@@ -210,8 +210,7 @@ def main(argv=None) -> str:
         if not getattr(tokenizer, "chat_template", None):
             raise PPDError("the tokenizer has no chat template")
     else:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model, tokenizer = load_base_model(args.model_name_or_path, dtype=args.dtype, device=device)
+        model, tokenizer = load_base_model(args.model_name_or_path, **device_kwargs(args))
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise PPDError("the model folder has no tokenizer with a chat template")
     if args.use_chunked:

@@ -21,6 +21,7 @@ from prompt.cli import ArgumentParser
 from prompt.data.files import load_dataset
 from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import atomic_write, write_json
+from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.train.many_cuts import many_cuts_special_logits, teacher_pass, valid_cuts
 from prompt.train.objectives import future_tokens
 
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", default=None, help="PNG file for the plot (optional).")
     parser.add_argument("--max-sequences", "--max_sequences", dest="max_sequences", type=int, default=None)
     parser.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=None)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_device_flags(parser, dtype="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     return parser
 
@@ -123,7 +124,7 @@ def main(argv=None) -> dict:
         raise PPDError(f"--output {args.output!r} is a folder")
     dataset = load_dataset(args.data_path, expected_types=("self_distillation",))
     records = dataset.records[: args.max_sequences]
-    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
+    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     result = special_token_accuracy(model, records, max_length=args.max_length)
     result.update({"model_path": args.model_path, "data_path": args.data_path, "dtype": args.dtype})
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -36,6 +36,7 @@ from prompt.evaluation.questions import load_questions
 from prompt.evaluation.tune import available_tree_lengths
 from prompt.inference.choice import tuned_decoding
 from prompt.inference.decoding import Decoder
+from prompt.model.devices import add_device_flags, device_kwargs
 
 SUITES = {  # name -> question file under --data-dir (None: from a package)
     "mt_bench": os.path.join("mt_bench", "question.jsonl"),
@@ -137,6 +138,7 @@ def _save(fig, ax, path: str, legend_size: int) -> str:
 def peak_memory_mb(method: str, args, prompts: list) -> float:
     """Peak resident memory (MB) of a fresh process that loads the model and answers `prompts` with `method`."""
     payload = json.dumps({"method": method, "model_path": args.model_path, "dtype": args.memory_dtype,
+                          "device": args.device,
                           "prompts": prompts, "max_new_tokens": args.max_new_token})
     proc = subprocess.run([sys.executable, "-m", "prompt.evaluation.benchmark", "--memory-probe", payload],
                           capture_output=True, text=True, timeout=3600)
@@ -149,7 +151,7 @@ def memory_probe(payload: str) -> None:
     from prompt.model.defaults import load_prompt_decoder
 
     spec = json.loads(payload)
-    model = load_prompt_decoder(spec["model_path"], dtype=spec["dtype"])
+    model = load_prompt_decoder(spec["model_path"], dtype=spec["dtype"], device=spec.get("device"))
     formatter = ChatFormatter(model.tokenizer)
     stops = formatter.stops(model)
     decoder = Decoder(model, stop_token_ids=stops) if spec["method"] == "tuned" else Decoder(model.base_model, stop_token_ids=stops)
@@ -180,7 +182,8 @@ def main(argv=None):
 
     parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="Folder with mt_bench/, gsm8k/, alpaca_eval/ (../shared/data).")
-    parser.add_argument("--model-path", default=None)
+    parser.add_argument("--model-path", default=None, help="Prompt-token folder or Hub repo id (default: the default model's).")
+    add_device_flags(parser, dtype=None)  # the dtypes come from --dtypes
     parser.add_argument("--suites", default=",".join(SUITES))
     parser.add_argument("--num-questions", type=int, default=4, help="Questions per suite (the first N).")
     parser.add_argument("--max-new-token", type=int, default=256)
@@ -210,7 +213,7 @@ def main(argv=None):
     results, describe, parameters = {}, {}, {}
     progress = tqdm(total=len(dtypes) * sum(len(p) for p in prompts.values()), desc="questions", unit="question")
     for dtype in dtypes:
-        model = load_prompt_decoder(args.model_path, dtype=dtype)
+        model = load_prompt_decoder(args.model_path, **{**device_kwargs(args), "dtype": dtype})
         formatter = ChatFormatter(model.tokenizer)
         base_params = sum(p.numel() for p in model.base_model.parameters())
         parameters = {"prompt_token_parameters": model.num_trained_parameters(), "base_model_parameters": base_params}

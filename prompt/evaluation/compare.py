@@ -6,6 +6,8 @@ reported as ratios to `generate` greedy, and every greedy output is checked agai
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from prompt.cli import ArgumentParser
@@ -13,12 +15,14 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import HFGenerate, MethodTotals
+from prompt.inference.choice import DECODING_NAME, fastest_dtype
 from prompt.inference.choice import tree_file as checkpoint_tree_file
 from prompt.inference.choice import tuned_decoding
 from prompt.inference.decoding import Decoder
 from prompt.inference.tree import select_tree_spec
 from prompt.model.config import PromptConfig
-from prompt.model.defaults import load_prompt_decoder
+from prompt.model.defaults import checkpoint_folder, load_prompt_decoder
+from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.model.prompt_decoder import PromptDecoder
 
 METHODS = ("generate", "generate_lookup", "baseline", "lookup", "ppd", "ppd_lookup", "ppd_untrained", "tuned")
@@ -131,11 +135,17 @@ def format_table(totals: dict, reference: str = "generate") -> str:
     return "\n".join(lines)
 
 
+def fastest_decoding_dtype(model_path, device=None) -> str:
+    """The dtype in which the checkpoint's tuned decoding (decoding.json) is fastest on this kind of device."""
+    folder = checkpoint_folder(model_path)
+    return fastest_dtype(os.path.join(folder, DECODING_NAME) if folder else None, device)
+
+
 def add_model_flags(parser):
-    parser.add_argument("--model-path", default=None, help="Prompt-token folder (default: the default model's).")
-    parser.add_argument("--base-model-path", default=None)
+    parser.add_argument("--model-path", default=None, help="Prompt-token folder or Hub repo id (default: the default model's).")
+    parser.add_argument("--base-model-path", default=None, help="Base model folder or Hub repo id (default: the checkpoint's).")
     parser.add_argument("--model-id", default=None, help="FastChat template name, if the model needs one (e.g. vicuna).")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_device_flags(parser, dtype="float32")
     parser.add_argument("--tree-length", type=int, default=None,
                         help="Tree of the PPD methods (default: the tuned one for the dtype, else the largest).")
     parser.add_argument("--tree-file", default=None)
@@ -153,7 +163,7 @@ def run(args, prompts):
     if args.max_new_token < 1:
         raise PPDError("--max-new-token must be >= 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
+    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     formatter = ChatFormatter(model.tokenizer, args.model_id)
     decoders = build_decoders(model, formatter, methods, args.tree_length, args.tree_file,
                               args.prompt_lookup_num_tokens, args.dtype)

@@ -18,6 +18,7 @@ from prompt.evaluation.chat import ChatFormatter, decode_answer
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.inference.acceptance import ACCEPTANCE_RULES
 from prompt.inference.decoding import Decoder, GenerationResult
+from prompt.model.devices import add_device_flags, synchronize
 
 
 def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_model_id: str):
@@ -42,7 +43,7 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling for --sampling exact (transformers' top_p).")
     parser.add_argument("--top-k", type=int, default=None, help="Top-k sampling for --sampling exact (transformers' top_k).")
     parser.add_argument("--warmup", type=int, default=1, help="Unrecorded warm-up generations before timing.")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_device_flags(parser, dtype="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -111,12 +112,15 @@ class HFGenerate:
         if self.prompt_lookup_num_tokens:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
         pad = self.model.generation_config.pad_token_id
+        input_ids = torch.as_tensor(input_ids).to(self.model.device)
+        synchronize(self.model.device)
         start = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False,
                                       eos_token_id=self.stop_token_ids or None,
                                       pad_token_id=pad if pad is not None else (self.stop_token_ids or [0])[0],
                                       attention_mask=torch.ones_like(input_ids), **kwargs)
+        synchronize(self.model.device)
         wall = time.perf_counter() - start
         tokens = out[0, input_ids.shape[1]:].tolist()
         # greedy generate runs one forward per new token; with prompt lookup the count is not reported

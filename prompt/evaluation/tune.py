@@ -21,7 +21,6 @@ import sys
 import time
 
 import torch
-from transformers import DynamicCache
 
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
@@ -34,7 +33,9 @@ from prompt.inference.sparse_tree_builder import predicted_accept_length
 from prompt.inference.tree import specs_by_length
 from prompt.jsonio import atomic_write, read_json, write_json
 from prompt.model import backbone
+from prompt.model.cache import keep_cache_entries, new_cache
 from prompt.model.defaults import load_prompt_decoder
+from prompt.model.devices import add_device_flags, device_kwargs, synchronize
 
 PLAIN = (0, 0)  # (tree length, prompt lookup tokens): plain greedy
 
@@ -63,7 +64,7 @@ def forward_latency(base, input_lengths, prefix_length: int = 300, repeats: int 
     prefix = torch.randint(0, vocab, (1, prefix_length), generator=generator).to(device)
     times = {n: [] for n in input_lengths}
     with torch.inference_mode():
-        cache = DynamicCache(config=base.config)
+        cache = new_cache(base)
         backbone.run_body(base, base.get_input_embeddings()(prefix), None, None, cache)
         for repeat in range(repeats + 1):  # the first round warms up
             for n in input_lengths:
@@ -73,16 +74,13 @@ def forward_latency(base, input_lengths, prefix_length: int = 300, repeats: int 
                 allowed[:, prefix_length:] = torch.tril(torch.ones(n, n, dtype=torch.bool))
                 mask = backbone.additive_mask(allowed.to(device), embeds.dtype) if n > 1 else None
                 positions = (prefix_length + torch.arange(n))[None].to(device)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(device)
                 start = time.perf_counter()
                 out = backbone.run_body(base, embeds, mask, positions, cache)
                 backbone.head_logits(base, out.last_hidden_state[0]).argmax(-1).tolist()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                synchronize(device)
                 elapsed = time.perf_counter() - start
-                for layer in cache.layers:
-                    layer.crop(-n)
+                keep_cache_entries(cache, prefix_length, [], n)
                 if repeat:
                     times[n].append(elapsed * 1000)
     return {n: statistics.median(t) for n, t in times.items()}
@@ -237,9 +235,9 @@ def check_tree_lengths(model, lengths) -> None:
 @cli_entry
 def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", default=None, help="Prompt-token folder (default: the default model's).")
-    parser.add_argument("--base-model-path", default=None)
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--model-path", default=None, help="Prompt-token folder or Hub repo id (default: the default model's).")
+    parser.add_argument("--base-model-path", default=None, help="Base model folder or Hub repo id (default: the checkpoint's).")
+    add_device_flags(parser, dtype="bfloat16")
     parser.add_argument("--bench-name", default="sharegpt", choices=BENCH_NAMES,
                         help="Validation prompts' format (never tune on an evaluation set).")
     parser.add_argument("--question-file", required=True)
@@ -265,7 +263,7 @@ def main(argv=None):
     lookup_lengths = sorted(set(parse_lengths(args.lookup_lengths, "--lookup-lengths")) | {0})
     latency_lengths = sorted(set(parse_lengths(args.latency_lengths, "--latency-lengths")) | {1})
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
-    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, dtype=args.dtype)
+    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     check_tree_lengths(model, tree_lengths)
     folder = model.checkpoint_dir or args.model_path
     output = args.output_file or (os.path.join(folder, DECODING_NAME) if folder else None)
@@ -293,6 +291,7 @@ def main(argv=None):
     command = "python -m prompt.evaluation.tune " + " ".join(argv if argv is not None else sys.argv[1:])
     entry = {"tree_length": best[0], "prompt_lookup_num_tokens": best[1],
              "accept_length": round(totals[best].accept_length, 3), "speed_vs_plain_greedy": round(ratio, 3),
+             "tokens_per_second": round(totals[best].tokens_per_second, 2),
              "machine": machine, "date": datetime.date.today().isoformat(), "command": command}
     record_choice(output, args.dtype, entry, args.overwrite)
     print(f"recorded in {output}")

@@ -2,7 +2,7 @@
 
 A checkpoint folder may carry two inference files beside its weights:
 - `trees.json`: sparse trees built for these prompt tokens, keyed by tree length (inputs of the forward);
-- `decoding.json`: the decoding tuned on a machine for each dtype (`prompt.inference.tune`):
+- `decoding.json`: the decoding tuned on a machine for each dtype (`prompt.evaluation.tune`):
   `{dtype: {"tree_length": L (0: no prompt tokens), "prompt_lookup_num_tokens": K (0: off)}}`.
 
 `resolve_decoding` takes each of the two choices, the tree and the prompt-lookup length, from the first of:
@@ -19,9 +19,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import torch
+
 from prompt.errors import PPDError
 from prompt.inference.tree import select_tree_spec
 from prompt.jsonio import read_json
+from prompt.model.devices import resolve_device
 
 TREES_NAME = "trees.json"
 DECODING_NAME = "decoding.json"
@@ -40,7 +43,7 @@ def tree_file(model) -> str | None:
 
 
 def tuned_decoding(model, dtype: str) -> dict:
-    """The decoding recorded for `model`'s prompt tokens in `dtype` by `prompt.inference.tune` ({} if none)."""
+    """The decoding recorded for `model`'s prompt tokens in `dtype` by `prompt.evaluation.tune` ({} if none)."""
     path = checkpoint_file(model, DECODING_NAME)
     if not path:
         return {}
@@ -104,3 +107,20 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
     spec = select_tree_spec(tree_file(model), config.num_special_tokens, config.virtual_tokens_per_special_token,
                             tree_length)
     return DecodingChoice(spec, lookup, origin)
+
+
+def fastest_dtype(decoding_file, device=None) -> str:
+    """The dtype whose tuned decoding (decoding.json) is fastest on `device`'s kind of machine: by tokens/s where
+    every entry records it, else by speed over plain greedy (entries made before tokens/s was recorded). Only
+    entries measured on the same kind of device count (a CPU's figures say nothing about a GPU). Without any:
+    float16 on a GPU, float32 on a CPU."""
+    gpu = resolve_device(device) != "cpu"
+    fallback = "float16" if gpu else "float32"
+    data = read_json(decoding_file, "tuned decoding file") if decoding_file and os.path.isfile(decoding_file) else {}
+    gpu_name = torch.cuda.get_device_name(0) if gpu and torch.cuda.is_available() else None
+    entries = {dtype: entry for dtype, entry in (data.items() if isinstance(data, dict) else ())
+               if isinstance(entry, dict) and (gpu_name in str(entry.get("machine", "")) if gpu_name else not gpu)}
+    if not entries:
+        return fallback
+    key = "tokens_per_second" if all("tokens_per_second" in e for e in entries.values()) else "speed_vs_plain_greedy"
+    return max(entries, key=lambda dtype: entries[dtype].get(key) or 0.0)

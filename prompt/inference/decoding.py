@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from prompt.errors import PPDError
 from prompt.inference.acceptance import acceptance_rule
@@ -32,6 +31,7 @@ from prompt.inference.candidates import CandidateSource, PromptLookup
 from prompt.inference.choice import resolve_decoding
 from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_chains
 from prompt.model import backbone
+from prompt.model.cache import keep_cache_entries, new_cache
 from prompt.model.layout import SpecialTokenLayout
 from prompt.model.stops import truncate_at_stop
 
@@ -87,20 +87,6 @@ class StepTree:
     node_tokens: torch.Tensor  # [nodes] on the model's device
 
 
-def keep_cache_entries(cache, start: int, kept: list, written: int) -> None:
-    """Of the `written` newest cache entries (from slot `start` on), keep those at offsets `kept` in slots start..,
-    drop the rest."""
-    if kept != list(range(len(kept))):
-        index = torch.tensor(kept, device=cache.layers[0].keys.device) + start
-        for layer in cache.layers:
-            layer.keys[..., start: start + len(kept), :] = layer.keys[..., index, :]
-            layer.values[..., start: start + len(kept), :] = layer.values[..., index, :]
-    remove = written - len(kept)
-    if remove > 0:
-        for layer in cache.layers:
-            layer.crop(-remove)
-
-
 class Decoder:
     """Decoding settings bound to a model; `stream()` and `generate()` own their state: calls may run concurrently.
 
@@ -120,6 +106,7 @@ class Decoder:
                  chain_special_tokens: int = 0):
         self.model = model
         self.base = model.base_model if hasattr(model, "prompt_embeddings") else model
+        backbone.check_supported(self.base)  # recurrent layers cannot be cut back to an accepted path
         choice = resolve_decoding(model, tree_spec, tree_length, prompt_lookup_num_tokens)
         self.rule = acceptance_rule(sampling, temperature, posterior_threshold, posterior_alpha, top_p, top_k)
         self.temperature = float(temperature)
@@ -167,7 +154,7 @@ class Decoder:
     def _prefill(self, input_ids, max_new_tokens, generator, result, start, prompt_tokens):
         model, length = self.model, input_ids.shape[1]
         prefix_slots = model.layout.prefix_length if prompt_tokens else 0
-        cache = model.with_prefix() if prefix_slots else DynamicCache(config=self.base.config)
+        cache = model.with_prefix() if prefix_slots else new_cache(self.base)
         embeds = self.base.get_input_embeddings()(input_ids)
         positions = torch.arange(length, device=self.device)
         allowed, special_of_inputs = None, None  # plainly causal
@@ -333,7 +320,7 @@ class Decoder:
         prefix) and go on plainly, so that nothing they computed decides what is emitted."""
         self._warn_non_finite()
         context = torch.tensor([state.context[:-1]], device=self.device)
-        state.cache = DynamicCache(config=self.base.config)
+        state.cache = new_cache(self.base)
         embeds = self.base.get_input_embeddings()(context)
         self._forward(embeds, None, torch.arange(context.shape[1], device=self.device), 0, 0, None, state.cache, False)
         state.result.forward_passes += 1

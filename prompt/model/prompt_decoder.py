@@ -14,9 +14,10 @@ from torch import nn
 from prompt.errors import PPDError
 from prompt.jsonio import atomic_write
 from prompt.model import backbone
+from prompt.model.cache import new_cache
 from prompt.model.config import AggregationType, PromptConfig
 from prompt.model.layout import SpecialTokenLayout, virtual_token_attention  # noqa: F401 (re-exported)
-from prompt.model.loading import load_base_model, resolve_prompt_tokens_path
+from prompt.model.loading import load_base_model, resolve_checkpoint_path, resolve_prompt_tokens_path
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
@@ -45,6 +46,7 @@ class PromptDecoder(nn.Module):
 
     def __init__(self, base_model, config: PromptConfig, tokenizer=None, prompt_embeddings: torch.Tensor | None = None):
         super().__init__()
+        backbone.check_supported(base_model)
         hidden = base_model.config.hidden_size
         if config.token_dim is not None and config.token_dim != hidden:
             raise PPDError(f"prompt tokens have hidden size {config.token_dim} but the base model's is {hidden}")
@@ -131,9 +133,7 @@ class PromptDecoder(nn.Module):
 
     def with_prefix(self, cache=None, batch: int = 1):
         """A new cache holding the prefix keys and values, then `cache`'s entries (if given)."""
-        from transformers import DynamicCache
-
-        merged = DynamicCache(config=self.base_model.config)
+        merged = new_cache(self.base_model, prefix_length=self.prefix.length)
         dtype = self.dtype
         for i in range(self.prefix.keys.shape[0]):
             keys = self.prefix.keys[i].to(dtype)[None].expand(batch, -1, -1, -1)
@@ -326,15 +326,16 @@ class AutoPromptDecoder:
 
     @classmethod
     def from_pretrained(cls, path, base_model=None, tokenizer=None, base_model_path=None, dtype="float32",
-                        device="cpu", config: PromptConfig | None = None) -> PromptDecoder:
-        """Load `path` (a folder with adapter_config.json and adapter_model.safetensors/.bin).
+                        device=None, config: PromptConfig | None = None, load_in_4bit: bool = False,
+                        load_in_8bit: bool = False) -> PromptDecoder:
+        """Load `path` (a folder or a Hub repo id with adapter_config.json and adapter_model.safetensors/.bin).
 
         The base model comes from `base_model` if given, else `base_model_path`, else the checkpoint's
-        `base_model_name_or_path` (which must be a local folder or the default model).
+        `base_model_name_or_path` (a local folder, a Hub repo id or the default model). `device`: None (cuda
+        when available, else cpu), "cpu", "cuda:N" or "auto"; `load_in_4bit`/`load_in_8bit`: bitsandbytes.
         """
-        path = resolve_prompt_tokens_path(path)  # the default model's names mean the shipped prompt tokens
-        if not os.path.isdir(str(path)):
-            raise PPDError(f"prompt-token checkpoint {path!r} is not a folder")
+        # the default model's names mean the shipped prompt tokens; a Hub id is downloaded (or read from the cache)
+        path = resolve_checkpoint_path(resolve_prompt_tokens_path(path))
         saved_config = PromptConfig.from_pretrained(path)
         config = config or saved_config
         weights = None
@@ -350,7 +351,8 @@ class AutoPromptDecoder:
         check_finite({"prompt_embeddings": state["prompt_embeddings"]}, weights)
         if base_model is None:
             base_model, loaded_tokenizer = load_base_model(
-                base_model_path or saved_config.base_model_name_or_path, dtype=dtype, device=device)
+                base_model_path or saved_config.base_model_name_or_path, dtype=dtype, device=device,
+                load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
             tokenizer = tokenizer or loaded_tokenizer
         embeddings = state["prompt_embeddings"]
         hidden = base_model.config.hidden_size

@@ -6,6 +6,7 @@ import argparse
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError
 from prompt.model.config import PromptConfig
+from prompt.model.devices import add_device_flags, resolve_device
 from prompt.data.files import canonical_model_name
 
 TRAINER_TYPES = ("distillation_trainer", "param_efficient_fine_tuner")
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description="Train PPD prompt tokens on a frozen causal LM.",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", default=None, help="Base model folder; default: the embedded default model.")
+    model.add_argument("--model_name_or_path", default=None,
+                       help="Base model, a folder or Hub repo id; default: the embedded default model.")
     model.add_argument("--num_special_tokens", type=int, default=3)
     model.add_argument("--virtual_tokens_per_special_token", type=int, default=1)
     model.add_argument("--vt_attention_type", default="decoder", help="decoder, encoder or ensemble")
@@ -45,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--prompt_tuning_init", default="RANDOM", choices=("RANDOM", "TEXT"),
                        help="Initial prompt embeddings: random (scaled to the embedding table) or from text.")
     model.add_argument("--stage1_model_path", default=None, help="Start from these trained prompt tokens.")
-    add_bool(model, "--load_in_4bit", False, "Load the base model in 4 bits (bitsandbytes; needs a CUDA GPU).")
-    model.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"),
-                       help="dtype of the frozen base model; the prompt embeddings are trained in float32.")
+    add_bool(model, "--load_in_4bit", False, "Load the base model's linear layers in 4 bits (bitsandbytes NF4).")
+    add_bool(model, "--load_in_8bit", False, "Load the base model's linear layers in 8 bits (bitsandbytes).")
+    # --device (cpu, cuda, cuda:N, auto; default cuda when available) and --dtype of the frozen base model; the
+    # prompt embeddings are trained in float32
+    add_device_flags(model, dtype="bfloat16", quantization=False)
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_path", required=True, help="A dataset file from generate_dataset.py (a folder with --use_chunked).")
@@ -117,11 +121,9 @@ def check_args(args) -> None:
     if args.evaluation_strategy != "no":
         raise PPDError(f"--evaluation_strategy {args.evaluation_strategy} is not supported; train with 'no' and "
                        "measure afterwards with python -m prompt.evaluation.accuracy")
-    if args.load_in_4bit:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise PPDError("--load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); on CPU use --dtype bfloat16")
+    if args.load_in_4bit and args.load_in_8bit:
+        raise PPDError("choose one of --load_in_4bit and --load_in_8bit")
+    args.device = resolve_device(args.device)
 
 
 def prompt_config(args) -> PromptConfig:

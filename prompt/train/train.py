@@ -80,8 +80,8 @@ def main_body(args) -> str:
     dataset = load_training_data(args)
     many_cuts = choose_many_cuts(args, dataset.dataset_type)
 
-    accelerator = Accelerator()
-    model = load_model(args, config, accelerator.device)
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    model = load_model(args, config, "auto" if args.device == "auto" else accelerator.device)
     optimizer = build_optimizer(model, args)
     progress = Progress()
     if resume:
@@ -238,39 +238,19 @@ def visit_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 # --------------------------------------------------------------------------------------------------
 # model and optimizer
 def load_model(args, config, device):
-    """The frozen base model (bf16 by default, 4-bit on CUDA if asked) with this run's prompt tokens."""
+    """The frozen base model (bf16 by default, 4-bit or 8-bit through bitsandbytes if asked) with this run's prompt
+    tokens. `device`: the accelerator's device, or "auto" (device_map="auto", one process)."""
     from prompt.model.loading import load_base_model
     from prompt.model.prompt_decoder import AutoPromptDecoder, PromptDecoder
 
-    if args.load_in_4bit:
-        base, tokenizer = load_4bit_model(args.model_name_or_path, args.dtype, device)
-    else:
-        base, tokenizer = load_base_model(args.model_name_or_path, dtype=args.dtype, device=device)
+    base, tokenizer = load_base_model(args.model_name_or_path, dtype=args.dtype, device=str(device),
+                                      load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit)
     torch.manual_seed(args.seed)
     if args.stage1_model_path:
         model = AutoPromptDecoder.from_pretrained(args.stage1_model_path, base_model=base, tokenizer=tokenizer, config=config)
     else:
         model = PromptDecoder(base, config, tokenizer=tokenizer)
     return model.eval()  # no dropout; gradients still reach the trainable parameters
-
-
-def load_4bit_model(name_or_path, dtype, device):
-    """bitsandbytes NF4 weights with `dtype` compute, as upstream (CUDA only)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    from prompt.model.loading import parse_dtype, resolve_model_path
-
-    path = resolve_model_path(name_or_path)
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=parse_dtype(dtype),
-                                      bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quantization, device_map={"": device},
-                                                     dtype=parse_dtype(dtype), attn_implementation="sdpa")
-    except ImportError as exc:
-        raise PPDError(f"--load_in_4bit needs bitsandbytes: pip install -e '.[gpu]' ({exc})") from None
-    model.eval()
-    model.requires_grad_(False)
-    return model, AutoTokenizer.from_pretrained(path)
 
 
 def trainable_parameters(model) -> list:

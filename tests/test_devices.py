@@ -1,0 +1,46 @@
+"""Devices, dtypes and flags: one resolution for every script and loader, the fastest tuned dtype, CUDA sync."""
+import argparse
+import json
+
+import pytest
+import torch
+
+from prompt import PPDError
+from prompt.evaluation.compare import fastest_decoding_dtype
+from prompt.inference.choice import fastest_dtype
+from prompt.model.devices import add_device_flags, device_kwargs, resolve_device, synchronize
+
+
+def test_resolve_device():
+    assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("") == resolve_device(None)
+    assert resolve_device("CPU") == "cpu" and resolve_device(torch.device("cpu")) == "cpu"
+    assert resolve_device("auto") == "auto"
+    with pytest.raises(PPDError, match="unknown device"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(PPDError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+    synchronize("cpu")  # a no-op off CUDA
+
+
+def test_device_flags():
+    parser = add_device_flags(argparse.ArgumentParser(), dtype="bfloat16")
+    args = parser.parse_args(["--device", "cpu", "--load_in_4bit"])
+    assert device_kwargs(args) == {"device": "cpu", "dtype": "bfloat16", "load_in_4bit": True, "load_in_8bit": False}
+    args = parser.parse_args(["--load-in-8bit", "--dtype", "float16"])
+    assert device_kwargs(args) == {"device": None, "dtype": "float16", "load_in_4bit": False, "load_in_8bit": True}
+    assert not hasattr(add_device_flags(argparse.ArgumentParser(), dtype=None).parse_args([]), "dtype")
+
+
+def test_fastest_dtype(tmp_path):
+    path = tmp_path / "decoding.json"
+    assert fastest_dtype(str(path), "cpu") == "float32"  # nothing tuned
+    path.write_text(json.dumps({"float32": {"speed_vs_plain_greedy": 1.3, "machine": "a CPU"},
+                                "bfloat16": {"speed_vs_plain_greedy": 1.7, "machine": "a CPU"}}))
+    assert fastest_dtype(str(path), "cpu") == "bfloat16"
+    path.write_text(json.dumps({"float32": {"speed_vs_plain_greedy": 1.3, "tokens_per_second": 30, "machine": "a CPU"},
+                                "bfloat16": {"speed_vs_plain_greedy": 1.7, "tokens_per_second": 20, "machine": "a CPU"}}))
+    assert fastest_dtype(str(path), "cpu") == "float32"  # absolute speed wins where every entry records it
+    # the shipped prompt tokens were tuned on this project's CPU, where bfloat16 decodes fastest
+    assert fastest_decoding_dtype(None, "cpu") == "bfloat16"
