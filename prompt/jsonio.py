@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 
 from prompt.errors import PPDError
@@ -67,6 +68,13 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def _disk_full(path: str) -> bool:
+    try:
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < (1 << 20)
+    except OSError:
+        return False
+
+
 def atomic_write(path: str, write) -> str:
     """Write `path` atomically: `write(temporary_path)` creates the file, which then replaces `path`.
 
@@ -74,9 +82,11 @@ def atomic_write(path: str, write) -> str:
     A failure (full disk, no permission, a folder where the file should go) leaves `path` as it was and
     raises PPDError naming it; any other exception also leaves it as it was, and is re-raised.
     """
-    path = os.fspath(path)
+    path = os.path.realpath(os.fspath(path))  # through a symbolic link: the link stays, its target is replaced
     if os.path.isdir(path):
         raise PPDError(f"cannot write {path}: it is a folder")
+    if os.path.exists(path) and not os.path.isfile(path):  # a device or a pipe must never be replaced by a file
+        raise PPDError(f"cannot write {path}: it is not a regular file")
     tmp = temporary_name(path)
     try:
         write(tmp)
@@ -90,8 +100,19 @@ def atomic_write(path: str, write) -> str:
             pass
         if isinstance(exc, OSError):
             raise PPDError(f"cannot write {path}: {exc.strerror or exc}") from None
+        if isinstance(exc, Exception) and _disk_full(path):  # writers that wrap the error (torch.save's zip writer)
+            raise PPDError(f"cannot write {path}: no space left on the disk ({exc})") from None
         raise
     return path
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Write bytes atomically. Serialize first (`safetensors.torch.save`, `torch.save` into a BytesIO), then write
+    here: a full disk then raises instead of being missed (safetensors' own file writer can drop the error)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return atomic_write(path, write)
 
 
 def write_text(path: str, text: str) -> str:

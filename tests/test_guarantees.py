@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -31,27 +32,35 @@ def load(folder):
 # --------------------------------------------------------------------------------------------------
 # atomic files
 KILL_MID_WRITE = textwrap.dedent("""
-    import os, signal, sys
+    import builtins, os, signal, sys
     sys.path[:0] = [{repo!r}, {tests!r}]
-    import torch, safetensors.torch
     from conftest import tiny_llama
     from prompt import PromptConfig, PromptDecoder
     from prompt.train import checkpoints
 
-    def dying(real):
-        def write(obj, path, *args, **kwargs):  # write part of the file, then die as a kill -9 would
-            real(obj, path, *args, **kwargs)
-            with open(path, "r+b") as f:
-                f.truncate(max(os.path.getsize(path) // 3, 1))
+    real_open = builtins.open
+
+    class Dying:  # writes a third of what it is given, then the process dies as under kill -9
+        def __init__(self, file):
+            self.file = file
+        def write(self, data):
+            self.file.write(data[: max(len(data) // 3, 1)])
+            self.file.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        return write
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.file.close()
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def dying_open(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        return Dying(file) if "w" in mode and {which!r} in os.path.basename(str(path)) else file
 
     model = PromptDecoder(tiny_llama(1), PromptConfig(num_special_tokens=2, use_prefix_tuning=True,
                           prefix_virtual_tokens=2, base_model_name_or_path="unused", prompt_tuning_init="RANDOM"))
-    if {which!r} == "safetensors":
-        safetensors.torch.save_file = dying(safetensors.torch.save_file)
-    else:
-        torch.save = dying(torch.save)
+    builtins.open = dying_open
     if {final!r}:
         checkpoints.save_final({out!r}, model, {{"step": 9}}, {{"learning_rate": 1.0}})
     else:
@@ -59,7 +68,8 @@ KILL_MID_WRITE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("which,final", [("torch", False), ("safetensors", True)])
+
+@pytest.mark.parametrize("which,final", [("prefix_tuning", False), ("adapter_model", True)])
 def test_a_kill_mid_save_leaves_whole_files(tmp_path, which, final):
     """A process killed while it saves prompt tokens leaves every file whole, never empty or cut short: with
     save_pretrained each file is the old or the new one; training's final save leaves the old run entirely."""
@@ -202,11 +212,30 @@ def test_unwritable_answer_file_is_refused_before_the_model_loads(tmp_path):
             subprocess.run(["chattr", "-i", str(locked)])
 
 
-def test_full_disk_while_answering_is_one_clear_error(tmp_path, tiny_chat):
-    if not os.path.exists("/dev/full"):
-        pytest.skip("no /dev/full")
-    with pytest.raises(PPDError, match="answer file"):
-        answer(answer_args(tmp_path, QUESTIONS, "/dev/full"), *tiny_chat)
+def test_full_disk_while_answering_is_one_clear_error(tmp_path, tiny_chat, monkeypatch):
+    path = tmp_path / "answers.jsonl"
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)  # the disk fills up once the model is loaded
+    with pytest.raises(PPDError, match="cannot write answer file.*No space left"):
+        answer(answer_args(tmp_path, QUESTIONS, path), *tiny_chat)
+    monkeypatch.undo()
+    assert not path.exists() or path.read_text() == ""
+
+
+def test_devices_and_pipes_are_never_replaced_by_files(tmp_path):
+    from prompt.evaluation.runner import check_args
+    from prompt.jsonio import write_text
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(PPDError, match="not a regular file"):
+        write_text(str(fifo), "x")
+    with pytest.raises(PPDError, match="not a regular file"):
+        check_args(answer_args(tmp_path, QUESTIONS, fifo))
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
 
 
 def test_a_failed_append_leaves_no_partial_row(tmp_path, monkeypatch):

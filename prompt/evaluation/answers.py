@@ -52,6 +52,8 @@ class AnswerFile:
         path = self.path
         if os.path.isdir(path):
             raise PPDError(f"cannot write answer file {path!r}: it is a folder")
+        if os.path.exists(path) and not os.path.isfile(path):  # rewritten at the end: it must be a plain file
+            raise PPDError(f"cannot write answer file {path!r}: it is not a regular file")
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, exist_ok=True)

@@ -6,13 +6,14 @@ concatenated to the input embeddings, and their positions and attention pattern 
 """
 from __future__ import annotations
 
+import io
 import os
 
 import torch
 from torch import nn
 
 from prompt.errors import PPDError
-from prompt.jsonio import atomic_write
+from prompt.jsonio import write_bytes
 from prompt.model import backbone
 from prompt.model.cache import new_cache
 from prompt.model.config import AggregationType, PromptConfig
@@ -167,15 +168,14 @@ class PromptDecoder(nn.Module):
 
         Each file is written atomically (a kill or a full disk leaves the old file or none, never a part of one).
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         os.makedirs(directory, exist_ok=True)
         self.config.save_pretrained(directory)
         embeddings = {"prompt_embeddings": self.prompt_embeddings.detach().float().cpu().contiguous()}
-        atomic_write(os.path.join(directory, WEIGHTS_NAME), lambda tmp: save_file(embeddings, tmp))
+        write_bytes(os.path.join(directory, WEIGHTS_NAME), save(embeddings))
         for module, name in self._extra_modules():
-            state = module.state_dict()
-            atomic_write(os.path.join(directory, name), lambda tmp, state=state: torch.save(state, tmp))
+            write_bytes(os.path.join(directory, name), torch_bytes(module.state_dict()))
 
     def _extra_modules(self) -> list:
         """(module, file name) of the trained parts beside the prompt embeddings that this model has."""
@@ -274,6 +274,13 @@ class PromptDecoder(nn.Module):
         last_hidden = output.last_hidden_state[torch.arange(batch, device=device), last]
         next_logits = backbone.head_logits(self.base_model, last_hidden)
         return special, next_logits
+
+
+def torch_bytes(obj) -> bytes:
+    """`torch.save` of `obj`, in memory (written with prompt.jsonio.write_bytes)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _load_state(path: str) -> dict:

@@ -12,9 +12,9 @@ import sys
 import torch
 
 from prompt.errors import PPDError
-from prompt.jsonio import atomic_write, write_json
+from prompt.jsonio import write_bytes, write_json
 from prompt.model.config import CONFIG_NAME, PromptConfig
-from prompt.model.prompt_decoder import CUSTOM_LM_HEAD_NAME, PREFIX_NAME, WEIGHTING_LAYERS_NAME, WEIGHTS_NAME
+from prompt.model.prompt_decoder import CUSTOM_LM_HEAD_NAME, PREFIX_NAME, WEIGHTING_LAYERS_NAME, WEIGHTS_NAME, torch_bytes
 
 STATE_NAME = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
@@ -141,8 +141,7 @@ def save_checkpoint(folder: str, model, optimizer, state: dict) -> None:
     partial = folder.rstrip("/") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
-    saved = {"optimizer": optimizer.state_dict(), "state": state}
-    atomic_write(os.path.join(partial, STATE_NAME), lambda tmp: torch.save(saved, tmp))
+    write_bytes(os.path.join(partial, STATE_NAME), torch_bytes({"optimizer": optimizer.state_dict(), "state": state}))
     write_state_json(partial, state)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
