@@ -28,6 +28,6 @@ setup(
     ],
     extras_require={
         "gpu": ["bitsandbytes>=0.45"],
-        "test": ["pytest>=8", "gradio_client>=1", "selenium>=4.20"],
+        "test": ["pytest>=8", "gradio_client>=1", "selenium>=4.20", "openai>=1.40,<4"],
     },
 )
