@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # An OpenAI-compatible PPD server on 127.0.0.1, in the foreground: FastChat's controller, a PPD model worker
-# (prompt.serving.worker) and FastChat's OpenAI API server (prompt.serving.api_server). Ctrl-C (SIGINT) or
+# (prompt.serve.worker) and FastChat's OpenAI API server (prompt.serve.api_server). Ctrl-C (SIGINT) or
 # SIGTERM stops all of them.
 #
 #   bash script/serve.sh [--port 8000] [--dtype float32|bfloat16|float16] [--model-path CKPT] [--with-plain]
@@ -79,17 +79,17 @@ python3 -m fastchat.serve.controller --host 127.0.0.1 --port "$CONTROLLER_PORT" 
 PIDS+=($!)
 wait_http "$CONTROLLER/list_models"
 MODEL_ARGS=(--dtype "$DTYPE" ${MODEL_PATH:+--model-path "$MODEL_PATH"} --controller-address "$CONTROLLER")
-python3 -m prompt.serving.worker --host 127.0.0.1 --port "$WORKER_PORT" "${MODEL_ARGS[@]}" ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} \
+python3 -m prompt.serve.worker --host 127.0.0.1 --port "$WORKER_PORT" "${MODEL_ARGS[@]}" ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} \
   >"$LOGDIR/worker.out" 2>&1 &
 PIDS+=($!)
 EXPECTED=1
 if [[ $WITH_PLAIN == 1 ]]; then
-  python3 -m prompt.serving.worker --host 127.0.0.1 --port "$PLAIN_PORT" "${MODEL_ARGS[@]}" \
+  python3 -m prompt.serve.worker --host 127.0.0.1 --port "$PLAIN_PORT" "${MODEL_ARGS[@]}" \
     ${WORKER_ARGS[@]+"${WORKER_ARGS[@]}"} --no-ppd >"$LOGDIR/worker-plain.out" 2>&1 &
   PIDS+=($!)
   EXPECTED=2
 fi
-python3 -m prompt.serving.api_server --host 127.0.0.1 --port "$PORT" --controller-address "$CONTROLLER" \
+python3 -m prompt.serve.api_server --host 127.0.0.1 --port "$PORT" --controller-address "$CONTROLLER" \
   >"$LOGDIR/api_server.out" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$PORT/v1/models" "len(r['data']) >= $EXPECTED"

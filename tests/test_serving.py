@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from prompt.errors import PPDError
-from prompt.serving.params import check_messages, check_sampling
-from prompt.serving.worker import chatml_conversation, format_messages, held_back
+from prompt.serve.params import check_messages, check_sampling
+from prompt.serve.worker import chatml_conversation, format_messages, held_back
 
 openai = pytest.importorskip("openai")
 

@@ -1,7 +1,7 @@
 """A FastChat model worker that decodes with PPD (or plainly, `--no-ppd`).
 
 FastChat's controller routes requests to registered workers and FastChat's OpenAI API server
-(`python -m prompt.serving.api_server`, FastChat's with stricter checks) turns the OpenAI API into worker
+(`python -m prompt.serve.api_server`, FastChat's with stricter checks) turns the OpenAI API into worker
 calls: `/worker_generate_stream` streams NUL-separated JSON chunks `{"text", "error_code", "usage",
 "finish_reason"}` with the text so far. Registration, heart beats, the conversation template and token
 counting come from FastChat's `BaseModelWorker`; this module adds the decoding and the admission control:
@@ -12,7 +12,7 @@ counting come from FastChat's `BaseModelWorker`; this module adds the decoding a
 - `token_stream()` is the one place that turns a request into a stream of token ids: a batched decoder
   replaces it without touching the HTTP side.
 
-    python -m prompt.serving.worker --controller-address http://127.0.0.1:21001 --port 21002 [--no-ppd]
+    python -m prompt.serve.worker --controller-address http://127.0.0.1:21001 --port 21002 [--no-ppd]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from prompt.errors import PPDError, cli_entry
-from prompt.serving.params import check_sampling
+from prompt.serve.params import check_sampling
 
 SYSTEM_HEAD, TURN_END = "<|im_start|>system\n", "<|im_end|>"
 

@@ -1,6 +1,6 @@
 """FastChat's OpenAI-compatible API server, with the request checks PPD's workers need.
 
-    python -m prompt.serving.api_server --host 127.0.0.1 --port 8000 --controller-address http://127.0.0.1:21001
+    python -m prompt.serve.api_server --host 127.0.0.1 --port 8000 --controller-address http://127.0.0.1:21001
 
 It is `fastchat.serve.openai_api_server` (same flags, same routes) with these changes:
 - streaming works with pydantic 2 (FastChat 0.2.36 calls pydantic 1's `json(ensure_ascii=...)`);
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 
 from prompt.errors import PPDError
-from prompt.serving.params import check_messages, check_sampling
+from prompt.serve.params import check_messages, check_sampling
 
 PARAM_OUT_OF_RANGE, INVALID_MODEL, CONTEXT_OVERFLOW = 40302, 40301, 40303
 
