@@ -263,3 +263,50 @@ def test_sampling_options_that_cannot_be_honoured_are_refused():
     for messages in ([], [{"role": "system", "content": "x"}], [{"role": "user", "content": ["image"]}]):
         with pytest.raises(PPDError):
             check_messages(messages)
+
+
+class LetterTokenizer:
+    """Enough of a tokenizer for the worker on a tiny Llama: one id per character, id i decodes to one letter."""
+
+    bos_token, eos_token_id = None, 2
+
+    def __call__(self, text, add_special_tokens=True):
+        return type("Encoding", (), {"input_ids": [3 + ord(c) % 90 for c in text]})
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(ord("a") + i % 26) for i in ids if not (skip_special_tokens and i == self.eos_token_id))
+
+
+def tiny_worker():
+    from conftest import tiny_llama
+    from prompt.model import PromptConfig, PromptDecoder
+    from prompt.serve.worker import PPDWorker
+
+    ppd = PromptDecoder(tiny_llama(), PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
+    return PPDWorker(ppd, LetterTokenizer(), context_length=200)
+
+
+def test_worker_stream_stops_at_stop_strings_without_showing_them():
+    worker = tiny_worker()
+    params = {"prompt": "hello world", "max_new_tokens": 30, "temperature": 0}
+    full = list(worker.chunks(params))
+    assert full[-1]["finish_reason"] in ("length", "stop") and all(c["error_code"] == 0 for c in full)
+    text = full[-1]["text"]
+    assert full[-1]["usage"]["prompt_tokens"] == 11 and full[-1]["usage"]["completion_tokens"] <= 30
+    stop = text[10:12]
+    chunks = list(worker.chunks({**params, "stop": [stop, "never"]}))
+    assert chunks[-1]["text"] == text[: text.find(stop)] and chunks[-1]["finish_reason"] == "stop"
+    assert all(chunks[-1]["text"].startswith(c["text"]) for c in chunks)  # nothing shown is taken back
+    echo = list(worker.chunks({**params, "echo": True}))[-1]["text"]
+    assert echo == "hello world" + text
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"prompt": "x" * 190, "max_new_tokens": 20}, "context"),
+    ({"prompt": "hi", "max_new_tokens": 0}, "max_tokens"),
+    ({"prompt": "", "max_new_tokens": 4}, "empty"),
+    ({"prompt": "hi", "max_new_tokens": 4, "temperature": 0.5, "top_p": 0.5}, "top_p"),
+])
+def test_worker_refuses_what_it_cannot_honour_with_one_error_chunk(params, words):
+    chunks = list(tiny_worker().chunks(params))
+    assert len(chunks) == 1 and chunks[0]["error_code"] == 40302 and words in chunks[0]["text"]

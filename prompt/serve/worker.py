@@ -186,7 +186,10 @@ class PPDWorker:
         tokens, shown, finish = [], 0, None
         steps = self.token_stream(request)
         try:
-            for step in steps:
+            for step in self._guarded(steps):
+                if isinstance(step, dict):  # the decoding failed: its error ends the stream
+                    yield step
+                    return
                 tokens.extend(step)
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 cut = min((i for i in (text.find(s) for s in request.stop) if i >= 0), default=-1)
@@ -212,6 +215,16 @@ class PPDWorker:
             finish = "length"  # the context ended
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         yield self._chunk(request, text, len(tokens), finish)
+
+    @staticmethod
+    def _guarded(steps):
+        """`steps`, with an error from the decoding turned into FastChat's error result (a dict) as the last item."""
+        try:
+            yield from steps
+        except PPDError as exc:
+            yield {"text": str(exc), "error_code": 40302}
+        except Exception as exc:  # reported to the client; the worker keeps serving
+            yield {"text": f"internal error: {type(exc).__name__}: {exc}", "error_code": 50001}
 
     @staticmethod
     def _chunk(request: TextRequest, text: str, new_tokens: int, finish):
@@ -279,13 +292,20 @@ def build_app(core: PPDWorker, fastchat_worker):
             return None
         return params if isinstance(params, dict) else None
 
-    @app.post("/worker_generate_stream")
-    async def generate_stream(request: Request):
+    async def admitted(request: Request):
+        """(params, None) for an admitted request, else (None, the error response; 429 when overloaded)."""
         params = await read_params(request)
         if params is None:
-            return JSONResponse({"text": "the body is not a JSON object", "error_code": 40001}, status_code=400)
+            return None, JSONResponse({"text": "the body is not a JSON object", "error_code": 40001}, status_code=400)
         if not core.admit():
-            return StreamingResponse(iter([json.dumps(OVERLOADED).encode() + b"\0"]), status_code=429)
+            return None, JSONResponse(OVERLOADED, status_code=429)
+        return params, None
+
+    @app.post("/worker_generate_stream")
+    async def generate_stream(request: Request):
+        params, refusal = await admitted(request)
+        if refusal is not None:  # FastChat's API server reads the body as one stream chunk
+            return StreamingResponse(iter([refusal.body + b"\0"]), status_code=refusal.status_code)
 
         async def body():
             async for chunk in core.run(params, request.is_disconnected):
@@ -295,11 +315,9 @@ def build_app(core: PPDWorker, fastchat_worker):
 
     @app.post("/worker_generate")
     async def generate(request: Request):
-        params = await read_params(request)
-        if params is None:
-            return JSONResponse({"text": "the body is not a JSON object", "error_code": 40001}, status_code=400)
-        if not core.admit():
-            return JSONResponse(OVERLOADED)  # FastChat's API server reads the error code (429 to the client)
+        params, refusal = await admitted(request)
+        if refusal is not None:  # FastChat's API server reads a non-200 answer as an internal error:
+            return JSONResponse(json.loads(refusal.body))  # 200 with the error code gives the client its status
         last = None
         async for chunk in core.run(params, request.is_disconnected):
             last = chunk
