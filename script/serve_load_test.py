@@ -4,7 +4,8 @@
 
 Starts `script/serve.sh --with-plain` on free loopback ports (or uses --base-url with --models PPD,PLAIN), and for
 each model: first one request per prompt, one at a time, as the reference answer (and token count); then
-CLIENTS concurrent clients each send REQUESTS streamed requests (temperature 0, distinct prompts). Every
+CLIENTS concurrent clients each send REQUESTS streamed requests (temperature 0, distinct prompts), the
+models taking turns for ROUNDS rounds. Every
 streamed answer must equal its reference (no lost, mixed or truncated answers). Reports time to first token,
 p50/p95 latency and aggregate tokens/s per model, and the PPD/plain ratios measured in the same run. Stops the
 server it started, also on failure or timeout; the whole run is bounded by --timeout.
@@ -99,42 +100,49 @@ def one_request(client, model, prompt, max_tokens):
     return first, time.perf_counter() - start, "".join(parts)
 
 
-def run_model(client, model, args, prompts):
+def references_for(client, model, args, prompts):
+    """Each prompt's answer and token count, one request at a time (also the warm-up)."""
     references, tokens = {}, {}
-    for prompt in prompts:  # references, one at a time (also the warm-up)
+    for prompt in prompts:
         response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                                   max_tokens=args.max_tokens, temperature=0)
         references[prompt] = response.choices[0].message.content
         tokens[prompt] = response.usage.completion_tokens
-    jobs = [(c, prompts[(c * args.requests + r) % len(prompts)]) for c in range(args.clients)
-            for r in range(args.requests)]
-    results, errors = [], []
+    return references, tokens
+
+
+def load_phase(client, model, args, prompts, report):
+    """CLIENTS concurrent clients x REQUESTS streamed requests; results and wall time added to `report`."""
+    jobs = [prompts[(c * args.requests + r) % len(prompts)] for c in range(args.clients) for r in range(args.requests)]
     lock = threading.Lock()
 
     def client_loop(c):
-        for _, prompt in [job for job in jobs if job[0] == c]:
+        for prompt in jobs[c * args.requests: (c + 1) * args.requests]:
             try:
                 ttft, latency, text = one_request(client, model, prompt, args.max_tokens)
             except Exception as exc:  # counted as lost
                 with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}")
+                    report["errors"].append(f"{type(exc).__name__}: {exc}")
                 continue
             with lock:
-                results.append((prompt, ttft, latency, text))
+                report["results"].append((prompt, ttft, latency, text))
 
     start = time.perf_counter()
     with ThreadPoolExecutor(args.clients) as pool:
         list(pool.map(client_loop, range(args.clients)))
-    wall = time.perf_counter() - start
-    wrong = [prompt for prompt, _, _, text in results if text != references[prompt]]
+    report["wall"] += time.perf_counter() - start
+    report["sent"] += len(jobs)
+
+
+def summarise(report):
+    results, references, tokens = report["results"], report["references"], report["tokens_of"]
     total_tokens = sum(tokens[prompt] for prompt, *_ in results)
-    return {"model": model, "sent": len(jobs), "answered": len(results), "errors": errors, "wrong": len(wrong),
-            "ttft_p50": percentile([r[1] for r in results if r[1] is not None], 0.5),
-            "ttft_p95": percentile([r[1] for r in results if r[1] is not None], 0.95),
+    ttfts = [r[1] for r in results if r[1] is not None]
+    return {**report, "answered": len(results), "wrong": sum(text != references[p] for p, _, _, text in results),
+            "ttft_p50": percentile(ttfts, 0.5), "ttft_p95": percentile(ttfts, 0.95),
             "latency_p50": percentile([r[2] for r in results], 0.5),
-            "latency_p95": percentile([r[2] for r in results], 0.95),
-            "tokens": total_tokens, "wall": wall, "tokens_per_s": total_tokens / wall if wall > 0 else 0.0,
-            "references": references}
+            "latency_p95": percentile([r[2] for r in results], 0.95), "tokens": total_tokens,
+            "tokens_per_s": total_tokens / report["wall"] if report["wall"] > 0 else 0.0}
 
 
 def main():
@@ -142,6 +150,7 @@ def main():
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=2, help="Requests per client.")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="Load phases per model, taking turns (default 2).")
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--concurrency", type=int, default=1, help="Requests each worker decodes at once.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker.")
@@ -149,8 +158,8 @@ def main():
     parser.add_argument("--models", default=None, help="PPD,PLAIN model names (default: the started stack's).")
     parser.add_argument("--timeout", type=float, default=900, help="Bound on the whole run, in seconds.")
     args = parser.parse_args()
-    if args.clients < 1 or args.requests < 1 or args.max_tokens < 1 or args.concurrency < 1:
-        fail("--clients, --requests, --max-tokens and --concurrency must be >= 1")
+    if min(args.clients, args.requests, args.max_tokens, args.concurrency, args.rounds) < 1:
+        fail("--clients, --requests, --max-tokens, --concurrency and --rounds must be >= 1")
     if args.base_url and not args.models:
         fail("--base-url needs --models PPD,PLAIN")
     try:
@@ -174,13 +183,21 @@ def main():
             plain = [m for m in available if m.endswith("-plain")]
             names = [plain[0][: -len("-plain")], plain[0]] if plain else fail(f"no plain worker among {available}")
         prompts = PROMPTS[: max(2, min(args.clients, len(PROMPTS)))]  # distinct prompts in flight at once
-        reports = [run_model(client, name, args, prompts) for name in names]
+        reports = []
+        for name in names:
+            references, tokens = references_for(client, name, args, prompts)
+            reports.append({"model": name, "references": references, "tokens_of": tokens, "results": [],
+                            "errors": [], "wall": 0.0, "sent": 0})
+        for round_ in range(args.rounds):  # the models take turns, in alternating order, so that noise hits both
+            for report in reports if round_ % 2 == 0 else reports[::-1]:
+                load_phase(client, report["model"], args, prompts, report)
+        reports = [summarise(report) for report in reports]
     finally:
         if process is not None:
             stop_stack(process)
         timer.cancel()
 
-    print(f"{args.clients} clients x {args.requests} requests, max_tokens {args.max_tokens}, {args.dtype}, "
+    print(f"{args.rounds} rounds of {args.clients} clients x {args.requests} requests, max_tokens {args.max_tokens}, {args.dtype}, "
           f"worker concurrency {args.concurrency}, temperature 0, streamed")
     print(f"{'model':28} {'answered':>9} {'wrong':>6} {'TTFT p50':>9} {'TTFT p95':>9} {'lat p50':>8} {'lat p95':>8} "
           f"{'tokens':>7} {'tok/s':>7}")
