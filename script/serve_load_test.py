@@ -145,8 +145,13 @@ def summarise(report):
             "tokens_per_s": total_tokens / report["wall"] if report["wall"] > 0 else 0.0}
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2
+        fail(message)
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=2, help="Requests per client.")
     parser.add_argument("--max-tokens", type=int, default=64)

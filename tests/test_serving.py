@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -231,6 +232,10 @@ def test_serve_sh_refuses_bad_options(tmp_path):
     for args in (["--port", "x"], ["--dtype", "int3"], ["--frobnicate"]):
         result = subprocess.run(["bash", os.path.join(ROOT, "script", "serve.sh"), *args], capture_output=True,
                                 text=True, timeout=30)
+        assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    for command in (["-m", "prompt.serve.worker", "--concurrency", "0"], [os.path.join(ROOT, "script", "serve_load_test.py"), "--clients", "0"]):
+        result = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                                env=dict(os.environ, PYTHONPATH=ROOT))
         assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
 
 
