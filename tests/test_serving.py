@@ -282,13 +282,23 @@ class LetterTokenizer:
         return "".join(chr(ord("a") + i % 26) for i in ids if not (skip_special_tokens and i == self.eos_token_id))
 
 
-def tiny_worker():
+def tiny_worker(use_ppd=True, decoding_file=None):
     from conftest import tiny_llama
     from prompt.model import PromptConfig, PromptDecoder
     from prompt.serve.worker import PPDWorker
 
     ppd = PromptDecoder(tiny_llama(), PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
-    return PPDWorker(ppd, LetterTokenizer(), context_length=200)
+    ppd.decoding_file = decoding_file
+    return PPDWorker(ppd, LetterTokenizer(), use_ppd=use_ppd, context_length=200)
+
+
+def test_plain_worker_decodes_without_prompt_tokens_and_without_the_tuned_lookup(tmp_path):
+    tuned = tmp_path / "decoding.json"
+    tuned.write_text(json.dumps({"float32": {"tree_length": 21, "prompt_lookup_num_tokens": 5}}))
+    ppd = tiny_worker(decoding_file=str(tuned)).decoder(0.0, [2])
+    assert ppd.ppd and ppd.prompt_lookup_num_tokens == 5  # the tuned decoding
+    plain = tiny_worker(use_ppd=False, decoding_file=str(tuned)).decoder(0.0, [2])
+    assert not plain.ppd and plain.prompt_lookup_num_tokens == 0
 
 
 def test_worker_stream_stops_at_stop_strings_without_showing_them():

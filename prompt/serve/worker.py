@@ -163,8 +163,10 @@ class PPDWorker:
         if decoder is None:
             if len(self._decoders) >= 32:
                 self._decoders.clear()
+            # plain: no prompt tokens and no prompt lookup (the tuned decoding would otherwise add its lookup chain)
+            plain = {} if self.use_ppd else {"tree_length": 0, "prompt_lookup_num_tokens": 0}
             decoder = Decoder(self.model, temperature=temperature, sampling="typical" if temperature > 0 else "greedy",
-                              stop_token_ids=stop_token_ids, use_prompt_tokens=self.use_ppd)
+                              stop_token_ids=stop_token_ids, **plain)
             self._decoders[key] = decoder
         return decoder
 
