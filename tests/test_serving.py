@@ -288,13 +288,14 @@ def tiny_worker(use_ppd=True, decoding_file=None):
     from prompt.serve.worker import PPDWorker
 
     ppd = PromptDecoder(tiny_llama(), PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
-    ppd.decoding_file = decoding_file
+    if decoding_file:  # where the loader records a checkpoint's decoding.json (the file, and since main's rewrite its folder)
+        ppd.decoding_file, ppd.checkpoint_dir = decoding_file, os.path.dirname(decoding_file)
     return PPDWorker(ppd, LetterTokenizer(), use_ppd=use_ppd, context_length=200)
 
 
 def test_plain_worker_decodes_without_prompt_tokens_and_without_the_tuned_lookup(tmp_path):
     tuned = tmp_path / "decoding.json"
-    tuned.write_text(json.dumps({"float32": {"tree_length": 21, "prompt_lookup_num_tokens": 5}}))
+    tuned.write_text(json.dumps({"float32": {"prompt_lookup_num_tokens": 5}}))
     ppd = tiny_worker(decoding_file=str(tuned)).decoder(0.0, [2])
     assert ppd.ppd and ppd.prompt_lookup_num_tokens == 5  # the tuned decoding
     plain = tiny_worker(use_ppd=False, decoding_file=str(tuned)).decoder(0.0, [2])
