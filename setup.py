@@ -29,6 +29,6 @@ setup(
     extras_require={
         # bitsandbytes 0.50.2 tested (its CPU backend here); it needs torch>=2.3 and takes the installed torch
         "gpu": ["bitsandbytes>=0.45,<0.51"],
-        "test": ["pytest>=8", "gradio_client>=1", "selenium>=4.20", "bitsandbytes>=0.50,<0.51"],
+        "test": ["pytest>=8", "gradio_client>=1", "selenium>=4.20", "bitsandbytes>=0.50,<0.51", "openai>=1.40,<4"],
     },
 )
