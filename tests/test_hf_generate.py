@@ -97,13 +97,17 @@ def test_sampling_runs_with_temperature():
     base, ppd, ids = setup(6)
     out = generate(ppd, ids, max_new_tokens=10, do_sample=True, temperature=0.8, top_k=0, top_p=1.0, eos_token_id=None)
     assert out.shape == (1, ids.shape[1] + 10) and torch.equal(out[:, : ids.shape[1]], ids)
+    # transformers' defaults (top_k 50) and top_p shape the exact sampling; a top-k of 1 is greedy
+    out = generate(ppd, ids, max_new_tokens=10, do_sample=True, temperature=0.8, top_p=0.9, eos_token_id=None)
+    assert out.shape == (1, ids.shape[1] + 10)
+    greedy = generate(ppd, ids, max_new_tokens=10, eos_token_id=None)
+    assert torch.equal(generate(ppd, ids, max_new_tokens=10, do_sample=True, top_k=1, eos_token_id=None), greedy)
 
 
 @pytest.mark.parametrize("kwargs, words", [
     ({"num_beams": 2}, "num_beams"),
     ({"repetition_penalty": 1.2}, "repetition_penalty"),
-    ({"do_sample": True, "temperature": 0.7}, "top_k=50"),  # transformers' default top_k when sampling
-    ({"do_sample": True, "top_k": 0, "top_p": 0.9}, "top_p"),
+    ({"do_sample": True, "top_p": 1.5}, "top_p"),
     ({"output_scores": True}, "output_scores"),
     ({"num_return_sequences": 2}, "num_return_sequences"),
     ({"frobnicate": 1}, "frobnicate"),

@@ -171,7 +171,7 @@ def test_sampling_answers(stack):
     (b'{"model": "smollm2-135m-instruct", "messages": [{"role": "robot", "content": "hi"}]}', 400),
     (b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "temperature": -1}', 400),
     (b'{"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.5, '
-     b'"top_p": 0.5, "stream": true}', 400),
+     b'"top_p": 1.5, "stream": true}', 400),
 ])
 def test_bad_requests_get_an_error_and_the_server_keeps_serving(stack, body, status):
     code, answer = post(f"http://127.0.0.1:{stack['port']}/v1/chat/completions", body)
@@ -258,9 +258,10 @@ def test_held_back_keeps_what_could_begin_a_stop_string():
 
 
 def test_sampling_options_that_cannot_be_honoured_are_refused():
-    assert check_sampling(0, top_p=0.1, top_k=5) == 0  # greedy: top-p and top-k change nothing
-    assert check_sampling(0.7, top_p=1, top_k=-1) == 0.7
-    for kwargs in ({"top_p": 0.9}, {"top_k": 40}, {"presence_penalty": 0.5}, {"logprobs": 2}, {"best_of": 3}):
+    assert check_sampling(0, top_p=0.1, top_k=5) == (0, None, None)  # greedy: top-p and top-k change nothing
+    assert check_sampling(0.7, top_p=1, top_k=-1) == (0.7, None, None)
+    assert check_sampling(0.7, top_p=0.9, top_k=40) == (0.7, 0.9, 40)  # exact sampling honours both
+    for kwargs in ({"top_p": 0.0}, {"top_p": 1.2}, {"presence_penalty": 0.5}, {"logprobs": 2}, {"best_of": 3}):
         with pytest.raises(PPDError):
             check_sampling(0.7, **kwargs)
     with pytest.raises(PPDError):
@@ -321,7 +322,7 @@ def test_worker_stream_stops_at_stop_strings_without_showing_them():
     ({"prompt": "x" * 190, "max_new_tokens": 20}, "context"),
     ({"prompt": "hi", "max_new_tokens": 0}, "max_tokens"),
     ({"prompt": "", "max_new_tokens": 4}, "empty"),
-    ({"prompt": "hi", "max_new_tokens": 4, "temperature": 0.5, "top_p": 0.5}, "top_p"),
+    ({"prompt": "hi", "max_new_tokens": 4, "temperature": 0.5, "top_p": 1.5}, "top_p"),
 ])
 def test_worker_refuses_what_it_cannot_honour_with_one_error_chunk(params, words):
     chunks = list(tiny_worker().chunks(params))

@@ -12,8 +12,8 @@ keyword options, streamers, stop strings, stopping criteria, the returned LongTe
 `generate`'s own arguments). transformers 5 calls a *callable* `custom_generate=` without the streamer, so the
 switch replaces the instance's `generate`, as transformers itself does for a model repository that ships one.
 
-Honoured: max_new_tokens / max_length, do_sample, temperature (sampling uses the decoder's typical acceptance,
-which has no top-k/top-p truncation, so sampling needs top_k=0 (transformers' default is 50) and top_p 1), eos_token_id,
+Honoured: max_new_tokens / max_length, do_sample, temperature, top_k, top_p (sampling is exact: the output
+distribution is the base model's after transformers' own warpers, top_k 50 by default as in transformers), eos_token_id,
 stop_strings (with tokenizer=), max_time, stopping_criteria, prompt_lookup_num_tokens, streamer,
 return_dict_in_generate. Anything else that would change the output (beams, penalties, logits processors,
 batches of more than one sequence, scores...) is refused with one PPDError naming it.
@@ -54,14 +54,7 @@ def _check_config(config, do_sample: bool) -> None:
         if key not in _HONOURED:
             raise PPDError(f"generate option {key}={value!r} is not supported by PPD decoding")
     if do_sample:
-        top_k = 50 if config.top_k is None else config.top_k  # transformers samples with top_k=50 unless told
-        if top_k != 0:
-            raise PPDError(f"top_k={top_k} cannot be honoured with do_sample=True: PPD samples with typical "
-                           "acceptance, without top-k truncation (pass top_k=0)")
-        if config.top_p not in (None, 1.0):
-            raise PPDError(f"top_p={config.top_p} cannot be honoured with do_sample=True: PPD samples with typical "
-                           "acceptance, without top-p truncation (pass top_p=1.0)")
-        if not config.temperature or config.temperature <= 0:
+        if config.temperature is not None and config.temperature <= 0:  # None: transformers' default, 1.0
             raise PPDError(f"temperature must be > 0 with do_sample=True, got {config.temperature}")
 
 
@@ -139,8 +132,10 @@ def generate(model, inputs=None, generation_config=None, logits_processor=None, 
     if config.max_time is not None:
         criteria.append(MaxTimeCriteria(config.max_time, time.time()))
 
-    decoder = Decoder(ppd, temperature=float(config.temperature or 1.0) if do_sample else 0.0,
-                      sampling="typical" if do_sample else "greedy", stop_token_ids=_eos_ids(config),
+    # do_sample: exact sampling with transformers' warpers (top_k is 50 unless set, as in transformers)
+    sampling = {"temperature": float(config.temperature or 1.0), "top_p": config.top_p,
+                "top_k": 50 if config.top_k is None else config.top_k} if do_sample else {}
+    decoder = Decoder(ppd, **sampling, stop_token_ids=_eos_ids(config),
                       prompt_lookup_num_tokens=config.prompt_lookup_num_tokens)
     if streamer is not None:
         streamer.put(input_ids.cpu())

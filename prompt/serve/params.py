@@ -11,22 +11,21 @@ ROLES = ("system", "user", "assistant")
 
 
 def check_sampling(temperature=None, top_p=None, top_k=None, presence_penalty=None, frequency_penalty=None,
-                   logprobs=None, best_of=None, use_beam_search=None) -> float:
-    """The temperature to decode with; PPDError for an option the decoder cannot honour.
+                   logprobs=None, best_of=None, use_beam_search=None) -> tuple:
+    """(temperature, top_p, top_k) to decode with (None: no truncation); PPDError for what cannot be honoured.
 
-    Temperature 0 is greedy (PPD's output equals plain greedy); above 0 the decoder samples with typical
-    acceptance, which has no top-p or top-k truncation, so top_p < 1 and top_k >= 1 are refused there.
+    Temperature 0 is greedy (PPD's output equals plain greedy); above 0 the decoder samples exactly from the base
+    model's distribution after temperature, top-k and top-p (lossless speculative sampling).
     """
     temperature = 1.0 if temperature is None else float(temperature)
     if temperature < 0:
         raise PPDError(f"temperature must be >= 0, got {temperature}")
-    if temperature > 0:
-        if top_p is not None and float(top_p) < 1:
-            raise PPDError(f"top_p={top_p} cannot be honoured: sampling (temperature > 0) uses typical acceptance "
-                           "without top-p truncation; send top_p=1, or temperature=0 for greedy decoding")
-        if top_k is not None and int(top_k) >= 1:
-            raise PPDError(f"top_k={top_k} cannot be honoured: sampling (temperature > 0) uses typical acceptance "
-                           "without top-k truncation; send top_k=-1, or temperature=0 for greedy decoding")
+    if top_p is not None and not 0 < float(top_p) <= 1:
+        raise PPDError(f"top_p must lie in (0, 1], got {top_p}")
+    top_p = float(top_p) if top_p is not None and float(top_p) < 1 else None
+    top_k = int(top_k) if top_k is not None and int(top_k) >= 1 else None  # OpenAI clients send -1 for "off"
+    if temperature == 0:
+        top_p = top_k = None  # greedy: they change nothing
     for name, value in (("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty)):
         if value is not None and float(value) != 0:
             raise PPDError(f"{name}={value} is not supported (only 0)")
@@ -36,7 +35,7 @@ def check_sampling(temperature=None, top_p=None, top_k=None, presence_penalty=No
         raise PPDError("best_of > 1 is not supported")
     if use_beam_search:
         raise PPDError("beam search is not supported")
-    return temperature
+    return temperature, top_p, top_k
 
 
 def check_messages(messages) -> None:

@@ -42,6 +42,8 @@ class TextRequest:
     input_ids: list
     max_new_tokens: int
     temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
     stop: list = field(default_factory=list)  # stop strings (not included in the answer)
     stop_token_ids: list = field(default_factory=list)
     echo: str = ""  # text to put before the answer (the prompt, for `echo`)
@@ -134,7 +136,7 @@ class PPDWorker:
             raise PPDError("the prompt is empty")
         if params.get("images"):
             raise PPDError("images are not supported")
-        temperature = check_sampling(params.get("temperature", 1.0), params.get("top_p"), params.get("top_k"),
+        temperature, top_p, top_k = check_sampling(params.get("temperature", 1.0), params.get("top_p"), params.get("top_k"),
                                      params.get("presence_penalty"), params.get("frequency_penalty"),
                                      params.get("logprobs"), params.get("best_of"), params.get("use_beam_search"))
         ids = self.encode(prompt)
@@ -150,22 +152,23 @@ class PPDWorker:
             raise PPDError("stop must be a string or a list of strings")
         extra_ids = [int(t) for t in (params.get("stop_token_ids") or []) if t is not None]
         seed = params.get("seed")
-        return TextRequest(input_ids=ids, max_new_tokens=max_new, temperature=temperature,
+        return TextRequest(input_ids=ids, max_new_tokens=max_new, temperature=temperature, top_p=top_p, top_k=top_k,
                            stop=[s for s in stop if s], stop_token_ids=sorted(set(self.eos_ids) | set(extra_ids)),
                            echo=prompt if params.get("echo") else "", seed=int(seed) if seed is not None else None)
 
-    def decoder(self, temperature: float, stop_token_ids: list):
+    def decoder(self, temperature: float, stop_token_ids: list, top_p=None, top_k=None):
         """The Decoder for these settings (built once; a Decoder holds no per-call state)."""
         from prompt.inference.decoding import Decoder
 
-        key = (temperature, tuple(stop_token_ids))
+        key = (temperature, top_p, top_k, tuple(stop_token_ids))
         decoder = self._decoders.get(key)
         if decoder is None:
             if len(self._decoders) >= 32:
                 self._decoders.clear()
             # plain: no prompt tokens and no prompt lookup (the tuned decoding would otherwise add its lookup chain)
             plain = {} if self.use_ppd else {"tree_length": 0, "prompt_lookup_num_tokens": 0}
-            decoder = Decoder(self.model, temperature=temperature, sampling="typical" if temperature > 0 else "greedy",
+            # above temperature 0: exact (lossless) sampling, the decoder's default
+            decoder = Decoder(self.model, temperature=temperature, top_p=top_p, top_k=top_k,
                               stop_token_ids=stop_token_ids, **plain)
             self._decoders[key] = decoder
         return decoder
@@ -175,7 +178,7 @@ class PPDWorker:
 
         Closing the returned generator stops the decoding and frees its cache.
         """
-        decoder = self.decoder(request.temperature, request.stop_token_ids)
+        decoder = self.decoder(request.temperature, request.stop_token_ids, request.top_p, request.top_k)
         return decoder.stream(request.input_ids, request.max_new_tokens, seed=request.seed)
 
     def chunks(self, params: dict):
