@@ -25,14 +25,17 @@ from prompt.model.defaults import checkpoint_folder, load_prompt_decoder
 from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.model.prompt_decoder import PromptDecoder
 
-METHODS = ("generate", "generate_lookup", "baseline", "lookup", "ppd", "ppd_lookup", "ppd_untrained", "tuned")
+METHODS = ("generate", "generate_lookup", "baseline", "lookup", "ppd", "ppd_lookup", "ppd_untrained", "tuned",
+           "generate_sample", "generate_lookup_sample", "exact", "typical")
 METHOD_HELP = ("generate: transformers greedy; generate_lookup: transformers prompt lookup decoding; baseline: our "
                "plain loop; lookup: our loop with prompt lookup alone; ppd: prompt tokens alone; ppd_lookup: both in "
-               "one tree; ppd_untrained: text-initialised prompt tokens; tuned: the checkpoint's tuned decoding")
+               "one tree; ppd_untrained: text-initialised prompt tokens; tuned: the checkpoint's tuned decoding; at --temperature: "
+               "generate_sample and generate_lookup_sample (transformers sampling, plain and with prompt lookup), exact "
+               "and typical (the tuned decoding with exact sampling or upstream's typical acceptance)")
 
 
 def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, tree_file=None, lookup_tokens=10,
-                   dtype="float32"):
+                   dtype="float32", temperature: float = 0.7):
     """Decoders by method name. PPD methods use `tree_length` if given, else the tuned tree for `dtype` (if
     it uses the prompt tokens), else the tree file's largest; lookup methods use chains of `lookup_tokens`."""
     stops = formatter.stops(model)
@@ -58,6 +61,13 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
             decoders[method] = Decoder(model, stop_token_ids=stops, **{**tree, "prompt_lookup_num_tokens": lookup_tokens})
         elif method == "tuned":
             decoders[method] = Decoder(model, stop_token_ids=stops)
+        elif method == "generate_sample":
+            decoders[method] = HFGenerate(model.base_model, stops, temperature=temperature)
+        elif method == "generate_lookup_sample":
+            decoders[method] = HFGenerate(model.base_model, stops, prompt_lookup_num_tokens=lookup_tokens,
+                                          temperature=temperature)
+        elif method in ("exact", "typical"):  # the tuned decoding, sampling with that acceptance rule
+            decoders[method] = Decoder(model, stop_token_ids=stops, temperature=temperature, sampling=method)
         elif method == "ppd_untrained":  # text-initialised prompt tokens of the same shape: the untrained baseline
             untrained = PromptDecoder(model.base_model, PromptConfig(
                 num_special_tokens=model.config.num_special_tokens,
@@ -126,7 +136,7 @@ def format_per_question(totals: dict, reference: str = "generate") -> str:
 
 def format_table(totals: dict, reference: str = "generate") -> str:
     base = totals.get(reference)
-    lines = ["| method | tokens/s | speedup vs generate | accept length | identical to generate |",
+    lines = [f"| method | tokens/s | speedup vs {reference} | accept length | identical to {reference} |",
              "|---|---|---|---|---|"]
     for name, t in totals.items():
         speed = f"{t.tokens_per_second / base.tokens_per_second:.2f}x" if base and base.tokens_per_second else "-"
@@ -155,6 +165,7 @@ def add_model_flags(parser):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--per-question", action="store_true", help="Also print every question's tokens/s per method.")
+    parser.add_argument("--temperature", type=float, default=0.7, help="Temperature of the sampling methods.")
 
 
 def run(args, prompts):
@@ -166,17 +177,18 @@ def run(args, prompts):
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     formatter = ChatFormatter(model.tokenizer, args.model_id)
     decoders = build_decoders(model, formatter, methods, args.tree_length, args.tree_file,
-                              args.prompt_lookup_num_tokens, args.dtype)
+                              args.prompt_lookup_num_tokens, args.dtype, args.temperature)
     for name, decoder in decoders.items():
         if isinstance(decoder, Decoder):
             print(f"{name}: {decoder.describe()}")
     totals = compare(decoders, formatter, prompts, args.max_new_token, args.warmup)
     print(f"\n{len(prompts)} prompts, {args.max_new_token} new tokens at most, {args.dtype}, "
           f"{torch.get_num_threads()} threads")
-    print(format_table(totals))
+    reference = "generate" if "generate" in totals else next(iter(totals))  # the first method, e.g. generate_sample
+    print(format_table(totals, reference))
     if args.per_question:
-        print("\ntokens/s per question (ratio to generate), in question order:")
-        print(format_per_question(totals))
+        print(f"\ntokens/s per question (ratio to {reference}), in question order:")
+        print(format_per_question(totals, reference))
     if args.dtype != "float32":
         print(f"({args.dtype}: a tree forward and a one-token step round differently, so greedy outputs can part "
               "at near-ties; exactness is checked in float32)")

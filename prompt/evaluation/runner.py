@@ -97,26 +97,32 @@ class MethodTotals:
 
 
 class HFGenerate:
-    """transformers `generate` as a decoder with the same interface, for side-by-side comparisons."""
+    """transformers `generate` as a decoder with the same interface, for side-by-side comparisons: greedy, or
+    plain sampling at `temperature` > 0 (no top-k or top-p truncation, the distribution exact sampling reproduces)."""
 
-    def __init__(self, model, stop_token_ids, prompt_lookup_num_tokens=None):
+    def __init__(self, model, stop_token_ids, prompt_lookup_num_tokens=None, temperature: float = 0.0):
         self.model = model
         self.stop_token_ids = list(stop_token_ids)
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
+        self.temperature = temperature
 
     def generate(self, input_ids, max_new_tokens, seed=None) -> GenerationResult:
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context is not None and input_ids.shape[1] >= context:  # as our loop reports it, not a traceback
             raise PPDError(f"the prompt has {input_ids.shape[1]} tokens; the model's context is {context}")
-        kwargs = {}
+        kwargs = {"do_sample": False}
         if self.prompt_lookup_num_tokens:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
+            if seed is not None:
+                torch.manual_seed(seed)
         pad = self.model.generation_config.pad_token_id
         input_ids = torch.as_tensor(input_ids).to(self.model.device)
         synchronize(self.model.device)
         start = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=False,
+            out = self.model.generate(input_ids, max_new_tokens=max_new_tokens,
                                       eos_token_id=self.stop_token_ids or None,
                                       pad_token_id=pad if pad is not None else (self.stop_token_ids or [0])[0],
                                       attention_mask=torch.ones_like(input_ids), **kwargs)
