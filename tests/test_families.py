@@ -93,6 +93,19 @@ def test_prefix_tuning_past_the_window(name):
     assert result.token_ids == out[0, ids.shape[1]:].tolist()
 
 
+def test_batched_teacher_past_the_window():
+    """Dataset generation's left-padded batches on a sliding-window model: each row as if it ran alone."""
+    from prompt.data.generation import greedy_teacher
+
+    model = tiny("mistral-window")
+    torch.manual_seed(3)
+    prefixes = [torch.randint(3, 97, (n,)) for n in (3 * WINDOW, WINDOW, 2)]
+    batched = greedy_teacher(model, prefixes, 2 * WINDOW, top_k=3)
+    for prefix, (tokens, ids, _) in zip(prefixes, batched):
+        alone_tokens, alone_ids, _ = greedy_teacher(model, [prefix], 2 * WINDOW, top_k=3)[0]
+        assert tokens.tolist() == alone_tokens.tolist() and ids[:, 0].tolist() == alone_ids[:, 0].tolist()
+
+
 def test_sliding_families_are_sliding():
     """The window tests above test windows: these configs do have sliding layers shorter than the prompt."""
     for name in ("qwen2-window", "mistral-window", "mixtral", "gemma2", "gemma3", "phi3-window", "gpt-oss", "cohere2"):

@@ -86,7 +86,8 @@ def windowed_masks(model, attention_mask, position_ids, cache=None):
     Returns the mask unchanged for models without sliding layers, the windowed mask when every layer slides, and
     {"full_attention": mask, "sliding_attention": windowed} for models that mix both (they accept such a dict).
     Key positions: the cache's first `prefix_length` slots (prefix tuning) have none and are never hidden, the
-    following slots hold positions 0, 1, ..., and the new inputs carry `position_ids`.
+    following slots hold positions 0, 1, ... after a row's left padding (its leading slots that no query sees),
+    and the new inputs carry `position_ids`.
     """
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 4:
         return attention_mask
@@ -104,7 +105,10 @@ def windowed_masks(model, attention_mask, position_ids, cache=None):
     if position_ids is None:
         position_ids = torch.arange(cached - prefix, cached - prefix + queries, device=device)[None]
     position_ids = position_ids.to(device)
-    past = torch.arange(cached - prefix, device=device)[None].expand(position_ids.shape[0], -1)
+    padding = (attention_mask[:, 0, :, prefix:cached] == torch.finfo(attention_mask.dtype).min).all(1)  # [B, slots]
+    padding = padding.int().cumprod(-1).sum(-1, keepdim=True)  # leading slots no query sees: left padding
+    past = torch.arange(cached - prefix, device=device)[None] - padding
+    past = past.expand(position_ids.shape[0], -1)
     key_positions = torch.cat([past, position_ids], -1)  # [B, keys - prefix]
     far = (position_ids[:, :, None] - key_positions[:, None, :]) >= window  # [B, Q, keys - prefix]
     if prefix:
