@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from prompt.errors import PPDError
+from prompt.model.stops import truncate_at_stop
 
 
 class CandidateSource(Protocol):
@@ -54,9 +55,5 @@ class PromptLookup:
                     if length - (i + n) >= self.num_tokens:
                         break
             if best is not None:
-                chain = context[best + n: best + n + self.num_tokens]
-                for j, token in enumerate(chain):
-                    if token in self.stop_token_ids:
-                        return chain[: j + 1]
-                return chain
+                return truncate_at_stop(context[best + n: best + n + self.num_tokens], self.stop_token_ids)
         return []
