@@ -161,7 +161,8 @@ def tiny_chat():
 
 
 def answer_args(tmp_path, questions, answer_file, *extra):
-    from prompt.evaluation.runner import ArgumentParser, add_common_flags
+    from prompt.cli import ArgumentParser
+    from prompt.evaluation.runner import add_common_flags
 
     qfile = tmp_path / "questions.jsonl"
     qfile.write_text("".join(json.dumps({"question_id": qid, "turns": [text]}) + "\n" for qid, text in questions))

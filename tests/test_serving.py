@@ -94,7 +94,8 @@ def stack(tmp_path_factory):
 def offline():
     """The offline answer script's decoding: the default model in float32, PPD greedy, the tokenizer's chat template."""
     from prompt.evaluation.chat import chat_template_ids
-    from prompt.inference.decoding import Decoder, stop_token_ids_for
+    from prompt.inference.decoding import Decoder
+    from prompt.model.stops import stop_token_ids_for
     from prompt.model.defaults import load_prompt_decoder
 
     torch.set_num_threads(1)

@@ -108,7 +108,7 @@ class PPDWorker:
 
     def __init__(self, model, tokenizer, use_ppd: bool = True, concurrency: int = 1, max_queue: int = 16,
                  context_length: int | None = None):
-        from prompt.inference.decoding import stop_token_ids_for
+        from prompt.model.stops import stop_token_ids_for
 
         if concurrency < 1 or max_queue < 0:
             raise PPDError("concurrency must be >= 1 and max_queue >= 0")
@@ -423,7 +423,7 @@ def default_model_name(model_path, use_ppd: bool) -> str:
 
 @cli_entry
 def main(argv=None):
-    from prompt.evaluation.runner import ArgumentParser
+    from prompt.cli import ArgumentParser
 
     parser = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
