@@ -99,7 +99,7 @@ def offline():
     from prompt.model.defaults import load_prompt_decoder
 
     torch.set_num_threads(1)
-    model = load_prompt_decoder(None, dtype="float32", quiet=True)
+    model = load_prompt_decoder(None, dtype="float32", device="cpu")
     tokenizer = model.tokenizer
     decoder = Decoder(model, stop_token_ids=stop_token_ids_for(tokenizer))
 

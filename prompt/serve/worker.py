@@ -404,10 +404,11 @@ def load_core(args) -> PPDWorker:
     import torch
 
     from prompt.model.defaults import load_prompt_decoder
+    from prompt.model.devices import device_kwargs
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_prompt_decoder(args.model_path, dtype=args.dtype, quiet=True)
+    model = load_prompt_decoder(args.model_path, **device_kwargs(args))
     if model.tokenizer is None:
         raise PPDError("the model folder has no tokenizer")
     return PPDWorker(model, model.tokenizer, use_ppd=not args.no_ppd, concurrency=args.concurrency,
@@ -424,6 +425,7 @@ def default_model_name(model_path, use_ppd: bool) -> str:
 @cli_entry
 def main(argv=None):
     from prompt.cli import ArgumentParser
+    from prompt.model.devices import add_device_flags
 
     parser = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
@@ -436,7 +438,7 @@ def main(argv=None):
     parser.add_argument("--model-names", type=lambda s: s.split(","), default=None,
                         help="Comma-separated names clients use (default: the model's, with -plain for --no-ppd).")
     parser.add_argument("--no-ppd", action="store_true", help="Decode plainly (no prompt tokens): a baseline worker.")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_device_flags(parser, dtype="float32")
     parser.add_argument("--conv-template", default=None, help="A FastChat conversation template name (default: "
                         "one built from the tokenizer's ChatML template, else FastChat's choice for the model).")
     parser.add_argument("--concurrency", type=int, default=1, help="Requests decoded at once (default 1).")
