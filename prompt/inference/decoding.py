@@ -277,7 +277,8 @@ class Decoder:
         step = self.propose(state)
         output, node_logits, all_logits = self.verify_forward(state, step)
         best, next_token = self.rule.verify(step.tree, step.node_tokens, node_logits, state.generator)
-        finite = torch.isfinite(node_logits).all()
+        # finite hidden states give finite logits: the check reads [nodes, hidden], not [nodes, vocab]
+        finite = torch.isfinite(output.last_hidden_state[0, : step.tree.num_nodes]).all()
         # the step's one transfer to the host: node tokens, the chosen node, the next token, finiteness
         host = torch.cat([step.node_tokens, torch.stack([best, next_token, finite.long()])]).tolist()
         node_tokens, (best, next_token, finite) = host[:-3], host[-3:]
