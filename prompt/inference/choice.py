@@ -58,7 +58,6 @@ def tuned_decoding(model, dtype: str) -> dict:
 class DecodingChoice:
     tree_spec: dict | None  # None: no prompt tokens
     prompt_lookup_num_tokens: int
-    origin: str  # where the tree came from, in words
 
 
 def _count(value, name: str) -> int:
@@ -82,31 +81,27 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
     if not has_prompt_tokens:
         if tree_spec is not None or tree_length:
             raise PPDError("a tree needs a model with prompt tokens (a PromptDecoder); this is a plain causal LM")
-        return DecodingChoice(None, lookup, "plain model")
+        return DecodingChoice(None, lookup)
     if tree_spec is not None:
-        return DecodingChoice(tree_spec, lookup, "given tree")
-    origin = "given tree length"
-    if tree_length is None and "tree_length" in tuned:
+        return DecodingChoice(tree_spec, lookup)
+    from_tuned = tree_length is None and "tree_length" in tuned
+    if from_tuned:
         tree_length = _count(tuned["tree_length"], f"tree_length in {DECODING_NAME}")
-        origin = f"tuned for {str(model.dtype).replace('torch.', '')} ({DECODING_NAME})"
-        if tree_length:
-            try:
-                spec = select_tree_spec(tree_file(model), config.num_special_tokens,
-                                        config.virtual_tokens_per_special_token, tree_length)
-            except PPDError as exc:
-                where = (f"its {TREES_NAME} has none" if tree_file(model)
-                         else f"the folder has no {TREES_NAME} (the default trees have none)")
-                raise PPDError(f"{checkpoint_file(model, DECODING_NAME)} asks for a tree of length {tree_length}, but "
-                               f"{where}: {exc}; re-run the tuner for this checkpoint, restore its {TREES_NAME}, "
-                               f"or pass a tree length") from None
-            return DecodingChoice(spec, lookup, origin)
     if tree_length == 0:
-        return DecodingChoice(None, lookup, origin)
-    if tree_length is None:
-        origin = "largest tree"
-    spec = select_tree_spec(tree_file(model), config.num_special_tokens, config.virtual_tokens_per_special_token,
-                            tree_length)
-    return DecodingChoice(spec, lookup, origin)
+        return DecodingChoice(None, lookup)
+    try:
+        spec = select_tree_spec(tree_file(model), config.num_special_tokens, config.virtual_tokens_per_special_token,
+                                tree_length)
+    except PPDError as exc:
+        if not from_tuned:
+            raise
+        # the length came from decoding.json: that is the file to fix
+        where = (f"its {TREES_NAME} has none" if tree_file(model)
+                 else f"the folder has no {TREES_NAME} (the default trees have none)")
+        raise PPDError(f"{checkpoint_file(model, DECODING_NAME)} asks for a tree of length {tree_length}, but "
+                       f"{where}: {exc}; re-run the tuner for this checkpoint, restore its {TREES_NAME}, "
+                       f"or pass a tree length") from None
+    return DecodingChoice(spec, lookup)
 
 
 def fastest_dtype(decoding_file, device=None) -> str:
