@@ -31,12 +31,16 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
 from prompt.errors import PPDError
 
 
+def typical_cut(probs: torch.Tensor, threshold: float, alpha: float) -> torch.Tensor:
+    """[..., 1] the typical-acceptance threshold of each distribution: min(threshold, alpha * exp(-entropy))."""
+    entropy = -(probs * torch.log(probs + 1e-5)).sum(-1, keepdim=True)
+    return torch.minimum(torch.full_like(entropy, threshold), torch.exp(-entropy) * alpha)
+
+
 def typical_filtered_probs(logits: torch.Tensor, temperature: float, threshold: float, alpha: float) -> torch.Tensor:
     """Probabilities after temperature, with tokens below the typical-acceptance threshold removed."""
     probs = F.softmax(logits.float() / temperature, dim=-1)
-    entropy = -(probs * torch.log(probs + 1e-5)).sum(-1, keepdim=True)
-    cut = torch.minimum(torch.full_like(entropy, threshold), torch.exp(-entropy) * alpha)
-    probs = torch.where(probs < cut, torch.zeros_like(probs), probs)
+    probs = torch.where(probs < typical_cut(probs, threshold, alpha), torch.zeros_like(probs), probs)
     return probs / probs.sum(-1, keepdim=True)
 
 
@@ -84,8 +88,7 @@ class TypicalAcceptance:
 
     def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
         probs = F.softmax(node_logits.float() / self.temperature, dim=-1)
-        entropy = -(probs * torch.log(probs + 1e-5)).sum(-1)
-        cut = torch.minimum(torch.full_like(entropy, self.threshold), torch.exp(-entropy) * self.alpha)
+        cut = typical_cut(probs, self.threshold, self.alpha)[:, 0]
         node_probs = probs[tree.parent_index, node_tokens]
         accepted = _accepted(tree, node_probs > cut[tree.parent_index])
         log_probs = torch.log(node_probs.clamp_min(1e-30))
