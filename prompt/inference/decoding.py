@@ -77,6 +77,8 @@ class SequenceState:
     result: GenerationResult
     generator: torch.Generator | None
     start: float
+    rule: object = None  # the acceptance rule (None: the decoder's)
+    stop_token_ids: frozenset | None = None  # None: the decoder's
     done: bool = False
 
 
@@ -138,20 +140,26 @@ class Decoder:
 
     # ----------------------------------------------------------------------------------------------
     # the steps
-    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int, generator=None, result=None) -> SequenceState:
-        """Run the prompt (with the prompt tokens appended when they fit the context) and return the new state."""
+    def prefill(self, input_ids: torch.Tensor, max_new_tokens: int, generator=None, result=None, rule=None,
+                stop_token_ids=None) -> SequenceState:
+        """Run the prompt (with the prompt tokens appended when they fit the context) and return the new state.
+
+        `rule` and `stop_token_ids` override the decoder's for this sequence (a server's per-request settings)."""
         result = result if result is not None else GenerationResult()
+        rule = rule or self.rule
+        stop_token_ids = self.stop_token_ids if stop_token_ids is None else frozenset(int(t) for t in stop_token_ids)
         start = time.perf_counter()
         length = input_ids.shape[1]
         prompt_tokens = self.ppd and (self.max_positions is None
                                       or length + self.model.config.num_special_tokens <= self.max_positions)
         while True:
-            state = self._prefill(input_ids, max_new_tokens, generator, result, start, prompt_tokens)
+            state = self._prefill(input_ids, max_new_tokens, generator, result, start, prompt_tokens, rule)
             if state is not None:
+                state.stop_token_ids = stop_token_ids
                 return state
             prompt_tokens = False  # the prompt tokens made the logits non-finite: decode plainly
 
-    def _prefill(self, input_ids, max_new_tokens, generator, result, start, prompt_tokens):
+    def _prefill(self, input_ids, max_new_tokens, generator, result, start, prompt_tokens, rule):
         model, length = self.model, input_ids.shape[1]
         prefix_slots = model.layout.prefix_length if prompt_tokens else 0
         cache = model.with_prefix() if prefix_slots else new_cache(self.base)
@@ -181,16 +189,17 @@ class Decoder:
                 self._warn_non_finite()
                 return None
             keep_cache_entries(cache, prefix_slots + length, [], nv)
-        root = int(self.rule.first_token(root_logits, generator))
+        root = int(rule.first_token(root_logits, generator))
         return SequenceState(context=input_ids[0].tolist() + [root], cache=cache, prefix_slots=prefix_slots,
                              past=length, root=root, prompt_tokens=prompt_tokens, special_logits=special_logits,
-                             max_new_tokens=max_new_tokens, result=result, generator=generator, start=start)
+                             max_new_tokens=max_new_tokens, result=result, generator=generator, start=start,
+                             rule=rule)
 
-    def propose(self, state: SequenceState) -> StepTree:
-        """The step's tree and its node tokens: the prompt tokens' top-k guesses placed by the tree, then one chain
-        per context source."""
+    def propose(self, state: SequenceState, dynamic: DynamicTree | None = None) -> StepTree:
+        """The step's tree and its node tokens: the prompt tokens' top-k guesses placed by the tree (`dynamic`, else
+        the decoder's), then one chain per context source."""
         if state.prompt_tokens:
-            tree = self.tree.for_special_tokens(state.special_logits.shape[0])
+            tree = (dynamic or self.tree).for_special_tokens(state.special_logits.shape[0])
         else:
             tree = self.root_only
         chains = [chain for chain in (source.propose(state.context) for source in self.sources) if chain]
@@ -234,8 +243,13 @@ class Decoder:
 
     def commit(self, state: SequenceState, step: StepTree, path: list, output, all_logits) -> None:
         """Keep the accepted nodes' cache entries and read the special-token logits after the last of them."""
+        keep_cache_entries(state.cache, state.prefix_slots + state.past, path, step.tree.num_inputs)
+        self.advance(state, step, path, output, all_logits)
+
+    def advance(self, state: SequenceState, step: StepTree, path: list, output, all_logits) -> None:
+        """After the cache kept the accepted path: count it, and read the special-token logits after its last node
+        (`output` and `all_logits` of this sequence alone)."""
         tree = step.tree
-        keep_cache_entries(state.cache, state.prefix_slots + state.past, path, tree.num_inputs)
         state.past += len(path)
         if state.prompt_tokens:
             rows = tree.special_rows[path[-1]]  # empty after a chain node: the next step recovers from the root
@@ -247,9 +261,10 @@ class Decoder:
         """Append the accepted `tokens` (root first) to the result, cut at a stop token or the token limit; the base
         model's `next_token` becomes the next root."""
         result = state.result
-        tokens = truncate_at_stop(tokens[: state.max_new_tokens - result.new_tokens], self.stop_token_ids)
+        stops = self.stop_token_ids if state.stop_token_ids is None else state.stop_token_ids
+        tokens = truncate_at_stop(tokens[: state.max_new_tokens - result.new_tokens], stops)
         result.token_ids.extend(tokens)
-        if tokens[-1] in self.stop_token_ids:
+        if tokens[-1] in stops:
             result.stop_reason, state.done = "eos", True
         elif result.new_tokens >= state.max_new_tokens:
             result.stop_reason, state.done = "length", True
@@ -264,18 +279,28 @@ class Decoder:
         result.wall_time = time.perf_counter() - state.start
         return tokens
 
-    def step(self, state: SequenceState) -> list:
-        """One step of the loop: the tokens it emits (empty when a non-finite step was redone without prompt tokens)."""
+    def closing_step(self, state: SequenceState) -> list | None:
+        """The step of a sequence that ends without a forward (its last token, or the context is full): the tokens it
+        emits; None when the sequence needs a verification forward."""
         if self.max_positions is not None and state.past + 1 >= self.max_positions:
             if state.past >= self.max_positions:  # the root would sit past the context's last position
                 state.result.stop_reason, state.done = "context", True
                 return []
             return self.emit(state, [state.root], None)  # the root takes the context's last position
-        if state.result.new_tokens + 1 >= state.max_new_tokens or state.root in self.stop_token_ids:
+        stops = self.stop_token_ids if state.stop_token_ids is None else state.stop_token_ids
+        if state.result.new_tokens + 1 >= state.max_new_tokens or state.root in stops:
             return self.emit(state, [state.root], None)
+        return None
+
+    def step(self, state: SequenceState) -> list:
+        """One step of the loop: the tokens it emits (empty when a non-finite step was redone without prompt tokens)."""
+        closing = self.closing_step(state)
+        if closing is not None:
+            return closing
         step = self.propose(state)
         output, node_logits, all_logits = self.verify_forward(state, step)
-        best, next_token = self.rule.verify(step.tree, step.node_tokens, node_logits, state.generator)
+        rule = state.rule or self.rule
+        best, next_token = rule.verify(step.tree, step.node_tokens, node_logits, state.generator)
         # finite hidden states give finite logits: the check reads [nodes, hidden], not [nodes, vocab]
         finite = torch.isfinite(output.last_hidden_state[0, : step.tree.num_nodes]).all()
         # the step's one transfer to the host: node tokens, the chosen node, the next token, finiteness
@@ -286,7 +311,11 @@ class Decoder:
             return []
         path = step.tree.accepted_path[best]
         self.commit(state, step, path, output, all_logits)
-        emitted = self.emit(state, [node_tokens[i] for i in path], next_token)
+        return self.accepted(state, [node_tokens[i] for i in path], next_token)
+
+    def accepted(self, state: SequenceState, tokens: list, next_token: int) -> list:
+        """Emit a verified step's accepted `tokens` and count the step."""
+        emitted = self.emit(state, tokens, next_token)
         state.result.step_tokens.append(len(emitted))
         return emitted
 
@@ -379,3 +408,16 @@ class Decoder:
         for _ in self.stream(input_ids, max_new_tokens, result, seed=seed):
             pass
         return result
+
+    def batch(self, tree=None):
+        """A running batch (`prompt.inference.batch.DecodeBatch`) that sequences join and leave between steps."""
+        from prompt.inference.batch import DecodeBatch
+
+        return DecodeBatch(self, tree)
+
+    def generate_batch(self, prompts, max_new_tokens: int = 512, seed=None) -> list:
+        """Decode several prompts (token-id sequences of any lengths) together: one GenerationResult per prompt, in
+        order, each token-identical (in float32) to the prompt decoded alone."""
+        from prompt.inference.batch import generate_batch
+
+        return generate_batch(self, prompts, max_new_tokens, seed)

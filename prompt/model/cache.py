@@ -73,3 +73,84 @@ def keep_cache_entries(cache, start: int, kept_offsets, written: int) -> None:
             layer.values = layer.values[..., :end, :]
         if hasattr(layer, "cumulative_length"):
             layer.cumulative_length = layer.keys.shape[-2]
+
+
+# ------------------------------------------------------------------------------------------------------
+# batches: one cache of B rows whose sequences have different lengths
+#
+# Row b's entries sit in slots [0, length_b) (its prefix slots, then its sequence); the cache is as long as its
+# longest row, and a shorter row's slots past its own length are stale (the decode loop's masks hide them).
+def _stored_layers(cache):
+    """The layers that store keys and values (shared or uninitialized layers store nothing)."""
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if keys is not None and getattr(layer, "is_initialized", True) and keys.dim() >= 2:
+            yield layer
+
+
+def cache_slots(cache) -> int:
+    """Slots of the cache (the longest row's length in a batch cache)."""
+    for layer in _stored_layers(cache):
+        return layer.keys.shape[-2]
+    return 0
+
+
+def _pad(tensor, front: int, back: int):
+    if not front and not back:
+        return tensor
+    shape = list(tensor.shape)
+    parts = []
+    if front:
+        parts.append(tensor.new_zeros(shape[:-2] + [front, shape[-1]]))
+    parts.append(tensor)
+    if back:
+        parts.append(tensor.new_zeros(shape[:-2] + [back, shape[-1]]))
+    return torch.cat(parts, -2)
+
+
+def _set(layer, keys, values) -> None:
+    layer.keys, layer.values = keys, values
+    if hasattr(layer, "cumulative_length"):
+        layer.cumulative_length = keys.shape[-2]
+
+
+def pad_cache(cache, front: int = 0, back: int = 0):
+    """Add `front` zero slots before every row's entries and `back` after them (in place; returns the cache)."""
+    for layer in _stored_layers(cache):
+        _set(layer, _pad(layer.keys, front, back), _pad(layer.values, front, back))
+    return cache
+
+
+def append_rows(cache, other):
+    """Append `other`'s rows after `cache`'s (in place), the shorter of the two padded at the end."""
+    slots, other_slots = cache_slots(cache), cache_slots(other)
+    for layer, add in zip(_stored_layers(cache), _stored_layers(other)):
+        keys = torch.cat([_pad(layer.keys, 0, max(other_slots - slots, 0)),
+                          _pad(add.keys, 0, max(slots - other_slots, 0))], 0)
+        values = torch.cat([_pad(layer.values, 0, max(other_slots - slots, 0)),
+                            _pad(add.values, 0, max(slots - other_slots, 0))], 0)
+        _set(layer, keys, values)
+    return cache
+
+
+def select_rows(cache, rows, slots: int | None = None):
+    """Keep the rows at `rows` (in that order) and the first `slots` slots (all by default), in place."""
+    index = None
+    for layer in _stored_layers(cache):
+        if index is None or index.device != layer.keys.device:
+            index = torch.as_tensor(rows, dtype=torch.long, device=layer.keys.device)
+        end = layer.keys.shape[-2] if slots is None else slots
+        _set(layer, layer.keys[index, ..., :end, :], layer.values[index, ..., :end, :])
+    return cache
+
+
+def move_row_entries(cache, rows: torch.Tensor, targets: torch.Tensor, sources: torch.Tensor, slots: int) -> None:
+    """The batch version of `keep_cache_entries`: entry (rows[i], sources[i]) moves to slot targets[i] (all sources
+    are read before anything is written), then the cache is cut to `slots` slots. In place."""
+    for layer in _stored_layers(cache):
+        device = layer.keys.device
+        r, t, s = rows.to(device), targets.to(device), sources.to(device)
+        if r.numel():
+            layer.keys[r, :, t] = layer.keys[r, :, s]
+            layer.values[r, :, t] = layer.values[r, :, s]
+        _set(layer, layer.keys[..., :slots, :], layer.values[..., :slots, :])

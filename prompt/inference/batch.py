@@ -1,0 +1,221 @@
+"""Many sequences per forward: a running batch that sequences join and leave between steps (continuous batching).
+
+Each row is one sequence's `SequenceState` (its own tree, context candidates, acceptance rule, stop tokens and
+token limit) and runs the same steps as a sequence decoded alone (`prompt.inference.decoding`): `propose`, one
+verification forward for the whole batch, the row's own acceptance rule, `advance`, `emit`. Only the forward and
+the cache are shared:
+
+- The cache holds B rows. Row b's entries fill slots [0, P + past_b): the prefix slots (P, prefix tuning; zeros for
+  a row without them), then its sequence. The cache is as long as its longest row; a shorter row's later slots are
+  stale and its mask hides them.
+- A step appends every row's tree inputs after the last slot (rows whose trees are smaller are padded with inputs
+  that see only themselves); each row's mask shows its own valid slots and its own tree. After verification each
+  row's accepted entries move to the slots after its sequence, and the cache is cut to the longest row.
+- A sequence joins with its own prefill (its cache is appended as a new row) and leaves when it is done (its row
+  is dropped), so finished rows stop costing compute.
+
+In float32 a row's tokens equal those of the same prompt decoded alone (and plain greedy decoding's).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from prompt.errors import PPDError
+from prompt.model import backbone
+from prompt.model.cache import append_rows, cache_slots, move_row_entries, pad_cache, select_rows
+
+__all__ = ["DecodeBatch"]
+
+
+class DecodeBatch:
+    """A running batch of sequences decoded by one `Decoder`.
+
+    `add()` prefills a sequence and makes it a row; `step()` runs one step for every row and returns
+    [(state, tokens emitted)]; rows that finish leave the batch. `tree`: the decoder's dynamic tree to use for a
+    given number of rows (a callable rows -> DynamicTree or None; default: the decoder's own tree).
+    """
+
+    def __init__(self, decoder, tree=None):
+        self.decoder = decoder
+        self.tree_for_rows = tree
+        self.rows: list = []  # SequenceState per row, in cache row order
+        self.cache = None
+        self.prefix_slots = decoder.model.layout.prefix_length if decoder.ppd else 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # ----------------------------------------------------------------------------------------------
+    def add(self, input_ids, max_new_tokens: int, seed=None, rule=None, stop_token_ids=None, result=None):
+        """Prefill one sequence and add it as a row; returns its state (`.result`, `.done`)."""
+        decoder = self.decoder
+        input_ids = decoder._check_inputs(input_ids, max_new_tokens)
+        generator = torch.Generator(device=decoder.device).manual_seed(seed) if seed is not None else None
+        with torch.inference_mode():
+            state = decoder.prefill(input_ids, max_new_tokens, generator, result, rule=rule,
+                                    stop_token_ids=stop_token_ids)
+            self._join(state)
+        return state
+
+    def _join(self, state) -> None:
+        cache, state.cache = state.cache, None
+        if state.prefix_slots < self.prefix_slots:  # a row without the prefix: zeros that its mask never shows
+            pad_cache(cache, front=self.prefix_slots - state.prefix_slots)
+            state.prefix_slots = self.prefix_slots
+        if self.cache is None:
+            self.cache = cache
+        else:
+            append_rows(self.cache, cache)
+        self.cache.prefix_length = self.prefix_slots
+        self.rows.append(state)
+
+    def _keep(self, keep: list) -> None:
+        """Keep the rows at `keep` (indices), cutting the cache to the longest of them."""
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if not self.rows:
+            self.cache = None
+            return
+        select_rows(self.cache, keep, max(self.prefix_slots + row.past for row in self.rows))
+
+    # ----------------------------------------------------------------------------------------------
+    def step(self) -> list:
+        """One step for every row: [(state, tokens it emitted)] for the rows that emitted; finished rows leave."""
+        decoder = self.decoder
+        emitted = []
+        with torch.inference_mode():
+            for state in self.rows:  # rows that end without a forward
+                tokens = decoder.closing_step(state)
+                if tokens is not None and tokens:
+                    emitted.append((state, tokens))
+            self._keep([i for i, state in enumerate(self.rows) if not state.done])
+            if self.rows:
+                emitted.extend(self._verify_step())
+                self._keep([i for i, state in enumerate(self.rows) if not state.done])
+        return emitted
+
+    def _verify_step(self) -> list:
+        decoder, rows = self.decoder, self.rows
+        dynamic = self.tree_for_rows(len(rows)) if self.tree_for_rows is not None else None
+        steps = [decoder.propose(state, dynamic) for state in rows]
+        output, node_logits, all_logits = self._forward(steps)
+        slots = cache_slots(self.cache) - output.last_hidden_state.shape[1]  # the cache before this step
+        hidden = output.last_hidden_state
+        decisions = []
+        for b, (state, step) in enumerate(zip(rows, steps)):
+            nodes = step.tree.num_nodes
+            rule = state.rule or decoder.rule
+            best, next_token = rule.verify(step.tree, step.node_tokens, node_logits[b, :nodes], state.generator)
+            finite = torch.isfinite(hidden[b, :nodes]).all()
+            decisions.append(torch.stack([best, next_token, finite.long()]))
+        # the step's one transfer to the host: every row's node tokens and decisions
+        host = torch.cat([step.node_tokens for step in steps] + decisions).tolist()
+        tokens_of, offset = [], 0
+        for step in steps:
+            tokens_of.append(host[offset: offset + step.tree.num_nodes])
+            offset += step.tree.num_nodes
+        decided = [host[offset + 3 * b: offset + 3 * b + 3] for b in range(len(rows))]
+
+        # keep each row's accepted entries after its sequence
+        paths, redo, moves = [], [], ([], [], [])
+        for b, (state, step, (best, _, finite)) in enumerate(zip(rows, steps, decided)):
+            if not finite and state.prompt_tokens:
+                paths.append(None)
+                redo.append(b)
+                continue
+            path = step.tree.accepted_path[best]
+            paths.append(path)
+            start = self.prefix_slots + state.past
+            moves[0].extend([b] * len(path))
+            moves[1].extend(range(start, start + len(path)))
+            moves[2].extend(slots + i for i in path)
+        kept = max([self.prefix_slots + state.past + len(path)
+                    for state, path in zip(rows, paths) if path is not None] or [self.prefix_slots])
+        move_row_entries(self.cache, *(torch.tensor(m, dtype=torch.long) for m in moves), kept)
+
+        emitted = []
+        for b, (state, step, path, (_, next_token, _)) in enumerate(zip(rows, steps, paths, decided)):
+            if path is None:
+                continue
+            row_output = SimpleNamespace(
+                last_hidden_state=hidden[b: b + 1],
+                hidden_states=tuple(h[b: b + 1] for h in output.hidden_states) if output.hidden_states else None)
+            decoder.advance(state, step, path, row_output, all_logits[b] if all_logits is not None else None)
+            tokens = decoder.accepted(state, [tokens_of[b][i] for i in path], next_token)
+            if tokens:
+                emitted.append((state, tokens))
+        if redo:
+            self._redo_without_prompt_tokens(redo, steps)
+        return emitted
+
+    def _redo_without_prompt_tokens(self, redo: list, steps: list) -> None:
+        """Rows whose prompt tokens gave non-finite values leave the batch, rebuild their cache plainly and rejoin."""
+        states = [self.rows[b] for b in redo]
+        self._keep([i for i in range(len(self.rows)) if i not in set(redo)])
+        for b, state in zip(redo, states):
+            self.decoder._drop_prompt_tokens(state, steps[b].tree.num_inputs)
+            self._join(state)
+
+    def _forward(self, steps: list):
+        """One forward over every row's tree (padded to the largest) on top of the batch cache."""
+        decoder, model, rows, device = self.decoder, self.decoder.model, self.rows, self.decoder.device
+        trees = [step.tree for step in steps]
+        inputs = max(tree.num_inputs for tree in trees)
+        count, slots, prefix = len(rows), cache_slots(self.cache), self.prefix_slots
+        embed = decoder.base.get_input_embeddings()
+        node_embeds = embed(torch.cat([step.node_tokens for step in steps])).split(
+            [tree.num_nodes for tree in trees])
+        per_row = []
+        for tree, nodes in zip(trees, node_embeds):
+            if tree.num_special_inputs:
+                nodes = torch.cat([nodes, model.prompt_embeds()[tree.special_prompt_index]])
+            per_row.append(nodes)
+        embeds = pad_sequence(per_row, batch_first=True)
+        if embeds.shape[1] < inputs:
+            embeds = torch.nn.functional.pad(embeds, (0, 0, 0, inputs - embeds.shape[1]))
+        past = torch.tensor([state.past for state in rows], device=device)
+        positions = pad_sequence([tree.positions for tree in trees], batch_first=True) + past[:, None]
+
+        # each row sees its own valid slots, then its own tree; padding inputs see only themselves
+        columns = torch.arange(slots, device=device)
+        history = (columns[None] >= prefix) & (columns[None] < prefix + past[:, None])  # [B, slots]
+        allowed = torch.zeros(count, inputs, slots + inputs, dtype=torch.bool, device=device)
+        allowed[:, :, :slots] = history[:, None]
+        allowed[:, :, slots:] = torch.eye(inputs, dtype=torch.bool, device=device)
+        specials = torch.full((count, inputs), -1, device=device)
+        for b, tree in enumerate(trees):
+            n = tree.num_inputs
+            allowed[b, :n, slots: slots + n] = tree.allowed
+            specials[b, :n] = tree.special_of_inputs
+        if prefix:  # special token j sees its own prefix slots
+            allowed[:, :, :prefix] = model.layout.prefix_attention(specials.reshape(-1)).reshape(count, inputs, prefix)
+        mask = backbone.additive_mask(allowed[:, None], embeds.dtype)
+        needs_hidden = decoder.ppd and model.needs_hidden_states() and any(state.prompt_tokens for state in rows)
+        output = backbone.run_body(decoder.base, embeds, mask, positions, self.cache,
+                                   output_hidden_states=needs_hidden)
+        for state in rows:
+            state.result.forward_passes += 1
+        hidden = output.last_hidden_state
+        nodes = max(tree.num_nodes for tree in trees)
+        if any(tree.num_special_inputs for tree in trees) and model.reads_base_head():
+            all_logits = backbone.head_logits(decoder.base, hidden)
+            return output, all_logits[:, :nodes], all_logits
+        return output, backbone.head_logits(decoder.base, hidden[:, :nodes]), None
+
+
+def generate_batch(decoder, prompts, max_new_tokens: int = 512, seed=None, tree=None) -> list:
+    """Decode every prompt (token-id sequences of any lengths) in one running batch; one GenerationResult per
+    prompt, in order. Each row samples with its own generator seeded with `seed`, as if decoded alone."""
+    if isinstance(prompts, torch.Tensor) and prompts.dim() == 2:
+        prompts = list(prompts)
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise PPDError("generate_batch takes a non-empty list of prompts (token-id sequences)")
+    batch = DecodeBatch(decoder, tree)
+    states = [batch.add(prompt, max_new_tokens, seed=seed) for prompt in prompts]
+    while len(batch):
+        batch.step()
+    return [state.result for state in states]
