@@ -106,6 +106,25 @@ def test_answer_scripts_write_fastchat_rows_and_throughput_reads_them(tmp_path):
     assert_clear_error(run("get_throughput_results.py", tmp_path / "none.jsonl"), "does not exist")
 
 
+def test_batch_size_gives_the_same_answers(tmp_path):
+    questions = tmp_path / "q.jsonl"
+    rows = [{"question_id": i, "category": "x", "turns": [text, "Now say it in two words."]}
+            for i, text in enumerate(["Say hello.", "Name a colour.", "Count to three.", "What is 2+2?"])]
+    questions.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    answers = {}
+    for batch in (1, 3):
+        path = tmp_path / f"answers{batch}.jsonl"
+        proc = run("gen_model_answer_prompt_decoding.py", "--question-file", questions, "--answer-file", path,
+                   "--max-new-token", 12, "--warmup", 0, "--batch-size", batch, "--num-choices", 2)
+        assert proc.returncode == 0, proc.stderr
+        answers[batch] = [(row["question_id"], [c["turns"] for c in row["choices"]])
+                          for row in map(json.loads, path.read_text().splitlines())]
+    assert "tokens/s in all" in proc.stdout
+    assert len(answers[3]) == 4 and answers[3] == answers[1]
+    assert_clear_error(run("gen_model_answer_prompt_decoding.py", "--question-file", questions, "--batch-size", 0,
+                           "--answer-file", tmp_path / "x.jsonl"), "--batch-size")
+
+
 def test_humaneval_questions_come_from_the_package():
     from prompt.evaluation.questions import load_questions
 

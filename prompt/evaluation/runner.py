@@ -43,6 +43,10 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling for --sampling exact (transformers' top_p).")
     parser.add_argument("--top-k", type=int, default=None, help="Top-k sampling for --sampling exact (transformers' top_k).")
     parser.add_argument("--warmup", type=int, default=1, help="Unrecorded warm-up generations before timing.")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="Conversations decoded together (continuous batching: a finished turn's row is refilled "
+                             "by the next turn or question). 1 (default): one at a time, as upstream. The answers are "
+                             "the same; the answer file's wall_time is then each turn's latency within the batch.")
     add_device_flags(parser, dtype="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--seed", type=int, default=0)
@@ -148,6 +152,10 @@ def check_args(args) -> list[dict]:
         raise PPDError("--num-choices must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise PPDError("--threads must be >= 1")
+    if getattr(args, "batch_size", 1) < 1:
+        raise PPDError("--batch-size must be >= 1")
+    if getattr(args, "batch_size", 1) > 1 and getattr(args, "hf_generate", False):
+        raise PPDError("--batch-size > 1 needs our decode loop, not --hf-generate")
     args.answer_file = args.answer_file or default_answer_file(args.bench_name, args.model_id)
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
     args.answers = AnswerFile.open(args.answer_file)
@@ -168,9 +176,7 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
     answered (a prompt longer than the context) is reported by id and the run goes on; the run then fails
     naming them."""
     from tqdm import tqdm
-    import shortuuid
 
-    tokenizer = formatter.tokenizer
     answer_file = args.answer_file
     answers = getattr(args, "answers", None) or AnswerFile.open(answer_file)
 
@@ -184,33 +190,28 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
 
     totals = MethodTotals()
     failed = {}
-    for q_index, question in enumerate(tqdm(questions, desc=label, unit="question")):
-        choices = []
-        try:
-            for choice in range(args.num_choices):
-                conversation, turns, idxs, new_tokens, wall_time = [], [], [], [], []
-                for user_turn in question["turns"]:
-                    conversation.append(user_turn)
-                    input_ids = formatter.input_ids(conversation)
-                    result = decoder.generate(input_ids, args.max_new_token, seed=args.seed + 1000 * q_index + choice)
-                    text = decode_answer(tokenizer, result.token_ids, result.stop_reason).strip()
-                    conversation.append(text)
-                    turns.append(text)
-                    idxs.append(result.forward_passes - 1)
-                    new_tokens.append(result.new_tokens)
-                    wall_time.append(result.wall_time)
-                    totals.add(result)
-                choices.append({"index": choice, "turns": turns, "idxs": idxs, "new_tokens": new_tokens,
-                                "wall_time": wall_time})
-        except PPDError as exc:
-            failed[question["question_id"]] = str(exc)
-            print(f"question {question['question_id']!r} not answered: {exc}", file=sys.stderr)
-            continue
-        row = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(), "model_id": args.model_id,
-               "choices": choices, "tstamp": time.time()}
-        answers.append(row)
+    batch_size = getattr(args, "batch_size", 1)
+    start = time.perf_counter()
+    if batch_size > 1:
+        for row in answer_batched(args, questions, decoder, formatter, totals, failed, batch_size):
+            answers.append(row)
+    else:
+        for q_index, question in enumerate(tqdm(questions, desc=label, unit="question")):
+            try:
+                choices = [answer_choice(args, decoder, formatter, question, choice,
+                                         args.seed + 1000 * q_index + choice, totals)
+                           for choice in range(args.num_choices)]
+            except PPDError as exc:
+                failed[question["question_id"]] = str(exc)
+                print(f"question {question['question_id']!r} not answered: {exc}", file=sys.stderr)
+                continue
+            answers.append(answer_row(args, question, choices))
+    elapsed = time.perf_counter() - start
     rows = answers.tidy()
     print(totals.summary(label))
+    if batch_size > 1:
+        print(f"batch of {batch_size}: {totals.tokens} new tokens in {elapsed:.1f} s of wall time = "
+              f"{totals.tokens / max(elapsed, 1e-9):.2f} tokens/s in all")
     print(f"answers of {len(questions) - len(failed)} question(s) appended to {answer_file}"
           + (f" ({rows} rows, sorted by question id)" if rows is not None else ""))
     if failed:
@@ -218,6 +219,104 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
         raise PPDError(f"{len(failed)} of {len(questions)} question(s) not answered ({listed}"
                        f"{'; ...' if len(failed) > 5 else ''})")
     return answer_file
+
+
+def answer_row(args, question, choices) -> dict:
+    import shortuuid
+
+    return {"question_id": question["question_id"], "answer_id": shortuuid.uuid(), "model_id": args.model_id,
+            "choices": choices, "tstamp": time.time()}
+
+
+class _Choice:
+    """One answer (a choice) of one question in progress: its conversation and each answered turn."""
+
+    def __init__(self, question, index: int, seed: int):
+        self.question, self.index, self.seed = question, index, seed
+        self.conversation, self.turns, self.idxs, self.new_tokens, self.wall_time = [], [], [], [], []
+
+    def next_prompt(self, formatter):
+        self.conversation.append(self.question["turns"][len(self.turns)])
+        return formatter.input_ids(self.conversation)
+
+    def record(self, tokenizer, result, totals: MethodTotals) -> bool:
+        """Keep a turn's answer; True when every turn is answered."""
+        text = decode_answer(tokenizer, result.token_ids, result.stop_reason).strip()
+        self.conversation.append(text)
+        self.turns.append(text)
+        self.idxs.append(result.forward_passes - 1)
+        self.new_tokens.append(result.new_tokens)
+        self.wall_time.append(result.wall_time)
+        totals.add(result)
+        return len(self.turns) == len(self.question["turns"])
+
+    def row(self) -> dict:
+        return {"index": self.index, "turns": self.turns, "idxs": self.idxs, "new_tokens": self.new_tokens,
+                "wall_time": self.wall_time}
+
+
+def answer_choice(args, decoder, formatter, question, index: int, seed: int, totals: MethodTotals) -> dict:
+    """One choice of one question, turn after turn, decoded alone."""
+    choice = _Choice(question, index, seed)
+    done = False
+    while not done:
+        result = decoder.generate(choice.next_prompt(formatter), args.max_new_token, seed=seed)
+        done = choice.record(formatter.tokenizer, result, totals)
+    return choice.row()
+
+
+def answer_batched(args, questions, decoder, formatter, totals: MethodTotals, failed: dict, batch_size: int):
+    """Every choice of every question through one running batch of `batch_size` rows (continuous batching): a row
+    whose turn is answered is refilled by the conversation's next turn, else by the next choice or question. Yields
+    each question's answer row when all its choices are done (in the order they finish). A choice decodes as it
+    would alone (same seed), so the answers equal those of --batch-size 1."""
+    from tqdm import tqdm
+
+    pending = [(q_index, question, choice) for q_index, question in enumerate(questions)
+               for choice in range(args.num_choices)]
+    pending.reverse()
+    batch = decoder.batch()
+    active = {}  # id(row state) -> (state, q_index, _Choice)
+    finished = {}  # q_index -> {choice index: row}
+    progress = tqdm(total=len(questions), desc="batched", unit="question")
+
+    def start(q_index, choice) -> None:
+        question = choice.question
+        if question["question_id"] in failed:
+            return
+        try:
+            state = batch.add(choice.next_prompt(formatter), args.max_new_token, seed=choice.seed)
+        except PPDError as exc:
+            failed[question["question_id"]] = str(exc)
+            print(f"question {question['question_id']!r} not answered: {exc}", file=sys.stderr)
+            progress.update(1)
+            return
+        active[id(state)] = (state, q_index, choice)
+
+    while pending or len(batch):
+        while pending and len(batch) < batch_size:
+            q_index, question, index = pending.pop()
+            start(q_index, _Choice(question, index, args.seed + 1000 * q_index + index))
+        if not len(batch):
+            continue
+        batch.step()
+        for key, (state, q_index, choice) in list(active.items()):
+            if not state.done:
+                continue
+            del active[key]
+            question = choice.question
+            if question["question_id"] in failed:
+                continue
+            if not choice.record(formatter.tokenizer, state.result, totals):
+                start(q_index, choice)
+                continue
+            rows = finished.setdefault(q_index, {})
+            rows[choice.index] = choice.row()
+            if len(rows) == args.num_choices:
+                del finished[q_index]
+                progress.update(1)
+                yield answer_row(args, question, [rows[i] for i in range(args.num_choices)])
+    progress.close()
 
 
 def make_decoder(model, formatter: ChatFormatter, args, **kwargs):
