@@ -4,7 +4,7 @@
 # SIGTERM stops all of them.
 #
 #   bash script/serve.sh [--port 8000] [--dtype float32|bfloat16|float16] [--model-path CKPT] [--with-plain]
-#        [--no-ppd] [--concurrency 1] [--max-queue 16] [--threads N] [--controller-port P] [--worker-port P]
+#        [--no-ppd] [--concurrency 8] [--max-queue 16] [--threads N] [--controller-port P] [--worker-port P]
 #
 # --with-plain adds a second, plain (no prompt tokens) worker under the model name + "-plain", on the same
 # controller; --no-ppd makes the one worker plain. Logs go to $LOGDIR (default: a new temporary folder).

@@ -157,7 +157,8 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="Load phases per model, taking turns (default 2).")
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--concurrency", type=int, default=1, help="Requests each worker decodes at once.")
+    parser.add_argument("--concurrency", type=int, default=8, help="Requests each worker decodes at once (rows of "
+                        "its running batch).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker.")
     parser.add_argument("--base-url", default=None, help="Use a running server instead of starting one.")
     parser.add_argument("--models", default=None, help="PPD,PLAIN model names (default: the started stack's).")

@@ -298,10 +298,47 @@ def tiny_worker(use_ppd=True, decoding_file=None):
 def test_plain_worker_decodes_without_prompt_tokens_and_without_the_tuned_lookup(tmp_path):
     tuned = tmp_path / "decoding.json"
     tuned.write_text(json.dumps({"float32": {"prompt_lookup_num_tokens": 5}}))
-    ppd = tiny_worker(decoding_file=str(tuned)).decoder(0.0, [2])
+    ppd = tiny_worker(decoding_file=str(tuned)).decoder()
     assert ppd.ppd and ppd.prompt_lookup_num_tokens == 5  # the tuned decoding
-    plain = tiny_worker(use_ppd=False, decoding_file=str(tuned)).decoder(0.0, [2])
+    plain = tiny_worker(use_ppd=False, decoding_file=str(tuned)).decoder()
     assert not plain.ppd and plain.prompt_lookup_num_tokens == 0
+
+
+def test_concurrent_requests_share_one_batch_and_answer_as_alone():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prompt.inference.batch import DecodeBatch
+
+    worker = tiny_worker()
+    prompts = ["hello world", "a b c d e f", "zz", "the quick brown fox jumps", "q"]
+    alone = [list(worker.chunks({"prompt": p, "max_new_tokens": 20 + i, "temperature": 0}))[-1]
+             for i, p in enumerate(prompts)]
+    sizes, original = [], DecodeBatch.step
+
+    def recording_step(batch):
+        sizes.append(len(batch))
+        return original(batch)
+
+    DecodeBatch.step = recording_step
+    try:
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            together = list(pool.map(lambda ip: list(worker.chunks(
+                {"prompt": ip[1], "max_new_tokens": 20 + ip[0], "temperature": 0}))[-1], enumerate(prompts)))
+        # a client that stops reading leaves the batch; the next requests are unaffected
+        stream = worker.chunks({"prompt": "hello world", "max_new_tokens": 40, "temperature": 0})
+        next(stream)
+        stream.close()
+        again = list(worker.chunks({"prompt": prompts[1], "max_new_tokens": 21, "temperature": 0}))[-1]
+    finally:
+        DecodeBatch.step = original
+    assert [c["text"] for c in together] == [c["text"] for c in alone]
+    assert [c["usage"] for c in together] == [c["usage"] for c in alone]
+    assert max(sizes) > 1, "concurrent requests should decode as rows of one batch"
+    assert again["text"] == alone[1]["text"]
+    deadline = time.monotonic() + 30  # the scheduler lets the last row go after its client read the answer
+    while (worker._scheduler._tickets or len(worker._scheduler.batch)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not worker._scheduler._tickets and len(worker._scheduler.batch) == 0
 
 
 def test_worker_stream_stops_at_stop_strings_without_showing_them():

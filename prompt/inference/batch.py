@@ -72,6 +72,10 @@ class DecodeBatch:
         self.cache.prefix_length = self.prefix_slots
         self.rows.append(state)
 
+    def remove(self, state) -> None:
+        """Take a row out of the batch between steps (a cancelled request); its result keeps what it emitted."""
+        self._keep([i for i, row in enumerate(self.rows) if row is not state])
+
     def _keep(self, keep: list) -> None:
         """Keep the rows at `keep` (indices), cutting the cache to the longest of them."""
         if len(keep) == len(self.rows):

@@ -6,11 +6,12 @@ calls: `/worker_generate_stream` streams NUL-separated JSON chunks `{"text", "er
 "finish_reason"}` with the text so far. Registration, heart beats, the conversation template and token
 counting come from FastChat's `BaseModelWorker`; this module adds the decoding and the admission control:
 
-- `concurrency` requests decode at once (one `Decoder.stream` each: each owns its cache), up to `max_queue`
-  more wait, and beyond that a request is refused at once (HTTP 429, error code ENGINE_OVERLOADED).
-- A client that goes away mid-stream stops its decoding and frees its slot.
-- `token_stream()` is the one place that turns a request into a stream of token ids: a batched decoder
-  replaces it without touching the HTTP side.
+- `concurrency` requests decode at once, as rows of one running batch (`prompt.inference.batch.DecodeBatch`,
+  stepped by one scheduler thread: a request joins between two steps and leaves when done, each with its own
+  token limit, stop tokens and sampling); up to `max_queue` more wait, and beyond that a request is refused at
+  once (HTTP 429, error code ENGINE_OVERLOADED).
+- A client that goes away mid-stream leaves the batch at the next step and frees its slot.
+- `token_stream()` is the one place that turns a request into a stream of token ids.
 
     python -m prompt.serve.worker --controller-address http://127.0.0.1:21001 --port 21002 [--no-ppd]
 """
@@ -21,6 +22,7 @@ import asyncio
 import json
 import os
 import sys
+import queue
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -120,7 +122,8 @@ class PPDWorker:
         self._slots = threading.Semaphore(concurrency)
         self._lock = threading.Lock()
         self.pending = 0  # admitted requests: decoding or waiting for a slot
-        self._decoders = {}
+        self._decoder = None
+        self._scheduler = None
 
     # --- requests -------------------------------------------------------------------------------
     def encode(self, prompt: str) -> list:
@@ -156,30 +159,42 @@ class PPDWorker:
                            stop=[s for s in stop if s], stop_token_ids=sorted(set(self.eos_ids) | set(extra_ids)),
                            echo=prompt if params.get("echo") else "", seed=int(seed) if seed is not None else None)
 
-    def decoder(self, temperature: float, stop_token_ids: list, top_p=None, top_k=None):
-        """The Decoder for these settings (built once; a Decoder holds no per-call state)."""
+    def decoder(self):
+        """The worker's one Decoder (each request brings its own acceptance rule and stop tokens)."""
         from prompt.inference.decoding import Decoder
 
-        key = (temperature, top_p, top_k, tuple(stop_token_ids))
-        decoder = self._decoders.get(key)
-        if decoder is None:
-            if len(self._decoders) >= 32:
-                self._decoders.clear()
+        if self._decoder is None:
             # plain: no prompt tokens and no prompt lookup (the tuned decoding would otherwise add its lookup chain)
             plain = {} if self.use_ppd else {"tree_length": 0, "prompt_lookup_num_tokens": 0}
-            # above temperature 0: exact (lossless) sampling, the decoder's default
-            decoder = Decoder(self.model, temperature=temperature, top_p=top_p, top_k=top_k,
-                              stop_token_ids=stop_token_ids, **plain)
-            self._decoders[key] = decoder
-        return decoder
+            self._decoder = Decoder(self.model, stop_token_ids=self.eos_ids, **plain)
+        return self._decoder
+
+    def rule(self, request: TextRequest):
+        """The request's acceptance rule: greedy at temperature 0, exact (lossless) sampling above."""
+        from prompt.inference.acceptance import acceptance_rule
+
+        return acceptance_rule(None, request.temperature, 0.09, 0.3, request.top_p, request.top_k)
 
     def token_stream(self, request: TextRequest):
-        """The new token ids of `request`, a list per decoding step (the step a batched decoder replaces).
+        """The new token ids of `request`, a list per decoding step, decoded as a row of the worker's running batch.
 
-        Closing the returned generator stops the decoding and frees its cache.
+        Closing the returned generator takes the row out of the batch (at the next step) and frees its cache.
         """
-        decoder = self.decoder(request.temperature, request.stop_token_ids, request.top_p, request.top_k)
-        return decoder.stream(request.input_ids, request.max_new_tokens, seed=request.seed)
+        with self._lock:
+            if self._scheduler is None:
+                self._scheduler = BatchScheduler(self.decoder())
+        ticket = self._scheduler.submit(request, self.rule(request))
+        try:
+            while True:
+                item = ticket.outbox.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            ticket.cancelled = True
+            self._scheduler.wake()
 
     def chunks(self, params: dict):
         """FastChat's stream of result dicts for `params`: the text so far, usage, and finally a finish reason."""
@@ -281,6 +296,76 @@ class PPDWorker:
         finally:
             executor.submit(finish)  # after any step still running, even when this task was cancelled
             executor.shutdown(wait=False)
+
+
+class _Ticket:
+    """A request inside the scheduler: its outbox receives lists of token ids, then None (done) or an exception."""
+
+    def __init__(self, request: TextRequest, rule):
+        self.request, self.rule = request, rule
+        self.outbox = queue.Queue()
+        self.cancelled = False
+        self.state = None
+
+
+class BatchScheduler:
+    """One thread that steps a running batch: requests join between steps, leave when done or cancelled."""
+
+    def __init__(self, decoder):
+        self.batch = decoder.batch()
+        self._inbox = queue.Queue()
+        self._tickets = []
+        self._thread = threading.Thread(target=self._run, daemon=True, name="ppd-batch")
+        self._thread.start()
+
+    def submit(self, request: TextRequest, rule) -> _Ticket:
+        ticket = _Ticket(request, rule)
+        self._inbox.put(ticket)
+        return ticket
+
+    def wake(self) -> None:
+        self._inbox.put(None)  # an idle scheduler looks at its cancelled tickets
+
+    def _admit(self, ticket) -> None:
+        if ticket is None or ticket.cancelled:
+            return
+        request = ticket.request
+        try:
+            ticket.state = self.batch.add(request.input_ids, request.max_new_tokens, seed=request.seed,
+                                          rule=ticket.rule, stop_token_ids=request.stop_token_ids)
+        except Exception as exc:  # noqa: BLE001 (reported to that request's client)
+            ticket.outbox.put(exc)
+            return
+        self._tickets.append(ticket)
+
+    def _run(self) -> None:
+        while True:
+            self._admit(self._inbox.get())  # wait for work while the batch is empty
+            while True:
+                while True:
+                    try:
+                        self._admit(self._inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                for ticket in [t for t in self._tickets if t.cancelled]:
+                    self.batch.remove(ticket.state)
+                    self._tickets.remove(ticket)
+                if not self._tickets:
+                    break
+                try:
+                    emitted = self.batch.step()
+                except Exception as exc:  # noqa: BLE001 (every row's client hears of it; the worker goes on)
+                    for ticket in self._tickets:
+                        self.batch.remove(ticket.state)
+                        ticket.outbox.put(exc)
+                    self._tickets = []
+                    break
+                outbox = {id(t.state): t.outbox for t in self._tickets}
+                for state, tokens in emitted:
+                    outbox[id(state)].put(tokens)
+                for ticket in [t for t in self._tickets if t.state.done]:
+                    self._tickets.remove(ticket)
+                    ticket.outbox.put(None)
 
 
 OVERLOADED = {"text": "the server is at capacity: retry later", "error_code": 42903}  # ErrorCode.ENGINE_OVERLOADED
@@ -441,7 +526,8 @@ def main(argv=None):
     add_device_flags(parser, dtype="float32")
     parser.add_argument("--conv-template", default=None, help="A FastChat conversation template name (default: "
                         "one built from the tokenizer's ChatML template, else FastChat's choice for the model).")
-    parser.add_argument("--concurrency", type=int, default=1, help="Requests decoded at once (default 1).")
+    parser.add_argument("--concurrency", type=int, default=8, help="Requests decoded at once, as rows of one batch "
+                        "(default 8).")
     parser.add_argument("--max-queue", type=int, default=16, help="Requests waiting beyond those; more are refused "
                         "with 429 (default 16).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
