@@ -150,3 +150,25 @@ def test_generate_batch_refuses_bad_input():
     for bad in ([], "text", [[5, 6], []], [[5, 1000]]):
         with pytest.raises(PPDError):
             decoder.generate_batch(bad, 5)
+
+
+def test_decoding_tuned_per_batch_size_is_used_by_running_batches(tmp_path):
+    import json
+
+    model, ppd = ppd_model(10)
+    (tmp_path / "decoding.json").write_text(json.dumps({"float32": {"batch_sizes": {"3": {"tree_length": 0}}}}))
+    ppd.checkpoint_dir = str(tmp_path)
+    prompts = distinct_prompts(10, (6, 9, 4))
+    expected = [reference(model, torch.tensor([p]), 16) for p in prompts]
+    full = [p + e for p, e in zip(prompts, expected)]
+    # three rows: the recorded plain decoding (one token a step); one row: the decoder's own tree
+    results = BatchOracle(ppd, full, 10).generate_batch(prompts, 16)
+    assert [r.token_ids for r in results] == expected
+    assert all(r.step_tokens == [1] * len(r.step_tokens) for r in results)
+    alone = BatchOracle(ppd, full, 10).generate_batch(prompts[:2], 16)
+    assert [r.token_ids for r in alone] == expected[:2] and max(r.accept_length for r in alone) > 1.3
+    explicit = BatchOracle(ppd, full, 10, tree_spec=select_tree_spec(None, 3)).generate_batch(prompts, 16)
+    assert max(r.accept_length for r in explicit) > 1.3, "an explicit tree is not overridden"
+    (tmp_path / "decoding.json").write_text(json.dumps({"float32": {"batch_sizes": {"x": {}}}}))
+    with pytest.raises(PPDError, match="batch size"):
+        Decoder(ppd)

@@ -34,13 +34,15 @@ class DecodeBatch:
     """A running batch of sequences decoded by one `Decoder`.
 
     `add()` prefills a sequence and makes it a row; `step()` runs one step for every row and returns
-    [(state, tokens emitted)]; rows that finish leave the batch. `tree`: the decoder's dynamic tree to use for a
-    given number of rows (a callable rows -> DynamicTree or None; default: the decoder's own tree).
+    [(state, tokens emitted)]; rows that finish leave the batch. `setting`: a callable rows -> StepSetting (the
+    tree and context sources for a batch of that many rows; None: the decoder's own); default: the decodings tuned
+    per batch size (`Decoder.batch_setting`).
     """
 
-    def __init__(self, decoder, tree=None):
+    def __init__(self, decoder, setting=None):
         self.decoder = decoder
-        self.tree_for_rows = tree
+        self.setting_for_rows = setting
+        self.peak_slots = 0  # the most cache slots held at once, all rows together
         self.rows: list = []  # SequenceState per row, in cache row order
         self.cache = None
         self.prefix_slots = decoder.model.layout.prefix_length if decoder.ppd else 0
@@ -104,8 +106,8 @@ class DecodeBatch:
 
     def _verify_step(self) -> list:
         decoder, rows = self.decoder, self.rows
-        dynamic = self.tree_for_rows(len(rows)) if self.tree_for_rows is not None else None
-        steps = [decoder.propose(state, dynamic) for state in rows]
+        setting = (self.setting_for_rows or decoder.batch_setting)(len(rows))
+        steps = [decoder.propose(state, setting) for state in rows]
         output, node_logits, all_logits = self._forward(steps)
         slots = cache_slots(self.cache) - output.last_hidden_state.shape[1]  # the cache before this step
         hidden = output.last_hidden_state
@@ -201,6 +203,7 @@ class DecodeBatch:
         needs_hidden = decoder.ppd and model.needs_hidden_states() and any(state.prompt_tokens for state in rows)
         output = backbone.run_body(decoder.base, embeds, mask, positions, self.cache,
                                    output_hidden_states=needs_hidden)
+        self.peak_slots = max(self.peak_slots, count * cache_slots(self.cache))
         for state in rows:
             state.result.forward_passes += 1
         hidden = output.last_hidden_state
@@ -211,14 +214,14 @@ class DecodeBatch:
         return output, backbone.head_logits(decoder.base, hidden[:, :nodes]), None
 
 
-def generate_batch(decoder, prompts, max_new_tokens: int = 512, seed=None, tree=None) -> list:
+def generate_batch(decoder, prompts, max_new_tokens: int = 512, seed=None, setting=None) -> list:
     """Decode every prompt (token-id sequences of any lengths) in one running batch; one GenerationResult per
     prompt, in order. Each row samples with its own generator seeded with `seed`, as if decoded alone."""
     if isinstance(prompts, torch.Tensor) and prompts.dim() == 2:
         prompts = list(prompts)
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise PPDError("generate_batch takes a non-empty list of prompts (token-id sequences)")
-    batch = DecodeBatch(decoder, tree)
+    batch = DecodeBatch(decoder, setting)
     states = [batch.add(prompt, max_new_tokens, seed=seed) for prompt in prompts]
     while len(batch):
         batch.step()

@@ -119,3 +119,31 @@ def fastest_dtype(decoding_file, device=None) -> str:
         return fallback
     key = "tokens_per_second" if all("tokens_per_second" in e for e in entries.values()) else "speed_vs_plain_greedy"
     return max(entries, key=lambda dtype: entries[dtype].get(key) or 0.0)
+
+
+BATCH_SIZES_KEY = "batch_sizes"
+
+
+def tuned_batch_decodings(model) -> dict:
+    """The decodings `prompt.evaluation.batching --record` chose per batch size for `model`'s dtype:
+    {batch size: DecodingChoice} (the dtype entry's `"batch_sizes": {"8": {"tree_length", "prompt_lookup_num_tokens"}}`;
+    {} without). A running batch of n rows uses the entry of the largest recorded size <= n."""
+    if not hasattr(model, "prompt_embeddings"):
+        return {}
+    entry = tuned_decoding(model, str(model.dtype).replace("torch.", ""))
+    sizes = entry.get(BATCH_SIZES_KEY) or {}
+    where = f"{checkpoint_file(model, DECODING_NAME)} ({BATCH_SIZES_KEY})"
+    if not isinstance(sizes, dict):
+        raise PPDError(f"{where} is not an object {{batch size: decoding}}")
+    choices = {}
+    for size, choice in sizes.items():
+        if not str(size).isdigit() or int(size) < 1 or not isinstance(choice, dict):
+            raise PPDError(f"{where}: {size!r} is not a batch size >= 1 with a decoding object")
+        length = _count(choice.get("tree_length", 0), f"tree_length in {where}")
+        lookup = _count(choice.get("prompt_lookup_num_tokens", 0), f"prompt_lookup_num_tokens in {where}")
+        spec = None
+        if length:
+            spec = select_tree_spec(tree_file(model), model.config.num_special_tokens,
+                                    model.config.virtual_tokens_per_special_token, length)
+        choices[int(size)] = DecodingChoice(spec, lookup)
+    return choices

@@ -28,7 +28,7 @@ import torch
 from prompt.errors import PPDError
 from prompt.inference.acceptance import acceptance_rule
 from prompt.inference.candidates import CandidateSource, PromptLookup
-from prompt.inference.choice import resolve_decoding
+from prompt.inference.choice import resolve_decoding, tuned_batch_decodings
 from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_chains
 from prompt.model import backbone
 from prompt.model.cache import keep_cache_entries, new_cache
@@ -83,6 +83,14 @@ class SequenceState:
 
 
 @dataclass
+class StepSetting:
+    """What a step proposes from: a dynamic tree (None: no prompt-token guesses) and the context sources."""
+
+    tree: DynamicTree | None
+    sources: list
+
+
+@dataclass
 class StepTree:
     """One verification forward: the tree's buffers and the token of each of its nodes."""
 
@@ -130,6 +138,27 @@ class Decoder:
         self.chain_special_tokens = chain_special_tokens
         self.layout = model.layout if self.ppd else SpecialTokenLayout(0)
         self._merged = {}  # (tree, chain lengths) -> buffers, built once per shape
+        # decodings tuned per batch size, used by running batches when nothing was asked for explicitly
+        tuned = tree_spec is None and tree_length is None and prompt_lookup_num_tokens is None and self.ppd
+        self._batch_choices = tuned_batch_decodings(model) if tuned else {}
+        self._batch_settings = {}
+
+    def batch_setting(self, rows: int) -> "StepSetting | None":
+        """The tree and context sources a running batch of `rows` sequences uses: the decoding tuned for the largest
+        recorded batch size <= rows (None: the decoder's own)."""
+        sizes = [size for size in self._batch_choices if size <= rows]
+        if not sizes:
+            return None
+        size = max(sizes)
+        setting = self._batch_settings.get(size)
+        if setting is None:
+            choice = self._batch_choices[size]
+            tree = DynamicTree(choice.tree_spec, self.model.layout, self.device) if choice.tree_spec else None
+            sources = [s for s in self.sources if not isinstance(s, PromptLookup)]
+            if choice.prompt_lookup_num_tokens:
+                sources.append(PromptLookup(choice.prompt_lookup_num_tokens, stop_token_ids=self.stop_token_ids))
+            setting = self._batch_settings[size] = StepSetting(tree, sources)
+        return setting
 
     def describe(self) -> str:
         """The decoding in words, e.g. 'PPD tree of 24 inputs + prompt lookup 10, greedy'."""
@@ -195,14 +224,15 @@ class Decoder:
                              max_new_tokens=max_new_tokens, result=result, generator=generator, start=start,
                              rule=rule)
 
-    def propose(self, state: SequenceState, dynamic: DynamicTree | None = None) -> StepTree:
-        """The step's tree and its node tokens: the prompt tokens' top-k guesses placed by the tree (`dynamic`, else
-        the decoder's), then one chain per context source."""
-        if state.prompt_tokens:
-            tree = (dynamic or self.tree).for_special_tokens(state.special_logits.shape[0])
+    def propose(self, state: SequenceState, setting: StepSetting | None = None) -> StepTree:
+        """The step's tree and its node tokens: the prompt tokens' top-k guesses placed by the tree, then one chain
+        per context source (the tree and sources of `setting`, else the decoder's)."""
+        dynamic, sources = (self.tree, self.sources) if setting is None else (setting.tree, setting.sources)
+        if state.prompt_tokens and dynamic is not None:
+            tree = dynamic.for_special_tokens(state.special_logits.shape[0])
         else:
             tree = self.root_only
-        chains = [chain for chain in (source.propose(state.context) for source in self.sources) if chain]
+        chains = [chain for chain in (source.propose(state.context) for source in sources) if chain]
         if chains:
             tree = self._with_chains(tree, tuple(len(chain) for chain in chains))
         if self.max_positions is not None and state.past + tree.max_position_offset >= self.max_positions:
@@ -409,11 +439,11 @@ class Decoder:
             pass
         return result
 
-    def batch(self, tree=None):
+    def batch(self, setting=None):
         """A running batch (`prompt.inference.batch.DecodeBatch`) that sequences join and leave between steps."""
         from prompt.inference.batch import DecodeBatch
 
-        return DecodeBatch(self, tree)
+        return DecodeBatch(self, setting)
 
     def generate_batch(self, prompts, max_new_tokens: int = 512, seed=None) -> list:
         """Decode several prompts (token-id sequences of any lengths) together: one GenerationResult per prompt, in
