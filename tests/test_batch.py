@@ -172,3 +172,33 @@ def test_decoding_tuned_per_batch_size_is_used_by_running_batches(tmp_path):
     (tmp_path / "decoding.json").write_text(json.dumps({"float32": {"batch_sizes": {"x": {}}}}))
     with pytest.raises(PPDError, match="batch size"):
         Decoder(ppd)
+
+
+def test_batch_benchmark_measures_every_method_and_records_the_best_per_size(tmp_path):
+    import json
+
+    from prompt.evaluation import batching
+
+    model, ppd = ppd_model(11)
+    ppd.tokenizer = None
+    (tmp_path / "decoding.json").write_text(json.dumps({"float32": {"tree_length": 0}}))
+    ppd.checkpoint_dir = str(tmp_path)
+    prompts = distinct_prompts(11, (5, 9, 3))
+    methods = batching.build_methods(ppd, [2], 0, [0, 21], [0, 3], batch_tuned=False)
+    assert set(methods) == {"generate", "plain", "ppd_tuned", "ppd_0_lookup_3", "ppd_21_lookup_0", "ppd_21_lookup_3",
+                            "sequential"}
+    results = batching.measure(methods, prompts, [1, 3], 12, 2, log=lambda _: None)
+    for size, totals in results.items():
+        assert all(t["rows"] == 2 * size for t in totals.values())
+        # float32: every method gives generate's greedy rows
+        assert all(t["identical"] == t["rows"] for t in totals.values()), totals
+        assert all(t["tokens"] == totals["generate"]["tokens"] for t in totals.values())
+    text = batching.table(results, batching.kv_bytes_per_slot(model))
+    assert text.count("(best)") == 2 and "| 3 | sequential |" in text
+    chosen = batching.best_per_size(results)
+    assert set(chosen) == {1, 3} and all(config[:2] in {(0, 0), (0, 3), (21, 0), (21, 3)} for config in chosen.values())
+    path = batching.record(ppd, "float32", chosen, "python -m prompt.evaluation.batching ...")
+    recorded = json.loads(open(path).read())["float32"]
+    assert recorded["tree_length"] == 0 and set(recorded["batch_sizes"]) == {"1", "3"}
+    assert Decoder(ppd).batch_setting(5) is not None  # a batch of 5 uses the size-3 choice
+    assert batching.new_tokens([4, 2, 7], [2]) == 2 and batching.new_tokens([4, 5], [2]) == 2

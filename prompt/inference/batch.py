@@ -42,7 +42,7 @@ class DecodeBatch:
     def __init__(self, decoder, setting=None):
         self.decoder = decoder
         self.setting_for_rows = setting
-        self.peak_slots = 0  # the most cache slots held at once, all rows together
+        self.peak_slots = 0  # the most cache slots held between steps, all rows together
         self.rows: list = []  # SequenceState per row, in cache row order
         self.cache = None
         self.prefix_slots = decoder.model.layout.prefix_length if decoder.ppd else 0
@@ -142,6 +142,7 @@ class DecodeBatch:
         kept = max([self.prefix_slots + state.past + len(path)
                     for state, path in zip(rows, paths) if path is not None] or [self.prefix_slots])
         move_row_entries(self.cache, *(torch.tensor(m, dtype=torch.long) for m in moves), kept)
+        self.peak_slots = max(self.peak_slots, len(rows) * kept)
 
         emitted = []
         for b, (state, step, path, (_, next_token, _)) in enumerate(zip(rows, steps, paths, decided)):
@@ -203,7 +204,6 @@ class DecodeBatch:
         needs_hidden = decoder.ppd and model.needs_hidden_states() and any(state.prompt_tokens for state in rows)
         output = backbone.run_body(decoder.base, embeds, mask, positions, self.cache,
                                    output_hidden_states=needs_hidden)
-        self.peak_slots = max(self.peak_slots, count * cache_slots(self.cache))
         for state in rows:
             state.result.forward_passes += 1
         hidden = output.last_hidden_state

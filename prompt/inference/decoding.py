@@ -139,13 +139,14 @@ class Decoder:
         self.layout = model.layout if self.ppd else SpecialTokenLayout(0)
         self._merged = {}  # (tree, chain lengths) -> buffers, built once per shape
         # decodings tuned per batch size, used by running batches when nothing was asked for explicitly
-        tuned = tree_spec is None and tree_length is None and prompt_lookup_num_tokens is None and self.ppd
+        tuned = tree_spec is None and tree_length is None and prompt_lookup_num_tokens is None
         self._batch_choices = tuned_batch_decodings(model) if tuned else {}
         self._batch_settings = {}
 
     def batch_setting(self, rows: int) -> "StepSetting | None":
         """The tree and context sources a running batch of `rows` sequences uses: the decoding tuned for the largest
-        recorded batch size <= rows (None: the decoder's own)."""
+        recorded batch size <= rows (None: the decoder's own). Its tree is used only where the decoder appends the
+        prompt tokens (a decoder whose tuned decoding has no tree prefills without them)."""
         sizes = [size for size in self._batch_choices if size <= rows]
         if not sizes:
             return None
@@ -153,7 +154,8 @@ class Decoder:
         setting = self._batch_settings.get(size)
         if setting is None:
             choice = self._batch_choices[size]
-            tree = DynamicTree(choice.tree_spec, self.model.layout, self.device) if choice.tree_spec else None
+            tree = (DynamicTree(choice.tree_spec, self.model.layout, self.device)
+                    if choice.tree_spec and self.ppd else None)
             sources = [s for s in self.sources if not isinstance(s, PromptLookup)]
             if choice.prompt_lookup_num_tokens:
                 sources.append(PromptLookup(choice.prompt_lookup_num_tokens, stop_token_ids=self.stop_token_ids))
