@@ -33,6 +33,25 @@ def test_ppd_is_lossless_on_ten_mt_bench_first_turns(default_ppd):
     assert len(table.splitlines()) == 12 and "(1.00x)" in table.splitlines()[2]
 
 
+def test_batch_rows_equal_decoding_alone_and_generate_on_the_default_model(default_ppd):
+    import torch
+
+    from prompt.inference.decoding import Decoder
+
+    formatter = ChatFormatter(default_ppd.tokenizer)
+    texts = ["Write a haiku about the sea.", "What is 12 times 7?",
+             "List three uses of a paper clip, then explain which is the most creative and why."]
+    prompts = [formatter.input_ids([t])[0].tolist() for t in texts]
+    stops = formatter.stops(default_ppd)
+    decoder = Decoder(default_ppd, tree_length=16, prompt_lookup_num_tokens=10, stop_token_ids=stops)
+    batch = decoder.generate_batch(prompts, 48)
+    reference = build_decoders(default_ppd, formatter, ["generate"])["generate"]
+    for prompt, row in zip(prompts, batch):
+        alone = decoder.generate(torch.tensor([prompt]), 48)
+        assert row.token_ids == alone.token_ids == reference.generate(torch.tensor([prompt]), 48).token_ids
+    assert max(r.accept_length for r in batch) > 1.2
+
+
 def test_default_model_chat_and_stop_token(default_ppd):
     formatter = ChatFormatter(default_ppd.tokenizer)
     decoders = build_decoders(default_ppd, formatter, ["baseline", "ppd"])
