@@ -128,3 +128,31 @@ def test_recurrent_model_refused_when_the_prompt_decoder_is_built():
     mamba = T.AutoModelForCausalLM.from_config(T.MambaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2))
     with pytest.raises(PPDError, match="cannot be served"):
         PromptDecoder(mamba, PromptConfig(num_special_tokens=2, prompt_tuning_init="RANDOM"))
+
+
+class BatchOracle(Oracle):
+    """`Oracle` for a batch: the reference run whose tokens the row's context starts with."""
+
+    def __init__(self, full_sequences, seed=0):
+        super().__init__(None, seed=seed)
+        self.full_sequences = full_sequences
+
+    def propose(self, context):
+        self.full_sequence = next(s for s in self.full_sequences if s[: len(context)] == context)
+        return super().propose(context)
+
+
+@pytest.mark.parametrize("name", ["mistral-window", "gemma3", "gemma2", "cohere2", "qwen2-window", "gpt-oss"])
+def test_batch_rows_past_the_window_equal_generate(name):
+    """Rows of different lengths in one batch (stale slots hidden per row) on sliding-window families."""
+    model = tiny(name)
+    torch.manual_seed(4)
+    prompts = [torch.randint(3, 97, (1, n)) for n in (3 * WINDOW, WINDOW - 2, 2 * WINDOW + 1)]
+    outs = [model.generate(ids, max_new_tokens=3 * WINDOW, do_sample=False, eos_token_id=None, pad_token_id=0)
+            for ids in prompts]
+    config = PromptConfig(num_special_tokens=2, prompt_tuning_init="RANDOM", use_prefix_tuning=True,
+                          prefix_virtual_tokens=2)
+    decoder = Decoder(PromptDecoder(model, config), sources=[BatchOracle([o[0].tolist() for o in outs])])
+    results = decoder.generate_batch([ids[0].tolist() for ids in prompts], 3 * WINDOW)
+    assert [r.token_ids for r in results] == [o[0, ids.shape[1]:].tolist() for o, ids in zip(outs, prompts)]
+    assert max(r.accept_length for r in results) > 1.5
