@@ -215,20 +215,28 @@ def test_baseline_accepts_tree_length_without_effect(tmp_path, tiny_model_folder
     assert "no effect" in proc.stderr and outputs[0] == outputs[1]
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="ray is a declared dependency")
-def test_num_gpus_total_runs_two_ray_workers_on_cpu(tmp_path, tiny_model_folder):
+def test_num_gpus_total_runs_two_ray_workers_on_cpu(tmp_path, tiny_chat, tiny_model_folder):
+    """One ray run (about 45 s on 2 busy cores: ray's start and two workers importing torch)."""
+    from prompt.evaluation.chat import ChatFormatter
+    from prompt.inference.decoding import Decoder
+
+    ids = (4, 2, 3, 1)
     questions = write_questions(tmp_path / "q.jsonl", [{"question_id": i, "category": "math", "turns": [f"w{i} hello"]}
-                                                       for i in (4, 2, 3, 1)])
-    single, split = tmp_path / "single.jsonl", tmp_path / "split.jsonl"
-    common = ["--model-path", tiny_model_folder, "--question-file", questions, "--max-new-token", 6, "--warmup", 0]
-    proc = run("gen_model_answer_baseline.py", *common, "--answer-file", single, "--threads", 1)
+                                                       for i in ids])
+    split = tmp_path / "split.jsonl"
+    proc = run("gen_model_answer_baseline.py", "--model-path", tiny_model_folder, "--question-file", questions,
+               "--max-new-token", 6, "--warmup", 0, "--answer-file", split, "--num-gpus-total", 2)
     assert proc.returncode == 0, proc.stderr
-    proc = run("gen_model_answer_baseline.py", *common, "--answer-file", split, "--num-gpus-total", 2)
-    assert proc.returncode == 0, proc.stderr
-    assert "2 ray workers (cpu)" in proc.stdout
+    assert "2 ray workers (cpu), 2 questions each" in proc.stdout
     by_ray = rows(split)
     assert [r["question_id"] for r in by_ray] == [1, 2, 3, 4]  # both workers' rows, sorted at the end
-    assert [r["choices"][0]["turns"] for r in by_ray] == [r["choices"][0]["turns"] for r in rows(single)]
+    model, tokenizer = tiny_chat
+    formatter = ChatFormatter(tokenizer, "tiny")
+    decoder = Decoder(model, stop_token_ids=formatter.stops(model))
+    for row in by_ray:
+        result = decoder.generate(formatter.input_ids([f"w{row['question_id']} hello"]), 6)
+        assert row["choices"][0]["new_tokens"] == [result.new_tokens]
+        assert row["choices"][0]["turns"][0] == tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,3 +291,43 @@ def test_fastchat_judge_loads_and_matches_our_answer_files(tmp_path, tiny_chat, 
     result = common.play_a_match_single(matches[0], output_file=None)
     ours = {r["question_id"]: r for r in rows(args.answer_file)}[81]["choices"][0]["turns"][0]
     assert result["score"] == 7 and prompts == ["hello there|" + ours]
+
+
+# --------------------------------------------------------------------------------------------------
+# --revision
+REVISION_PROBE = """
+import json, sys
+from prompt.cli import ArgumentParser
+from prompt.errors import PPDError
+from prompt.evaluation.runner import add_common_flags, resolve_revision
+for flags in json.loads(sys.argv[1]):
+    args = add_common_flags(ArgumentParser(), "", "tiny").parse_args(flags)
+    try:
+        resolve_revision(args)
+        print("path", args.model_path)
+    except PPDError as exc:
+        print("error", exc)
+"""
+
+
+def test_revision_picks_that_snapshot_of_a_hub_id(tmp_path):
+    cache = tmp_path / "hub"
+    root = cache / "models--tiny-org--tiny"
+    shas = {"main": "a" * 40, "v1": "b" * 40}
+    for ref, sha in shas.items():
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(sha)
+        (root / "snapshots" / sha).mkdir(parents=True)
+        (root / "snapshots" / sha / "config.json").write_text("{}")
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONPATH=REPO)
+    env.pop("HF_HOME", None)
+
+    flags = [["--model-path", "tiny-org/tiny", "--revision", "v1"], ["--model-path", "tiny-org/tiny"],
+             ["--model-path", "tiny-org/tiny", "--revision", "v9"]]
+    proc = subprocess.run([sys.executable, "-c", REVISION_PROBE, json.dumps(flags)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    v1, main, missing = proc.stdout.strip().splitlines()[-3:]
+    assert v1.endswith(os.path.join("snapshots", shas["v1"]))
+    assert main == "path tiny-org/tiny"  # main: the loaders' own resolution
+    assert missing.startswith("error cannot fetch revision 'v9'")
