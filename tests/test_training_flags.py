@@ -7,39 +7,12 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from training_helpers import save_tiny_model, write_sharegpt
+from test_training import assert_one_error, embeddings, one_thread, train  # noqa: F401  (one_thread: autouse)
 from prompt.data import cli as dataset_cli
-from prompt.train import train as trainer
 
 N = 3
-
-
-def train(model, dataset, output_dir, *extra):
-    argv = ["--model_name_or_path", model, "--dataset_path", dataset, "--output_dir", output_dir, "--num_special_tokens",
-            str(N), "--dtype", "float32", "--logging_steps", "1", "--save_steps", "1000", *extra]
-    return trainer.main(argv)
-
-
-def embeddings(folder):
-    return load_file(os.path.join(folder, "adapter_model.safetensors"))["prompt_embeddings"]
-
-
-def assert_one_error(capsys, call, text):
-    with pytest.raises(SystemExit) as exit_info:
-        call()
-    assert exit_info.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and text in errors[0], errors
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
