@@ -331,3 +331,32 @@ def test_revision_picks_that_snapshot_of_a_hub_id(tmp_path):
     assert v1.endswith(os.path.join("snapshots", shas["v1"]))
     assert main == "path tiny-org/tiny"  # main: the loaders' own resolution
     assert missing.startswith("error cannot fetch revision 'v9'")
+
+
+# --------------------------------------------------------------------------------------------------
+# tree_latency.py and get_throughput_results.py: upstream's files and modes
+def test_tree_latency_rows_feed_get_throughput_results(tmp_path, tiny_model_folder):
+    latency = tmp_path / "x_tree_latency.jsonl"
+    proc = run("tree_latency.py", "--model-path", tiny_model_folder, "--model-id", "tiny", "--answer-file", latency,
+               "--bench-name", "alpaca_eval", "--min-tree-length", 2, "--max-tree-length", 6, "--length-interval", 2,
+               "--max-new-token", 1024, "--repeats", 1, "--prefix-length", 8, "--dtype", "float32", "--threads", 1)
+    assert proc.returncode == 0, proc.stderr
+    lengths = [row["tree_length"] for row in rows(latency)]
+    assert lengths == [1, 2, 4, 6] and all(row["choices"][0]["wall_time"][0] > 0 for row in rows(latency))
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    # tree 2: 20 tokens in 9 steps and 2 s; tree 4: 20 tokens in 4 steps and 1 s
+    for n, steps, seconds in ((2, [3, 4], 1.0), (4, [1, 1], 0.5)):
+        for run_index in range(2):
+            row = {"question_id": 1, "model_id": "m", "choices": [{"index": 0, "turns": ["a", "b"], "idxs": steps,
+                                                                    "new_tokens": [10, 10], "wall_time": [seconds] * 2}]}
+            (answers / f"tree{n}_{run_index}.jsonl").write_text(json.dumps(row) + "\n")
+    proc = run("get_throughput_results.py", latency, answers)
+    assert proc.returncode == 0, proc.stderr
+    assert "Best sparse tree: 4" in proc.stdout
+    proc = run("get_throughput_results.py", answers, "--n", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert "Average accept length: 5.00000 tokens per decoding step" in proc.stdout  # 20 tokens / (2 + 2) steps
+    assert "Best sparse tree: 4" in proc.stdout
+    assert_clear_error(run("get_throughput_results.py", answers / "tree2_0.jsonl", "--gpu-power"),
+                       "without power measurements")
