@@ -267,8 +267,8 @@ def test_fastchat_judge_loads_and_matches_our_answer_files(tmp_path, tiny_chat, 
         {"question_id": 81, "category": "writing", "turns": ["hello there", "say more"]},
         {"question_id": 82, "category": "math", "turns": ["what is it", "and then"]}])
     monkeypatch.chdir(tmp_path)
-    args = parser().parse_args(["--question-file", str(questions), "--max-new-token", "5", "--warmup", "0",
-                                "--model-id", "ppd-tiny"])
+    # no --question-file: data/mt_bench/question.jsonl, where upstream and FastChat read it
+    args = parser().parse_args(["--max-new-token", "5", "--warmup", "0", "--model-id", "ppd-tiny"])
     formatter = ChatFormatter(tokenizer, "tiny")
     run_benchmark(args, check_args(args), make_decoder(model, formatter, args), formatter, "test")
     name = os.path.splitext(os.path.basename(args.answer_file))[0]

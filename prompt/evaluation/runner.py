@@ -176,6 +176,11 @@ class HFGenerate:
                                 stop_reason="eos" if tokens and tokens[-1] in self.stop_token_ids else "length")
 
 
+# upstream's question files when --question-file is not given (relative to the working folder)
+UPSTREAM_QUESTION_FILES = {"mt_bench": os.path.join("data", "mt_bench", "question.jsonl"),
+                           "alpaca_eval": os.path.join("data", "alpaca_eval", "alpaca_eval.json")}
+
+
 @functools.lru_cache(maxsize=1)
 def fastchat_temperatures() -> dict:
     """FastChat's sampling temperature of each MT-Bench category (`fastchat.llm_judge.common.temperature_config`).
@@ -280,6 +285,9 @@ def check_args(args) -> list[dict]:
     if args.temperature is not None and args.temperature < 0:
         raise PPDError("--temperature must be >= 0")
     args.workers = check_gpu_flags(args)
+    upstream_questions = UPSTREAM_QUESTION_FILES.get(args.bench_name)
+    if args.question_file is None and upstream_questions and os.path.isfile(upstream_questions):
+        args.question_file = upstream_questions  # where upstream reads them
     args.answer_file = args.answer_file or default_answer_file(args)
     print(f"Output to {args.answer_file}")
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
