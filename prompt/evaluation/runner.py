@@ -55,6 +55,10 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling for --sampling exact (transformers' top_p).")
     parser.add_argument("--top-k", type=int, default=None, help="Top-k sampling for --sampling exact (transformers' top_k).")
     parser.add_argument("--warmup", type=int, default=1, help="Unrecorded warm-up generations before timing.")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="Conversations decoded together (continuous batching: a finished turn's row is refilled "
+                             "by the next turn or question). 1 (default): one at a time, as upstream. The answers are "
+                             "the same; the answer file's wall_time is then each turn's latency within the batch.")
     parser.add_argument("--num-gpus-per-model", type=int, default=1,
                         help="GPUs per model: above 1, each model is spread over that many GPUs (device_map auto).")
     parser.add_argument("--num-gpus-total", type=int, default=1,
@@ -284,6 +288,10 @@ def check_args(args) -> list[dict]:
         raise PPDError("--threads must be >= 1")
     if args.temperature is not None and args.temperature < 0:
         raise PPDError("--temperature must be >= 0")
+    if getattr(args, "batch_size", 1) < 1:
+        raise PPDError("--batch-size must be >= 1")
+    if getattr(args, "batch_size", 1) > 1 and getattr(args, "hf_generate", False):
+        raise PPDError("--batch-size > 1 needs our decode loop, not --hf-generate")
     args.workers = check_gpu_flags(args)
     upstream_questions = UPSTREAM_QUESTION_FILES.get(args.bench_name)
     if args.question_file is None and upstream_questions and os.path.isfile(upstream_questions):
@@ -345,11 +353,12 @@ def run_answers(args, questions, setup) -> str:
         results = ray.get(handles)
     finally:
         ray.shutdown()
-    totals, failed = MethodTotals(), {}
-    for worker_totals, worker_failed, label in results:
+    totals, failed, elapsed = MethodTotals(), {}, 0.0
+    for worker_totals, worker_failed, worker_elapsed, label in results:
         totals.merge(worker_totals)
         failed.update(worker_failed)
-    return finish(args, questions, totals, failed, label)
+        elapsed = max(elapsed, worker_elapsed)
+    return finish(args, questions, totals, failed, label, elapsed)
 
 
 def _answer_share(args, questions, setup, threads):
@@ -358,8 +367,8 @@ def _answer_share(args, questions, setup, threads):
         torch.set_num_threads(threads)
     args.answers = None
     decoder_for, formatter, label = setup(args)
-    totals, failed = answer_questions(args, questions, decoder_for, formatter, label)
-    return totals, failed, label
+    totals, failed, elapsed = answer_questions(args, questions, decoder_for, formatter, label)
+    return totals, failed, elapsed, label
 
 
 def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str):
@@ -367,16 +376,14 @@ def run_benchmark(args, questions, decoder, formatter: ChatFormatter, label: str
     append FastChat rows to the answer file, one row per question as it is answered; at the end the file is
     de-duplicated and sorted by question id. A question that cannot be answered (a prompt longer than the context)
     is reported by id and the run goes on; the run then fails naming them."""
-    totals, failed = answer_questions(args, questions, decoder, formatter, label)
-    return finish(args, questions, totals, failed, label)
+    totals, failed, elapsed = answer_questions(args, questions, decoder, formatter, label)
+    return finish(args, questions, totals, failed, label, elapsed)
 
 
 def answer_questions(args, questions, decoder, formatter: ChatFormatter, label: str):
-    """The answering loop of `run_benchmark`; returns (totals, {question id: why it was not answered})."""
+    """The answering of `run_benchmark`; returns (totals, {question id: why it was not answered}, seconds)."""
     from tqdm import tqdm
-    import shortuuid
 
-    tokenizer = formatter.tokenizer
     answers = getattr(args, "answers", None) or AnswerFile.open(args.answer_file)
     decoder_for = decoder if not hasattr(decoder, "generate") else (lambda temperature: decoder)
     monitor = gpu_power_monitor(args)
@@ -391,42 +398,24 @@ def answer_questions(args, questions, decoder, formatter: ChatFormatter, label: 
 
     totals = MethodTotals()
     failed = {}
-    for q_index, question in enumerate(tqdm(questions, desc=label, unit="question")):
-        choices = []
-        question_decoder = decoder_for(question_temperature(question, args.temperature))
-        try:
-            for choice in range(args.num_choices):
-                conversation, turns, idxs, new_tokens, wall_time, power, energy = [], [], [], [], [], [], []
-                for user_turn in question["turns"]:
-                    conversation.append(user_turn)
-                    input_ids = formatter.input_ids(conversation)
-                    if monitor:
-                        monitor.begin_window("answer")
-                    result = question_decoder.generate(input_ids, args.max_new_token,
-                                                       seed=args.seed + 1000 * q_index + choice)
-                    if monitor:
-                        measured = monitor.end_window("answer")
-                        joules = getattr(measured, "gpu_energy", None) or getattr(measured, "energy", {})
-                        energy.append(sum(joules.values()))
-                        power.append(energy[-1] / max(measured.time, 1e-9))
-                    text = decode_answer(tokenizer, result.token_ids, result.stop_reason).strip()
-                    conversation.append(text)
-                    turns.append(text)
-                    # upstream's idxs: decoding steps after the prefill, minus one (-1: forwards not counted)
-                    idxs.append(max(result.decoding_steps - 1, 0) if result.forward_passes else -1)
-                    new_tokens.append(result.new_tokens)
-                    wall_time.append(result.wall_time)
-                    totals.add(result)
-                choices.append({"index": choice, "turns": turns, "idxs": idxs, "new_tokens": new_tokens,
-                                "wall_time": wall_time, **({"power": power, "energy": energy} if monitor else {})})
-        except PPDError as exc:
-            failed[question["question_id"]] = str(exc)
-            print(f"question {question['question_id']!r} not answered: {exc}", file=sys.stderr)
-            continue
-        row = {"question_id": question["question_id"], "answer_id": shortuuid.uuid(), "model_id": args.model_id,
-               "choices": choices, "tstamp": time.time()}
-        answers.append(row)
-    return totals, failed
+    batch_size = getattr(args, "batch_size", 1)
+    start = time.perf_counter()
+    if batch_size > 1:
+        for row in answer_batched(args, questions, decoder_for, formatter, totals, failed, batch_size):
+            answers.append(row)
+    else:
+        for q_index, question in enumerate(tqdm(questions, desc=label, unit="question")):
+            question_decoder = decoder_for(question_temperature(question, args.temperature))
+            try:
+                choices = [answer_choice(args, question_decoder, formatter, question, choice,
+                                         args.seed + 1000 * q_index + choice, totals, monitor)
+                           for choice in range(args.num_choices)]
+            except PPDError as exc:
+                failed[question["question_id"]] = str(exc)
+                print(f"question {question['question_id']!r} not answered: {exc}", file=sys.stderr)
+                continue
+            answers.append(answer_row(args, question, choices))
+    return totals, failed, time.perf_counter() - start
 
 
 def gpu_power_monitor(args):
@@ -438,11 +427,15 @@ def gpu_power_monitor(args):
     return ZeusMonitor(gpu_indices=list(range(torch.cuda.device_count())))
 
 
-def finish(args, questions, totals: MethodTotals, failed: dict, label: str) -> str:
+def finish(args, questions, totals: MethodTotals, failed: dict, label: str, elapsed: float) -> str:
     """De-duplicate and sort the answer file, print the totals, and fail naming the questions not answered."""
     answer_file = args.answer_file
     rows = AnswerFile(answer_file).tidy()
     print(totals.summary(label))
+    batch_size = getattr(args, "batch_size", 1)
+    if batch_size > 1:
+        print(f"batch of {batch_size}: {totals.tokens} new tokens in {elapsed:.1f} s of wall time = "
+              f"{totals.tokens / max(elapsed, 1e-9):.2f} tokens/s in all")
     print(f"answers of {len(questions) - len(failed)} question(s) appended to {answer_file}"
           + (f" ({rows} rows, sorted by question id)" if rows is not None else ""))
     if failed:
@@ -450,6 +443,117 @@ def finish(args, questions, totals: MethodTotals, failed: dict, label: str) -> s
         raise PPDError(f"{len(failed)} of {len(questions)} question(s) not answered ({listed}"
                        f"{'; ...' if len(failed) > 5 else ''})")
     return answer_file
+
+
+def answer_row(args, question, choices) -> dict:
+    import shortuuid
+
+    return {"question_id": question["question_id"], "answer_id": shortuuid.uuid(), "model_id": args.model_id,
+            "choices": choices, "tstamp": time.time()}
+
+
+class _Choice:
+    """One answer (a choice) of one question in progress: its conversation and each answered turn."""
+
+    def __init__(self, question, index: int, seed: int):
+        self.question, self.index, self.seed = question, index, seed
+        self.conversation, self.turns, self.idxs, self.new_tokens, self.wall_time = [], [], [], [], []
+        self.power, self.energy = [], []  # --gpu-power: watts and joules of each turn
+
+    def next_prompt(self, formatter):
+        self.conversation.append(self.question["turns"][len(self.turns)])
+        return formatter.input_ids(self.conversation)
+
+    def record(self, tokenizer, result, totals: MethodTotals) -> bool:
+        """Keep a turn's answer; True when every turn is answered."""
+        text = decode_answer(tokenizer, result.token_ids, result.stop_reason).strip()
+        self.conversation.append(text)
+        self.turns.append(text)
+        # upstream's idxs: decoding steps after the prefill, minus one (-1: forwards not counted)
+        self.idxs.append(max(result.decoding_steps - 1, 0) if result.forward_passes else -1)
+        self.new_tokens.append(result.new_tokens)
+        self.wall_time.append(result.wall_time)
+        totals.add(result)
+        return len(self.turns) == len(self.question["turns"])
+
+    def row(self) -> dict:
+        return {"index": self.index, "turns": self.turns, "idxs": self.idxs, "new_tokens": self.new_tokens,
+                "wall_time": self.wall_time, **({"power": self.power, "energy": self.energy} if self.power else {})}
+
+
+def answer_choice(args, decoder, formatter, question, index: int, seed: int, totals: MethodTotals,
+                  monitor=None) -> dict:
+    """One choice of one question, turn after turn, decoded alone (with `monitor`, its GPU power measured)."""
+    choice = _Choice(question, index, seed)
+    done = False
+    while not done:
+        prompt = choice.next_prompt(formatter)
+        if monitor:
+            monitor.begin_window("answer")
+        result = decoder.generate(prompt, args.max_new_token, seed=seed)
+        if monitor:
+            measured = monitor.end_window("answer")
+            joules = getattr(measured, "gpu_energy", None) or getattr(measured, "energy", {})
+            choice.energy.append(sum(joules.values()))
+            choice.power.append(choice.energy[-1] / max(measured.time, 1e-9))
+        done = choice.record(formatter.tokenizer, result, totals)
+    return choice.row()
+
+
+def answer_batched(args, questions, decoder_for, formatter, totals: MethodTotals, failed: dict, batch_size: int):
+    """Every choice of every question through one running batch of `batch_size` rows (continuous batching): a row
+    whose turn is answered is refilled by the conversation's next turn, else by the next choice or question. Yields
+    each question's answer row when all its choices are done (in the order they finish). A choice decodes as it
+    would alone (same seed, and the acceptance rule of its question's temperature), so the answers equal those of
+    --batch-size 1."""
+    from tqdm import tqdm
+
+    pending = [(q_index, question, choice) for q_index, question in enumerate(questions)
+               for choice in range(args.num_choices)]
+    pending.reverse()
+    batch = decoder_for(0.0).batch()
+    active = {}  # id(row state) -> (state, q_index, _Choice)
+    finished = {}  # q_index -> {choice index: row}
+    progress = tqdm(total=len(questions), desc="batched", unit="question")
+
+    def start(q_index, choice) -> None:
+        question = choice.question
+        if question["question_id"] in failed:
+            return
+        try:
+            rule = decoder_for(question_temperature(question, args.temperature)).rule
+            state = batch.add(choice.next_prompt(formatter), args.max_new_token, seed=choice.seed, rule=rule)
+        except PPDError as exc:
+            failed[question["question_id"]] = str(exc)
+            print(f"question {question['question_id']!r} not answered: {exc}", file=sys.stderr)
+            progress.update(1)
+            return
+        active[id(state)] = (state, q_index, choice)
+
+    while pending or len(batch):
+        while pending and len(batch) < batch_size:
+            q_index, question, index = pending.pop()
+            start(q_index, _Choice(question, index, args.seed + 1000 * q_index + index))
+        if not len(batch):
+            continue
+        batch.step()
+        for key, (state, q_index, choice) in list(active.items()):
+            if not state.done:
+                continue
+            del active[key]
+            question = choice.question
+            if question["question_id"] in failed:
+                continue
+            if not choice.record(formatter.tokenizer, state.result, totals):
+                start(q_index, choice)
+                continue
+            rows = finished.setdefault(q_index, {})
+            rows[choice.index] = choice.row()
+            if len(rows) == args.num_choices:
+                del finished[q_index]
+                progress.update(1)
+                yield answer_row(args, question, [rows[i] for i in range(args.num_choices)])
+    progress.close()
 
 
 def make_decoder(model, formatter: ChatFormatter, args, temperature: float | None = None, **kwargs):
