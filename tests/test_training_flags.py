@@ -49,13 +49,14 @@ def test_optim_and_save_strategy(work, tmp_path):
     adamw, sgd, fused = (str(tmp_path / name) for name in ("adamw", "sgd", "fused"))
     train(work["model"], work["distillation"], adamw, *flags, "--save_strategy", "no")
     train(work["model"], work["distillation"], sgd, *flags, "--optim", "sgd", "--save_strategy", "epoch")
-    train(work["model"], work["distillation"], fused, *flags, "--optim", "adamw_torch_fused", "--save_steps", "2")
+    train(work["model"], work["distillation"], fused, *flags, "--optim", "adamw_torch_fused", "--save_steps", "1",
+          "--save_total_limit", "2")
     assert not torch.allclose(embeddings(adamw), embeddings(sgd))
     assert torch.allclose(embeddings(adamw), embeddings(fused), atol=1e-5)
     assert not [n for n in os.listdir(adamw) if n.startswith("checkpoint-")]  # --save_strategy no
     records = 6  # conversations; each distillation record holds one cut
     assert sorted(n for n in os.listdir(sgd) if n.startswith("checkpoint-"))[-1] == "checkpoint-4"
-    assert sorted(n for n in os.listdir(fused) if n.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(n for n in os.listdir(fused) if n.startswith("checkpoint-")) == ["checkpoint-3", "checkpoint-4"]
     assert records
 
 
@@ -64,12 +65,17 @@ def test_bf16_is_the_base_models_dtype_and_gpu_flags_are_refused_on_cpu(work, tm
     train(work["model"], work["distillation"], out, "--max_steps", "1", "--bf16")
     assert json.load(open(os.path.join(out, "training_args.json")))["dtype"] == "bfloat16"
     if not torch.cuda.is_available():
-        for flags, text in ((["--fp16"], "--fp16 needs CUDA"), (["--deepspeed", "ds.json"], "--deepspeed needs CUDA")):
+        for flags, text in ((["--fp16"], "--fp16 needs CUDA"), (["--deepspeed", "ds.json"], "--deepspeed needs CUDA"),
+                            (["--tf32", "True"], "--tf32 needs CUDA")):
             assert_one_error(capsys, lambda: train(work["model"], work["distillation"], str(tmp_path / "x"), *flags), text)
     assert_one_error(capsys, lambda: train(work["model"], work["distillation"], str(tmp_path / "x"), "--report_to",
                                            "nonsense"), "unknown tracker")
     assert_one_error(capsys, lambda: train(work["model"], work["distillation"], str(tmp_path / "x"), "--optim",
                                            "lion"), "invalid choice")
+    assert_one_error(capsys, lambda: train(work["model"], work["distillation"], str(tmp_path / "x"), "--torch_compile"),
+                     "--torch_compile is a transformers TrainingArguments flag that this training loop does not implement")
+    assert_one_error(capsys, lambda: train(work["model"], work["distillation"], str(tmp_path / "x"), "--bogus", "1"),
+                     "unrecognized arguments: --bogus 1")
     out = str(tmp_path / "none")
     train(work["model"], work["distillation"], out, "--max_steps", "1", "--report_to", "none")
     assert os.path.isfile(os.path.join(out, "adapter_model.safetensors"))

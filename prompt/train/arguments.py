@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save_strategy", default="steps", choices=("no", "steps", "epoch"),
                        help="Checkpoints every --save_steps steps, at the end of every epoch, or none before the end.")
     train.add_argument("--deepspeed", default=None, help="A DeepSpeed config (needs CUDA GPUs; not supported by this loop).")
+    add_bool(train, "--tf32", None, "Allow TF32 matrix products on Ampere or newer GPUs (needs a CUDA GPU).")
+    train.add_argument("--save_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
     train.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads per process (default: torch's choice); keep threads x processes "
                             "within the free cores, oversubscribed threads slow training many times over.")
@@ -148,13 +150,18 @@ def check_args(args) -> None:
 def check_trainer_flags(args) -> None:
     """The TrainingArguments flags: GPU-only ones refused on CPU, --bf16/--fp16 turned into --dtype, trackers checked."""
     on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
-    for flag, used in (("--fp16", args.fp16), ("--deepspeed", args.deepspeed)):
+    for flag, used in (("--fp16", args.fp16), ("--deepspeed", args.deepspeed), ("--tf32", args.tf32)):
         if used and on_cpu:
             raise PPDError(f"{flag} needs CUDA GPUs, and this run has none "
                            f"({'--device cpu' if torch.cuda.is_available() else f'torch {torch.__version__} sees no GPU'})")
     if args.deepspeed:
         raise PPDError("--deepspeed is not supported: only the prompt tokens train; run several GPUs with "
                        "accelerate launch --num_processes N (data parallel)")
+    if args.save_total_limit is not None and args.save_total_limit < 1:
+        raise PPDError("--save_total_limit must be >= 1")
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if args.bf16 and args.fp16:
         raise PPDError("choose one of --bf16 and --fp16")
     if args.bf16 or args.fp16:
@@ -189,3 +196,22 @@ def prompt_config(args) -> PromptConfig:
                         use_prefix_tuning=args.use_prefix_tuning,
                         prefix_virtual_tokens=args.prefix_virtual_tokens if args.use_prefix_tuning else None,
                         prompt_tuning_init=args.prompt_tuning_init)
+
+
+def parse_args(argv=None):
+    """The command line; a transformers TrainingArguments flag this loop does not implement is named as such."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        import dataclasses
+
+        from transformers import TrainingArguments
+
+        known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        for token in unknown:
+            name = token.split("=", 1)[0].lstrip("-")
+            if token.startswith("--") and name in known:
+                parser.error(f"--{name} is a transformers TrainingArguments flag that this training loop does not "
+                             "implement (see README: Training prompt tokens)")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args

@@ -30,6 +30,7 @@ def _make_importable() -> None:
 _make_importable()
 
 import json  # noqa: E402
+import shutil  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
@@ -39,7 +40,7 @@ import torch  # noqa: E402
 from prompt.data.files import canonical_model_name, load_dataset  # noqa: E402
 from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.train import checkpoints  # noqa: E402
-from prompt.train.arguments import build_parser, check_args, prompt_config  # noqa: E402
+from prompt.train.arguments import check_args, parse_args, prompt_config  # noqa: E402
 from prompt.train.objectives import DISTILLATION, many_cuts_loss, one_cut_loss  # noqa: E402
 
 ARGS_NAME = checkpoints.ARGS_NAME
@@ -386,6 +387,9 @@ def save_checkpoint(args, model, optimizer, progress: Progress, started, acceler
     if accelerator.is_main_process:
         folder = os.path.join(args.output_dir, f"checkpoint-{progress.step}")
         checkpoints.save_checkpoint(folder, model, optimizer, asdict(progress))
+        if args.save_total_limit:  # --save_total_limit: only the newest checkpoints stay
+            for old in checkpoints.checkpoint_folders(args.output_dir)[: -args.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
@@ -396,7 +400,7 @@ def save_final(args, model, progress: Progress) -> None:
 
 @cli_entry
 def main(argv=None) -> str:
-    return main_body(build_parser().parse_args(argv))
+    return main_body(parse_args(argv))
 
 
 if __name__ == "__main__":
