@@ -360,3 +360,25 @@ def test_tree_latency_rows_feed_get_throughput_results(tmp_path, tiny_model_fold
     assert "Best sparse tree: 4" in proc.stdout
     assert_clear_error(run("get_throughput_results.py", answers / "tree2_0.jsonl", "--gpu-power"),
                        "without power measurements")
+
+
+# --------------------------------------------------------------------------------------------------
+# the other scripts parse upstream's command lines
+def test_webui_dataset_and_accept_length_take_upstreams_flags(tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "application"))
+    try:
+        import webui
+    finally:
+        sys.path.pop(0)
+    for bits in ("8", "4"):
+        args = webui.parse_args(["--ppd-path", "hmarkc/ppd-vicuna-7b-v1.3", f"--load-in-{bits}bit", "--max-new-token", "512"])
+        assert getattr(args, f"load_in_{bits}bit") and args.max_new_token == 512
+    from prompt.data.cli import build_parser
+
+    args = build_parser().parse_args(["--dataset_type", "distillation", "--num_special_tokens", "3", "--data_path",
+                                      "d.pt", "--model_max_length", "2048", "--model_name_or_path", "m", "--size", "5",
+                                      "--save_path", "out"])
+    assert (args.dataset_type, args.size, args.save_path, args.model_name_or_path) == ("distillation", 5, "out", "m")
+    proc = run("accept_length.py", "--dir-path", tmp_path, "--file-name", "f", "--model-name", "x", "--n", "1",
+               "--eval-file-name", "other.py", "--run-baseline", "--question-file", "q.json")
+    assert_clear_error(proc, "--eval-file-name other.py")
