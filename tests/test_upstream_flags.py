@@ -216,7 +216,7 @@ def test_baseline_accepts_tree_length_without_effect(tmp_path, tiny_model_folder
 
 
 def test_num_gpus_total_runs_two_ray_workers_on_cpu(tmp_path, tiny_chat, tiny_model_folder):
-    """One ray run (about 45 s on 2 busy cores: ray's start and two workers importing torch)."""
+    """One ray run (about a minute on 2 busy cores: ray's start and two workers importing torch)."""
     from prompt.evaluation.chat import ChatFormatter
     from prompt.inference.decoding import Decoder
 
