@@ -42,10 +42,18 @@ def main():
     parser.add_argument("--length-interval", type=int, default=8)
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=0, help="Add a lookup chain to every tree (0: off).")
     parser.add_argument("--n", type=int, default=1, help="Passes over the prompts.")
+    parser.add_argument("--run-baseline", action="store_true",
+                        help="Measure plain decoding too (as upstream's flag; always done here: it is the reference).")
+    parser.add_argument("--eval-file-name", default="gen_model_answer_prompt_decoding.py",
+                        help="Upstream runs this script per tree; here the same decode loop runs in this process "
+                             "(only gen_model_answer_prompt_decoding.py is accepted).")
     parser.add_argument("--dir-path", default=None, help="Folder for the results JSON (default: print only).")
     parser.add_argument("--file-name", default="accept_length", help="Results file name (without .json).")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if os.path.basename(args.eval_file_name) != "gen_model_answer_prompt_decoding.py":
+        raise PPDError(f"--eval-file-name {args.eval_file_name}: only gen_model_answer_prompt_decoding.py's decode "
+                       "loop is measured here")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.n < 1 or args.max_new_token < 1 or args.length_interval < 1 or args.prompt_lookup_num_tokens < 0:

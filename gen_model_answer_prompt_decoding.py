@@ -2,10 +2,23 @@
 from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.runner import check_args, add_common_flags, make_decoder, run_benchmark
+from prompt.evaluation.runner import PerTemperature, add_common_flags, check_args, load_kwargs, make_decoder, run_answers
 from prompt.inference.tree import select_tree_spec
 from prompt.model.defaults import load_prompt_decoder
-from prompt.model.devices import device_kwargs
+
+
+def setup(args):
+    """Load the model and return (decoder for a temperature, chat formatter, label); runs in each worker."""
+    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **load_kwargs(args))
+    formatter = ChatFormatter(model.tokenizer, args.model_id)
+    tree = {"tree_length": args.tree_length}
+    if args.tree_file:  # a tree file of the user's: its tree of --tree-length (else its largest)
+        tree = {"tree_spec": select_tree_spec(args.tree_file, model.config.num_special_tokens,
+                                              model.config.virtual_tokens_per_special_token, args.tree_length)}
+    decoders = PerTemperature(lambda temperature: make_decoder(
+        model, formatter, args, temperature, prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, **tree))
+    print(f"decoding: {decoders(args.temperature or 0.0).describe()}")
+    return decoders, formatter, "ppd"
 
 
 @cli_entry
@@ -24,17 +37,8 @@ def main():
                              "(default: the checkpoint's tuned setting for the dtype, else off).")
     args = parser.parse_args()
     questions = check_args(args)
-    if not questions:
-        return
-    model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
-    formatter = ChatFormatter(model.tokenizer, args.model_id)
-    tree = {"tree_length": args.tree_length}
-    if args.tree_file:  # a tree file of the user's: its tree of --tree-length (else its largest)
-        tree = {"tree_spec": select_tree_spec(args.tree_file, model.config.num_special_tokens,
-                                              model.config.virtual_tokens_per_special_token, args.tree_length)}
-    decoder = make_decoder(model, formatter, args, prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, **tree)
-    print(f"decoding: {decoder.describe()}")
-    run_benchmark(args, questions, decoder, formatter, "ppd")
+    if questions:
+        run_answers(args, questions, setup)
 
 
 if __name__ == "__main__":

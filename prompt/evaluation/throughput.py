@@ -13,15 +13,16 @@ from prompt.errors import PPDError
 class Throughput:
     macro_tokens_per_s: float  # all new tokens / all wall time
     micro_tokens_per_s: float  # mean over turns of tokens/s
-    accept_length: float | None  # new tokens per forward pass (None: unknown, see below)
+    accept_length: float | None  # upstream's: new tokens per decoding step after the prefill (None: unknown)
     forward_time: float | None  # seconds per forward pass (None: unknown)
     turns: int
 
 
-def file_throughput(path: str) -> Throughput:
+def _latest_rows(path: str) -> dict:
+    """{(question, model): (line number, row)}: the last row of each, as the answer runner keeps them."""
     if not os.path.isfile(path):
         raise PPDError(f"answer file {path!r} does not exist")
-    latest = {}  # one row per (question, model), the last one, as the answer runner keeps them
+    latest = {}
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -31,6 +32,15 @@ def file_throughput(path: str) -> Throughput:
                 latest[(json.dumps(row["question_id"]), json.dumps(row.get("model_id")))] = (number, row)
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise PPDError(f"{path}: line {number} is not a FastChat answer row ({exc})") from None
+    return latest
+
+
+def _rows(path: str) -> list:
+    return [row for _, row in _latest_rows(path).values()]
+
+
+def file_throughput(path: str) -> Throughput:
+    latest = _latest_rows(path)
     tokens, times, passes, rates = 0, 0.0, 0, []
     uncounted = 0  # turns without a forward-pass count (idxs -1: transformers generate with prompt lookup)
     for number, row in latest.values():
@@ -64,3 +74,38 @@ def summarize(paths: list[str]) -> dict:
             continue
         summary[name] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
     return summary
+
+
+def gpu_power(paths: list[str]) -> dict:
+    """Mean and standard deviation over files of power and energy per token, and per answer, from the `power` (W)
+    and `energy` (J) lists that --gpu-power writes into each choice."""
+    figures = {"Power per token (W/token)": [], "Power (W)": [], "Energy per token (J/token)": [], "Energy (J)": []}
+    for path in paths:
+        power, energy, tokens, per_token_power, per_token_energy = [], [], 0, [], []
+        for row in _rows(path):
+            for choice in row["choices"]:
+                if "power" not in choice or "energy" not in choice:
+                    raise PPDError(f"{path}: answers without power measurements (write them with --gpu-power)")
+                power += choice["power"]
+                energy += choice["energy"]
+                tokens += sum(choice["new_tokens"])
+                per_token_power.append(sum(choice["power"]) / max(sum(choice["new_tokens"]), 1))
+                per_token_energy.append(sum(choice["energy"]) / max(sum(choice["new_tokens"]), 1))
+        if not power:
+            raise PPDError(f"{path} holds no answers")
+        figures["Power per token (W/token)"].append(statistics.mean(per_token_power))
+        figures["Power (W)"].append(statistics.mean(power))
+        figures["Energy per token (J/token)"].append(statistics.mean(per_token_energy))
+        figures["Energy (J)"].append(statistics.mean(energy))
+    return {name: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for name, v in figures.items()}
+
+
+def tree_latencies(path: str) -> dict:
+    """{tree length: seconds} from tree_latency.py's --answer-file rows (upstream's tree latency file)."""
+    latencies = {}
+    for row in _rows(path):
+        try:
+            latencies[int(row["tree_length"])] = sum(row["choices"][0]["wall_time"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise PPDError(f"{path}: row {row.get('question_id')!r} is not a tree latency row ({exc})") from None
+    return latencies

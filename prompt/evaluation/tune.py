@@ -119,14 +119,17 @@ def config_name(config) -> str:
 def results_table(totals: dict, latency: dict | None = None) -> str:
     """Markdown table; speed as a ratio to plain greedy (our loop) when it was measured."""
     plain = totals.get(PLAIN)
-    lines = ["| decoding | accept length | tokens/s | speed vs plain greedy | predicted from latency curve |",
-             "|---|---|---|---|---|"]
+    lines = ["| decoding | accept length (per forward, prefill counted) | upstream's accept length (per step) | tokens/s "
+             "| speed vs plain greedy | predicted from latency curve |",
+             "|---|---|---|---|---|---|"]
     for config, t in totals.items():
         ratio = f"{t.tokens_per_second / plain.tokens_per_second:.2f}x" if plain and plain.tokens_per_second else "-"
         predicted = "-"
         if latency and config[1] == 0 and config[0] in latency and 1 in latency:
             predicted = f"{t.accept_length * latency[1] / latency[config[0]]:.2f}x"
-        lines.append(f"| {config_name(config)} | {t.accept_length:.3f} | {t.tokens_per_second:.2f} | {ratio} | {predicted} |")
+        upstream = f"{t.accept_length_upstream:.3f}" if t.accept_length_upstream else "-"
+        lines.append(f"| {config_name(config)} | {t.accept_length:.3f} | {upstream} | {t.tokens_per_second:.2f} | {ratio} "
+                     f"| {predicted} |")
     return "\n".join(lines)
 
 

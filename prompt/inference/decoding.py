@@ -61,6 +61,18 @@ class GenerationResult:
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.wall_time if self.wall_time > 0 else 0.0
 
+    @property
+    def decoding_steps(self) -> int:
+        """Steps after the prefill, as upstream counts them: each emits the root and its accepted candidates (the
+        last root may be emitted without a forward; upstream runs one for it). 0 when nothing was emitted."""
+        emitted = sum(self.step_tokens)
+        return len(self.step_tokens) + (1 if self.new_tokens > emitted else 0)
+
+    @property
+    def accept_length_upstream(self) -> float:
+        """Upstream's accept length: new tokens per decoding step, the prefill not counted (1.0 for plain decoding)."""
+        return self.new_tokens / max(self.decoding_steps, 1)
+
 
 @dataclass
 class SequenceState:

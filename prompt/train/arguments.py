@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError
 from prompt.model.config import PromptConfig
@@ -11,6 +13,9 @@ from prompt.data.files import canonical_model_name
 
 TRAINER_TYPES = ("distillation_trainer", "param_efficient_fine_tuner")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+# TrainingArguments' optimizer names this loop builds: torch's AdamW, SGD and Adagrad, bitsandbytes' 8-bit AdamW
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+              "paged_adamw_8bit")
 
 
 def flag_bool(value) -> bool:
@@ -89,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="A checkpoint folder, or 'true' for the latest in --output_dir (which is also the "
                             "default whenever --output_dir holds checkpoints of this run).")
     train.add_argument("--seed", type=int, default=42)
+    # transformers TrainingArguments flags of upstream's command lines (upstream trains with HF Trainer)
+    train.add_argument("--cache_dir", default=None, help="Hugging Face cache folder for a Hub --model_name_or_path.")
+    train.add_argument("--optim", default="adamw_torch", choices=OPTIMIZERS,
+                       help="Optimizer, by its TrainingArguments name (the 8-bit ones through bitsandbytes).")
+    add_bool(train, "--bf16", False, "The frozen base model in bfloat16 (the same as --dtype bfloat16).")
+    add_bool(train, "--fp16", False, "The frozen base model in float16 (needs a CUDA GPU, as HF Trainer's fp16).")
+    add_bool(train, "--gradient_checkpointing", False,
+             "Recompute the base model's layer activations in the backward instead of keeping them (less memory).")
+    train.add_argument("--report_to", nargs="+", default=["none"],
+                       help="Also log to these trackers through accelerate (tensorboard, wandb, ...; all; none).")
+    train.add_argument("--save_strategy", default="steps", choices=("no", "steps", "epoch"),
+                       help="Checkpoints every --save_steps steps, at the end of every epoch, or none before the end.")
+    train.add_argument("--deepspeed", default=None, help="A DeepSpeed config (needs CUDA GPUs; not supported by this loop).")
+    add_bool(train, "--tf32", None, "Allow TF32 matrix products on Ampere or newer GPUs (needs a CUDA GPU).")
+    train.add_argument("--save_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
     train.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads per process (default: torch's choice); keep threads x processes "
                             "within the free cores, oversubscribed threads slow training many times over.")
@@ -124,6 +144,45 @@ def check_args(args) -> None:
     if args.load_in_4bit and args.load_in_8bit:
         raise PPDError("choose one of --load_in_4bit and --load_in_8bit")
     args.device = resolve_device(args.device)
+    check_trainer_flags(args)
+
+
+def check_trainer_flags(args) -> None:
+    """The TrainingArguments flags: GPU-only ones refused on CPU, --bf16/--fp16 turned into --dtype, trackers checked."""
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+    for flag, used in (("--fp16", args.fp16), ("--deepspeed", args.deepspeed), ("--tf32", args.tf32)):
+        if used and on_cpu:
+            raise PPDError(f"{flag} needs CUDA GPUs, and this run has none "
+                           f"({'--device cpu' if torch.cuda.is_available() else f'torch {torch.__version__} sees no GPU'})")
+    if args.deepspeed:
+        raise PPDError("--deepspeed is not supported: only the prompt tokens train; run several GPUs with "
+                       "accelerate launch --num_processes N (data parallel)")
+    if args.save_total_limit is not None and args.save_total_limit < 1:
+        raise PPDError("--save_total_limit must be >= 1")
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if args.bf16 and args.fp16:
+        raise PPDError("choose one of --bf16 and --fp16")
+    if args.bf16 or args.fp16:
+        args.dtype = "bfloat16" if args.bf16 else "float16"
+    if args.optim in ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit"):
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise PPDError(f"--optim {args.optim} needs bitsandbytes: pip install -e '.[gpu]'")
+    trackers = [name for name in args.report_to if name != "none"]
+    if trackers:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+        from accelerate.tracking import get_available_trackers
+
+        available = {str(t) for t in get_available_trackers()}
+        for name in trackers:
+            if name != "all" and name not in LOGGER_TYPE_TO_CLASS:
+                raise PPDError(f"--report_to {name}: unknown tracker; use none, all or one of "
+                               f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+            if name != "all" and name not in available:
+                raise PPDError(f"--report_to {name}: {name} is not installed")
 
 
 def prompt_config(args) -> PromptConfig:
@@ -137,3 +196,22 @@ def prompt_config(args) -> PromptConfig:
                         use_prefix_tuning=args.use_prefix_tuning,
                         prefix_virtual_tokens=args.prefix_virtual_tokens if args.use_prefix_tuning else None,
                         prompt_tuning_init=args.prompt_tuning_init)
+
+
+def parse_args(argv=None):
+    """The command line; a transformers TrainingArguments flag this loop does not implement is named as such."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        import dataclasses
+
+        from transformers import TrainingArguments
+
+        known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        for token in unknown:
+            name = token.split("=", 1)[0].lstrip("-")
+            if token.startswith("--") and name in known:
+                parser.error(f"--{name} is a transformers TrainingArguments flag that this training loop does not "
+                             "implement (see README: Training prompt tokens)")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args

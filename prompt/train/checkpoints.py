@@ -27,6 +27,7 @@ IDENTITY_FIELDS = ("base_model_name_or_path", "num_special_tokens", "virtual_tok
                    "prefix_virtual_tokens")
 # flags that may change when a run resumes (they do not change what is trained)
 RESUMABLE_FLAGS = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "threads", "logging_steps",
+                   "report_to", "save_strategy", "cache_dir", "gradient_checkpointing",
                    "save_steps"}
 # files tied to the prompt tokens of a run: replaced or removed with them
 RUN_FILES = (CONFIG_NAME, WEIGHTS_NAME, WEIGHTING_LAYERS_NAME, CUSTOM_LM_HEAD_NAME, PREFIX_NAME, STATE_NAME, STATE_JSON,

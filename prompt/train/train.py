@@ -30,6 +30,7 @@ def _make_importable() -> None:
 _make_importable()
 
 import json  # noqa: E402
+import shutil  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 from dataclasses import asdict, dataclass, field  # noqa: E402
@@ -39,7 +40,7 @@ import torch  # noqa: E402
 from prompt.data.files import canonical_model_name, load_dataset  # noqa: E402
 from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.train import checkpoints  # noqa: E402
-from prompt.train.arguments import build_parser, check_args, prompt_config  # noqa: E402
+from prompt.train.arguments import check_args, parse_args, prompt_config  # noqa: E402
 from prompt.train.objectives import DISTILLATION, many_cuts_loss, one_cut_loss  # noqa: E402
 
 ARGS_NAME = checkpoints.ARGS_NAME
@@ -80,7 +81,9 @@ def main_body(args) -> str:
     dataset = load_training_data(args)
     many_cuts = choose_many_cuts(args, dataset.dataset_type)
 
-    accelerator = Accelerator(cpu=args.device == "cpu")
+    trackers = [name for name in args.report_to if name != "none"]
+    accelerator = Accelerator(cpu=args.device == "cpu", log_with=trackers or None,
+                              project_dir=args.output_dir if trackers else None)
     model = load_model(args, config, "auto" if args.device == "auto" else accelerator.device)
     optimizer = build_optimizer(model, args)
     progress = Progress()
@@ -93,12 +96,17 @@ def main_body(args) -> str:
         os.makedirs(args.output_dir, exist_ok=True)
         checkpoints.write_args_json(args.output_dir, vars(args))
     accelerator.wait_for_everyone()
+    if trackers:
+        accelerator.init_trackers(os.path.basename(os.path.abspath(args.output_dir)) or "ppd",
+                                  config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
     plan = make_plan(args, len(dataset.records), accelerator.num_processes)
     accelerator.print(f"{len(dataset.records)} {dataset.dataset_type} records, {plan.steps_per_epoch} steps per epoch, "
                       f"at most {plan.total_steps} steps" + (f" or {args.max_train_minutes:g} minutes" if plan.max_seconds else "")
                       + f"; {'many cuts per forward' if many_cuts else 'one cut per record'}, {accelerator.num_processes} process(es)")
     train_loop(args, model, optimizer, dataset, plan, progress, many_cuts, accelerator)
+    if trackers:
+        accelerator.end_training()
 
     if accelerator.is_main_process:
         save_final(args, model, progress)
@@ -131,12 +139,23 @@ def train_loop(args, model, optimizer, dataset, plan: Plan, progress: Progress, 
                      "minutes": round(now / 60, 3)}
             progress.log_history.append(entry)
             accelerator.print(json.dumps(entry), flush=True)
+            if args.report_to != ["none"]:
+                accelerator.log({k: v for k, v in entry.items() if k != "step"}, step=progress.step)
             window_loss, window_steps, window_cuts, window_start = 0.0, 0, 0, now
-        if progress.step % args.save_steps == 0:
+        if checkpoint_due(args, progress.step, plan):
             save_checkpoint(args, model, optimizer, progress, started, accelerator)
             last_saved = progress.step
-    if progress.step != last_saved:
+    if progress.step != last_saved and args.save_strategy != "no":
         save_checkpoint(args, model, optimizer, progress, None, accelerator)
+
+
+def checkpoint_due(args, step: int, plan: Plan) -> bool:
+    """--save_strategy: every --save_steps steps, at each epoch's end, or no checkpoint before the end ("no")."""
+    if args.save_strategy == "no":
+        return False
+    if args.save_strategy == "epoch":
+        return step % plan.steps_per_epoch == 0
+    return step % args.save_steps == 0
 
 
 def train_step(args, model, optimizer, dataset, plan: Plan, step: int, many_cuts: bool, accelerator) -> tuple[float, int]:
@@ -206,6 +225,9 @@ def choose_many_cuts(args, dataset_type: str) -> bool:
     many_cuts = dataset_type == "self_distillation" if args.many_cuts is None else args.many_cuts
     if args.cuts_per_sequence and not many_cuts:
         raise PPDError("--cuts_per_sequence applies only with many cuts per forward")
+    if args.gradient_checkpointing and many_cuts:
+        raise PPDError("--gradient_checkpointing needs one cut per forward (--many_cuts false): many cuts extend a KV "
+                       "cache, which transformers' checkpointing turns off")
     return many_cuts
 
 
@@ -243,14 +265,49 @@ def load_model(args, config, device):
     from prompt.model.loading import load_base_model
     from prompt.model.prompt_decoder import AutoPromptDecoder, PromptDecoder
 
-    base, tokenizer = load_base_model(args.model_name_or_path, dtype=args.dtype, device=str(device),
+    base, tokenizer = load_base_model(model_location(args), dtype=args.dtype, device=str(device),
                                       load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit)
+    if args.gradient_checkpointing:  # transformers checkpoints a layer only in training mode: dropout stays off
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(args.seed)
     if args.stage1_model_path:
         model = AutoPromptDecoder.from_pretrained(args.stage1_model_path, base_model=base, tokenizer=tokenizer, config=config)
     else:
         model = PromptDecoder(base, config, tokenizer=tokenizer)
-    return model.eval()  # no dropout; gradients still reach the trainable parameters
+    model.eval()  # no dropout; gradients still reach the trainable parameters
+    if args.gradient_checkpointing:
+        set_layers_training_without_dropout(base)
+    return model
+
+
+def set_layers_training_without_dropout(base) -> None:
+    """Training mode (where transformers applies gradient checkpointing) with every dropout kept off."""
+    base.train()
+    for module in base.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.eval()
+        for name in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+
+
+def model_location(args) -> str | None:
+    """--model_name_or_path, or with --cache_dir and a Hub id, its snapshot in that cache (huggingface_hub)."""
+    from prompt.model.loading import is_default_model
+
+    name = args.model_name_or_path
+    if not args.cache_dir or name is None or is_default_model(name) or os.path.isdir(os.path.expanduser(name)):
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, cache_dir=args.cache_dir)
+    except Exception as exc:  # unknown id, offline and not cached, network failure
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PPDError(f"cannot fetch {name!r} into --cache_dir {args.cache_dir!r} ({type(exc).__name__}: {reason})") from None
 
 
 def trainable_parameters(model) -> list:
@@ -266,7 +323,17 @@ def build_optimizer(model, args) -> torch.optim.Optimizer:
                        "lr": args.learning_rate * args.lm_head_lr_multiplier})
     for group in groups:
         group["initial_lr"] = group["lr"]
-    return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
+    if args.optim == "sgd":
+        return torch.optim.SGD(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
+    if args.optim == "adagrad":
+        return torch.optim.Adagrad(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
+    if args.optim in ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit"):
+        import bitsandbytes as bnb
+
+        kind = bnb.optim.PagedAdamW8bit if args.optim == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+        return kind(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay,
+                             fused=args.optim == "adamw_torch_fused" or None)
 
 
 def average_gradients(model, accelerator) -> None:
@@ -320,6 +387,9 @@ def save_checkpoint(args, model, optimizer, progress: Progress, started, acceler
     if accelerator.is_main_process:
         folder = os.path.join(args.output_dir, f"checkpoint-{progress.step}")
         checkpoints.save_checkpoint(folder, model, optimizer, asdict(progress))
+        if args.save_total_limit:  # --save_total_limit: only the newest checkpoints stay
+            for old in checkpoints.checkpoint_folders(args.output_dir)[: -args.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
@@ -330,7 +400,7 @@ def save_final(args, model, progress: Progress) -> None:
 
 @cli_entry
 def main(argv=None) -> str:
-    return main_body(build_parser().parse_args(argv))
+    return main_body(parse_args(argv))
 
 
 if __name__ == "__main__":
