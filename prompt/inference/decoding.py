@@ -27,9 +27,9 @@ import torch
 
 from prompt.errors import PPDError
 from prompt.inference.acceptance import acceptance_rule
-from prompt.inference.candidates import CandidateSource, PromptLookup
+from prompt.inference.candidates import CandidateSource, PromptLookup, merge_proposals
 from prompt.inference.choice import resolve_decoding
-from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_chains
+from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_branches
 from prompt.model import backbone
 from prompt.model.cache import keep_cache_entries, new_cache
 from prompt.model.devices import synchronize
@@ -127,7 +127,7 @@ class Decoder:
                 raise PPDError(f"chain_special_tokens must lie in 0..{model.config.num_special_tokens}")
         self.chain_special_tokens = chain_special_tokens
         self.layout = model.layout if self.ppd else SpecialTokenLayout(0)
-        self._merged = {}  # (tree, chain lengths) -> buffers, built once per shape
+        self._merged = {}  # (tree, context nodes' parents) -> buffers, built once per shape
 
     def describe(self) -> str:
         """The decoding in words, e.g. 'PPD tree of 24 inputs + prompt lookup 10, greedy'."""
@@ -193,14 +193,15 @@ class Decoder:
             tree = self.tree.for_special_tokens(state.special_logits.shape[0])
         else:
             tree = self.root_only
-        chains = [chain for chain in (source.propose(state.context) for source in self.sources) if chain]
+        # every source's chain or tree, merged into one tree of context nodes (a path two sources share once)
+        chains = merge_proposals([source.propose(state.context) for source in self.sources]) if self.sources else ()
         if chains:
-            tree = self._with_chains(tree, tuple(len(chain) for chain in chains))
+            tree = self._with_chains(tree, chains.parents)
         if self.max_positions is not None and state.past + tree.max_position_offset >= self.max_positions:
-            tree, chains = self.root_only, []  # no room for the tree: one plain step
+            tree, chains = self.root_only, ()  # no room for the tree: one plain step
         node_tokens = self.prompt_token_candidates(state, tree)
         if chains:
-            chain_tokens = torch.tensor([t for chain in chains for t in chain], device=self.device)
+            chain_tokens = torch.tensor(chains.tokens, device=self.device)
             node_tokens = torch.cat([node_tokens, chain_tokens])
         return StepTree(tree, node_tokens)
 
@@ -310,11 +311,13 @@ class Decoder:
         return backbone.run_body(self.base, embeds, mask, (positions + past)[None], cache,
                                  output_hidden_states=output_hidden_states)
 
-    def _with_chains(self, tree: TreeBuffers, chain_lengths: tuple) -> TreeBuffers:
-        key = (id(tree), chain_lengths)
+    def _with_chains(self, tree: TreeBuffers, parents: tuple) -> TreeBuffers:
+        key = (id(tree), parents)
         merged = self._merged.get(key)
         if merged is None:
-            merged = with_chains(tree, chain_lengths, self.chain_special_tokens, self.layout).to(self.device)
+            if len(self._merged) >= 4096:  # context trees take many shapes: bound the cache
+                self._merged.clear()
+            merged = with_branches(tree, parents, self.chain_special_tokens, self.layout).to(self.device)
             self._merged[key] = merged
         return merged
 
