@@ -17,6 +17,15 @@ def reference(model, ids, n):
     return out[0, ids.shape[1]:].tolist()
 
 
+def repeating_reply(model, new_tokens=60):
+    """(model, random prompt tokens on it, a prompt holding the model's own earlier reply, its greedy reply):
+    fed its continuation back, the model's reply repeats text it has seen."""
+    ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
+    ids = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(3))
+    prompt = torch.cat([ids, torch.tensor([reference(model, ids, new_tokens)]), ids], 1)
+    return model, ppd, prompt, reference(model, prompt, new_tokens)
+
+
 def test_merge_shares_common_prefixes_keeps_source_order_and_budget():
     tree = Branches((3, 4, 5, 8), (-1, 0, 0, -1))  # 3 -> {4, 5}, 8
     merged = merge_proposals([[3, 4, 7], tree, [], [3, 9]])
@@ -116,12 +125,7 @@ def test_context_trees_keep_greedy_output_lossless(seed):
 
 
 def test_suffix_candidates_on_repetitive_text_are_lossless_and_learn_from_earlier_answers():
-    model = tiny_llama(4)
-    ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
-    ids = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(3))
-    first = reference(model, ids, 60)
-    prompt = torch.cat([ids, torch.tensor([first]), ids], 1)  # the reply repeats text the prompt holds
-    expected = reference(model, prompt, 60)
+    model, ppd, prompt, expected = repeating_reply(tiny_llama(4))
     for model_or_ppd in (ppd, model):
         suffix = SuffixCandidates(max_nodes=12)
         decoder = Decoder(model_or_ppd, sources=[suffix, PromptLookup(8)])
