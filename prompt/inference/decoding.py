@@ -27,7 +27,7 @@ import torch
 
 from prompt.errors import PPDError
 from prompt.inference.acceptance import acceptance_rule
-from prompt.inference.candidates import CandidateSource, PromptLookup, merge_proposals
+from prompt.inference.candidates import CandidateSource, PromptLookup, SuffixCandidates, merge_proposals
 from prompt.inference.choice import resolve_decoding
 from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_branches
 from prompt.model import backbone
@@ -115,6 +115,9 @@ class Decoder:
         self.sources = list(sources)
         if self.prompt_lookup_num_tokens:
             self.sources.append(PromptLookup(self.prompt_lookup_num_tokens, stop_token_ids=self.stop_token_ids))
+        self.suffix_nodes = choice.suffix_nodes  # the tuned suffix candidate tree (0: off)
+        if self.suffix_nodes:
+            self.sources.append(SuffixCandidates(self.suffix_nodes, stop_token_ids=self.stop_token_ids))
         self.max_positions = getattr(self.base.config, "max_position_embeddings", None)
         self.vocab_size = self.base.get_input_embeddings().weight.shape[0]
         self.device = self.base.get_input_embeddings().weight.device
@@ -134,6 +137,8 @@ class Decoder:
         parts = [f"PPD tree of {self.tree.input_length} inputs"] if self.ppd else []
         if self.prompt_lookup_num_tokens:
             parts.append(f"prompt lookup {self.prompt_lookup_num_tokens}")
+        if self.suffix_nodes:
+            parts.append(f"suffix tree {self.suffix_nodes}")
         return f"{' + '.join(parts) or 'plain decoding'}, {self.rule.describe()}"
 
     # ----------------------------------------------------------------------------------------------
