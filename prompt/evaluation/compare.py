@@ -15,6 +15,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import HFGenerate, MethodTotals
+from prompt.inference.candidates import SuffixCandidates
 from prompt.inference.choice import DECODING_NAME, fastest_dtype
 from prompt.inference.choice import tree_file as checkpoint_tree_file
 from prompt.inference.choice import tuned_decoding
@@ -26,17 +27,18 @@ from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.model.prompt_decoder import PromptDecoder
 
 METHODS = ("generate", "generate_static", "generate_compiled", "generate_lookup", "generate_lookup3", "baseline",
-           "lookup", "ppd", "ppd_lookup", "ppd_untrained", "tuned", "generate_sample", "generate_lookup_sample",
+           "lookup", "suffix", "ppd", "ppd_lookup", "ppd_untrained", "tuned", "tuned_suffix", "generate_sample", "generate_lookup_sample",
            "exact", "typical")
 # the peers a user would pick, each at its best over these rows (and over dtypes in the benchmark's headline)
 PEERS = {"transformers generate": ("generate", "generate_static", "generate_compiled"),
          "transformers prompt lookup": ("generate_lookup", "generate_lookup3")}
-OURS = ("baseline", "lookup", "ppd", "ppd_lookup", "ppd_untrained", "tuned")  # greedy rows of this library
+OURS = ("baseline", "lookup", "suffix", "ppd", "ppd_lookup", "ppd_untrained", "tuned", "tuned_suffix")  # greedy rows of this library
 BUSY_SPREAD = 1.25  # the repeated reference measure moving more than this (max/min) means a contended machine
 METHOD_HELP = ("generate: transformers greedy (dynamic cache); generate_static: the same with its static cache; "
                "generate_compiled: static cache and torch.compile (about a minute of compiling per prompt shape, "
                "all done in the warm-up); generate_lookup / generate_lookup3: transformers prompt lookup decoding "
-               "matching up to 2-grams (its default) / 3-grams; baseline: our "
+               "matching up to 2-grams (its default) / 3-grams; suffix: our plain loop with the suffix candidate tree; "
+               "tuned_suffix: the tuned decoding with the suffix candidate tree merged in; baseline: our "
                "plain loop; lookup: our loop with prompt lookup alone; ppd: prompt tokens alone; ppd_lookup: both in "
                "one tree; ppd_untrained: text-initialised prompt tokens; tuned: the checkpoint's tuned decoding; at --temperature: "
                "generate_sample and generate_lookup_sample (transformers sampling, plain and with prompt lookup), exact "
@@ -44,7 +46,7 @@ METHOD_HELP = ("generate: transformers greedy (dynamic cache); generate_static: 
 
 
 def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, tree_file=None, lookup_tokens=10,
-                   dtype="float32", temperature: float = 0.7):
+                   dtype="float32", temperature: float = 0.7, suffix_nodes: int = 16):
     """Decoders by method name. PPD methods use `tree_length` if given, else the tuned tree for `dtype` (if
     it uses the prompt tokens), else the tree file's largest; lookup methods use chains of `lookup_tokens`."""
     stops = formatter.stops(model)
@@ -74,6 +76,12 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
             decoders[method] = Decoder(model, stop_token_ids=stops, **{**tree, "prompt_lookup_num_tokens": lookup_tokens})
         elif method == "tuned":
             decoders[method] = Decoder(model, stop_token_ids=stops)
+        elif method == "suffix":
+            decoders[method] = Decoder(model.base_model, stop_token_ids=stops, prompt_lookup_num_tokens=0,
+                                       sources=[SuffixCandidates(suffix_nodes, stop_token_ids=stops)])
+        elif method == "tuned_suffix":
+            decoders[method] = Decoder(model, stop_token_ids=stops,
+                                       sources=[SuffixCandidates(suffix_nodes, stop_token_ids=stops)])
         elif method == "generate_sample":
             decoders[method] = HFGenerate(model.base_model, stops, temperature=temperature)
         elif method == "generate_lookup_sample":
@@ -123,6 +131,9 @@ def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tok
         if warmup and getattr(decoder, "compiled", False):  # compile every prompt shape before any timing
             for turns in conversations:
                 answer_conversation(decoder, formatter, turns, max_new_tokens, seed)
+        for source in getattr(decoder, "sources", ()):  # no answer of the warm-up is proposed in a timed run
+            if hasattr(source, "forget"):
+                source.forget()
     totals = {name: MethodTotals() for name in decoders}
     reference = "generate" if "generate" in decoders else next(iter(decoders))
     probe = _reference_probe(decoders[reference], formatter, conversations[0][0]) if probes is not None else None
@@ -235,6 +246,8 @@ def add_model_flags(parser):
                         help="Tree of the PPD methods (default: the tuned one for the dtype, else the largest).")
     parser.add_argument("--tree-file", default=None)
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10, help="Chain length of the lookup methods.")
+    parser.add_argument("--suffix-nodes", type=int, default=16,
+                        help="Node budget of the suffix candidate tree (methods suffix, tuned_suffix).")
     parser.add_argument("--max-new-token", type=int, default=128)
     parser.add_argument("--methods", default="generate,baseline,ppd", help="Comma-separated methods. " + METHOD_HELP)
     parser.add_argument("--threads", type=int, default=None)
@@ -246,13 +259,13 @@ def add_model_flags(parser):
 def run(args, prompts):
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.max_new_token < 1:
-        raise PPDError("--max-new-token must be >= 1")
+    if args.max_new_token < 1 or args.suffix_nodes < 1:
+        raise PPDError("--max-new-token and --suffix-nodes must be >= 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     formatter = ChatFormatter(model.tokenizer, args.model_id)
     decoders = build_decoders(model, formatter, methods, args.tree_length, args.tree_file,
-                              args.prompt_lookup_num_tokens, args.dtype, args.temperature)
+                              args.prompt_lookup_num_tokens, args.dtype, args.temperature, args.suffix_nodes)
     for name, decoder in decoders.items():
         if isinstance(decoder, Decoder):
             print(f"{name}: {decoder.describe()}")
