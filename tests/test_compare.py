@@ -1,4 +1,6 @@
 """The comparison harness's logic on tiny models: the peers' rows, warm-ups, the busy-machine check, headlines."""
+import json
+
 import torch
 
 from conftest import tiny_llama
@@ -83,3 +85,21 @@ def test_headline_sets_our_fastest_row_against_each_peer_at_its_best():
     assert lines == ["tuned is 2.00x transformers generate at its best (generate_static, 25.0 tokens/s)",
                      "tuned is 1.25x transformers prompt lookup at its best (generate_lookup3, 40.0 tokens/s)"]
     assert headline({"generate": totals_at(20)}) == []
+
+
+def test_input_grounded_selection_keeps_requests_about_pasted_text(tmp_path):
+    from prompt.data.grounded import grounded_records, is_grounded, main
+
+    pasted = "Summarize the following text:\n" + "line of a pasted document\n" * 30
+    assert is_grounded(pasted)
+    assert not is_grounded("Summarize the history of Rome in one paragraph.")  # nothing pasted
+    assert not is_grounded("Tell me about this:\n" + "text\n" * 200)  # no request about the text
+    records = [{"id": "a", "conversations": [{"from": "human", "value": pasted}]},
+               {"id": "b", "conversations": [{"from": "human", "value": "hi"}]},
+               {"id": "c", "conversations": [{"from": "gpt", "value": pasted}]}]
+    assert [r["id"] for r in grounded_records(records)] == ["a"]
+    assert grounded_records(records, begin=1) == []
+    source, out = tmp_path / "s.json", tmp_path / "g.json"
+    source.write_text(json.dumps(records))
+    main(["--sharegpt", str(source), "--output", str(out)])
+    assert [r["id"] for r in json.loads(out.read_text())] == ["a"]
