@@ -268,7 +268,9 @@ def run(args, prompts):
                               args.prompt_lookup_num_tokens, args.dtype, args.temperature, args.suffix_nodes)
     for name, decoder in decoders.items():
         if isinstance(decoder, Decoder):
-            print(f"{name}: {decoder.describe()}")
+            extra = [f"suffix tree {s.max_nodes}" for s in decoder.sources
+                     if isinstance(s, SuffixCandidates) and not decoder.suffix_nodes]
+            print(f"{name}: {decoder.describe()}" + "".join(f" + {e}" for e in extra))
     probes = []
     totals = compare(decoders, formatter, prompts, args.max_new_token, args.warmup, probes=probes)
     print(f"\n{len(prompts)} prompts, {args.max_new_token} new tokens at most, {args.dtype}, "
