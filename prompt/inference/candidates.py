@@ -14,6 +14,7 @@ context's longest repeated suffix, in the context and in earlier answers of the 
 from __future__ import annotations
 
 import heapq
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
@@ -201,12 +202,14 @@ class SuffixCandidates:
             raise PPDError(f"the history indexes n-grams up to {self.history.max_ngram}, shorter than max_match")
         self.max_sequences = max_sequences
         self._sequences: list = []  # most recent last
+        self._lock = threading.Lock()  # one Decoder may serve several threads (a web server's pool)
 
     def forget(self) -> None:
         """Drop the history and every sequence seen so far."""
-        self._sequences = []
-        if self.history is not None:
-            self.history.__init__(self.history.max_ngram, self.history.max_tokens)
+        with self._lock:
+            self._sequences = []
+            if self.history is not None:
+                self.history.__init__(self.history.max_ngram, self.history.max_tokens)
 
     def _sequence(self, context) -> _Sequence:
         for sequence in self._sequences:
@@ -243,6 +246,10 @@ class SuffixCandidates:
         return best
 
     def propose(self, context: list[int]) -> Branches:
+        with self._lock:
+            return self._propose(context)
+
+    def _propose(self, context: list[int]) -> Branches:
         sequence = self._sequence(context)
         length = len(context)
         # in the context itself, an occurrence must end before the context does (its continuation exists)
