@@ -103,3 +103,19 @@ def test_input_grounded_selection_keeps_requests_about_pasted_text(tmp_path):
     source.write_text(json.dumps(records))
     main(["--sharegpt", str(source), "--output", str(out)])
     assert [r["id"] for r in json.loads(out.read_text())] == ["a"]
+
+
+def test_benchmark_headline_takes_each_side_at_its_fastest_in_any_dtype():
+    from prompt.evaluation.benchmark import cross_dtype_headline
+
+    def row(speed):
+        return {"tokens_per_second": speed}
+
+    results = {"bfloat16": {"gsm8k": {"generate": row(20), "generate_lookup": row(30), "tuned": row(45),
+                                      "tuned_typical": row(90)}},
+               "float32": {"gsm8k": {"generate": row(25), "generate_lookup3": row(36), "baseline": row(26)}}}
+    assert cross_dtype_headline(results) == [
+        "- gsm8k: ours at its fastest (tuned, bfloat16, 45.0 tokens/s) is 1.80x transformers generate at its "
+        "fastest (generate, float32, 25.0 tokens/s)",
+        "- gsm8k: ours at its fastest (tuned, bfloat16, 45.0 tokens/s) is 1.25x transformers prompt lookup at its "
+        "fastest (generate_lookup3, float32, 36.0 tokens/s)"]
