@@ -136,7 +136,8 @@ def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tok
                 source.forget()
     totals = {name: MethodTotals() for name in decoders}
     reference = "generate" if "generate" in decoders else next(iter(decoders))
-    probe = _reference_probe(decoders[reference], formatter, conversations[0][0]) if probes is not None else None
+    probe = (_reference_probe(decoders[reference], formatter, conversations[0][0], min(12, max_new_tokens))
+             if probes is not None else None)
     for i, turns in enumerate(tqdm(conversations, desc="questions", disable=not progress)):
         if probe:
             probes.append(probe())
