@@ -1,6 +1,7 @@
 """The main job on the default model: PPD answers a few questions with the decoding tuned for this dtype
 (prompt tokens and prompt lookup in one tree); tokens/s, accept length and the speed-up over plain greedy
-decoding are measured in the same run.
+decoding, transformers `generate` greedy and transformers prompt lookup (at its better n-gram size) are measured
+in the same run, every method warmed up; a run on a visibly busy machine says so instead of giving a clean headline.
 
     python -m prompt.demo [--dtype float32] [--device cuda] [--question-file ../shared/data/mt_bench/question.jsonl]
 
@@ -26,7 +27,7 @@ def main(argv=None):
     parser.add_argument("--question-file", default=None, help="MT-Bench style jsonl; default: three built-in questions")
     parser.add_argument("--num-questions", type=int, default=3)
     add_model_flags(parser)
-    parser.set_defaults(max_new_token=96, dtype=None, methods="generate,baseline,tuned")
+    parser.set_defaults(max_new_token=96, dtype=None, methods="generate,generate_lookup,generate_lookup3,baseline,tuned")
     args = parser.parse_args(argv)
     if args.dtype is None:  # where the tuned decoding is fastest (bfloat16 on this project's CPU)
         args.dtype = fastest_decoding_dtype(args.model_path, args.device)

@@ -24,7 +24,8 @@ def test_benchmark_runs_every_suite_and_regenerates_the_tables(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     suites = saved["results"]["float32"]
     assert set(suites) == {"mt_bench", "humaneval", "gsm8k", "alpaca_eval"}
-    assert set(suites["mt_bench"]) == {"generate", "generate_lookup", "baseline", "ppd", "tuned", "tuned_typical"}
+    assert set(suites["mt_bench"]) == {"generate", "generate_static", "generate_lookup", "generate_lookup3", "baseline", "ppd",
+                                     "tuned", "tuned_typical"}
     assert suites["mt_bench"]["generate"]["answers"] == 2  # both turns
     for methods in suites.values():
         assert methods["baseline"]["identical"] == methods["baseline"]["answers"]  # our plain loop == generate
@@ -33,6 +34,7 @@ def test_benchmark_runs_every_suite_and_regenerates_the_tables(tmp_path):
     assert saved["memory_mb"]["baseline"] > 100 and saved["memory_mb"]["tuned"] > 100
     assert 0 < saved["parameters"]["prompt_token_parameters"] < 1e-2 * saved["parameters"]["base_model_parameters"]
     text = markdown.read_text()
+    assert "Headline, across dtypes" in text and "transformers prompt lookup at its fastest" in text
     assert "old" not in text and "before" in text and "after" in text and "| gsm8k | ppd |" in text
     assert (out / "speedup_float32.png").is_file() and (out / "accept_lengths_float32.png").is_file()
     again = run_module("prompt.evaluation.benchmark", "--data-dir", SHARED_DATA, "--output-dir", out)

@@ -15,6 +15,7 @@ from scipy.stats import chi2
 from conftest import tiny_llama
 from prompt import Decoder, PPDError, PromptConfig, PromptDecoder
 from prompt.inference.acceptance import ExactSampling
+from prompt.inference.candidates import Branches
 
 VOCAB = 4
 SAMPLES = 1200
@@ -28,6 +29,13 @@ class FixedChain:
 
     def propose(self, context):
         return [1, 3]
+
+
+class FixedTree:
+    """A deterministic context tree: 1 -> {3, 2}, and 0 (siblings at two depths, as a suffix tree proposes)."""
+
+    def propose(self, context):
+        return Branches((1, 3, 2, 0), (-1, 0, 0, -1))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -89,11 +97,12 @@ def ppd_model(seed):
     return model, ppd
 
 
-@pytest.mark.parametrize("temperature,top_p,top_k,chain", [(1.0, None, None, True), (0.7, 0.9, 3, False)])
-def test_exact_sampling_matches_plain_sampling(temperature, top_p, top_k, chain):
+@pytest.mark.parametrize("temperature,top_p,top_k,source", [(1.0, None, None, FixedChain), (0.7, 0.9, 3, None),
+                                                            (1.0, None, None, FixedTree)])
+def test_exact_sampling_matches_plain_sampling(temperature, top_p, top_k, source):
     model, ppd = ppd_model(11)
     ids = [3, 1, 2, 1]
-    sources = [FixedChain()] if chain else []
+    sources = [source()] if source else []
     decoder = Decoder(ppd, tree_spec=WIDE_TREE, sources=sources, temperature=temperature, sampling="exact",
                       top_p=top_p, top_k=top_k)
     joint = exact_joint(model, ids, decoder.rule)

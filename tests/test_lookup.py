@@ -9,6 +9,7 @@ from prompt import Decoder, PPDError, PromptConfig, PromptDecoder
 from prompt.inference.candidates import PromptLookup
 from prompt.inference.tree import build_tree_buffers, with_chains
 from prompt.model.layout import SpecialTokenLayout
+from test_suffix import repeating_reply
 
 
 def reference(model, ids, n):
@@ -91,13 +92,7 @@ def test_chains_keep_greedy_output_lossless(seed, chain_special):
 
 
 def test_prompt_lookup_on_repetitive_text_is_lossless_and_accepts_copies():
-    model = tiny_llama(4)
-    ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
-    ids = torch.randint(3, 97, (1, 12), generator=torch.Generator().manual_seed(3))
-    expected = reference(model, ids, 60)
-    # feed the model's own continuation back as the prompt: its reply then repeats text it has seen
-    prompt = torch.cat([ids, torch.tensor([expected]), ids], 1)
-    expected = reference(model, prompt, 60)
+    model, ppd, prompt, expected = repeating_reply(tiny_llama(4))
     for decoder in (Decoder(ppd, prompt_lookup_num_tokens=8), Decoder(model, prompt_lookup_num_tokens=8)):
         result = decoder.generate(prompt, 60)
         assert result.token_ids == expected

@@ -62,24 +62,27 @@ def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
     (folder / "decoding.json").unlink(missing_ok=True)
     args = ["prompt.evaluation.tune", "--model-path", folder, "--dtype", "float32", "--question-file", SHAREGPT,
             "--question-begin", 940, "--question-end", 941, "--max-new-token", 8, "--tree-lengths", 10,
-            "--lookup-lengths", "0,4", "--latency-lengths", "1,8"]
+            "--lookup-lengths", "0,4", "--suffix-nodes", "0,6", "--latency-lengths", "1,8"]
     proc = run_module(*args)
     assert proc.returncode == 0, proc.stderr
     recorded = json.loads((folder / "decoding.json").read_text())["float32"]
     report = json.loads((folder / "tuning_float32.json").read_text())
-    assert {(r["tree_length"], r["prompt_lookup_num_tokens"]) for r in report["results"]} == {(0, 0), (0, 4), (10, 0), (10, 4)}
+    assert {(r["tree_length"], r["prompt_lookup_num_tokens"], r["suffix_nodes"]) for r in report["results"]} == {
+        (t, k, s) for t in (0, 10) for k in (0, 4) for s in (0, 6)}
     # the fastest measured configuration is the one recorded, and the message names it
     fastest = max(report["results"], key=lambda r: r["tokens_per_second"])
-    plain = next(r for r in report["results"] if r["tree_length"] == 0 and r["prompt_lookup_num_tokens"] == 0)
-    assert (recorded["tree_length"], recorded["prompt_lookup_num_tokens"]) == (fastest["tree_length"],
-                                                                              fastest["prompt_lookup_num_tokens"])
+    plain = next(r for r in report["results"]
+                 if r["tree_length"] == 0 and r["prompt_lookup_num_tokens"] == 0 and r["suffix_nodes"] == 0)
+    keys = ("tree_length", "prompt_lookup_num_tokens", "suffix_nodes")
+    assert [recorded[k] for k in keys] == [fastest[k] for k in keys]
     assert recorded["speed_vs_plain_greedy"] == round(fastest["tokens_per_second"] / plain["tokens_per_second"], 3)
     assert report["chosen"] == recorded
     if fastest is plain:
         assert "plain greedy is recorded" in proc.stdout and "chosen:" not in proc.stdout
     else:
         name = " + ".join(([f"tree {fastest['tree_length']}"] if fastest["tree_length"] else [])
-                          + ([f"lookup {fastest['prompt_lookup_num_tokens']}"] if fastest["prompt_lookup_num_tokens"] else []))
+                          + ([f"lookup {fastest['prompt_lookup_num_tokens']}"] if fastest["prompt_lookup_num_tokens"] else [])
+                          + ([f"suffix {fastest['suffix_nodes']}"] if fastest["suffix_nodes"] else []))
         assert f"chosen: {name}, " in proc.stdout and "plain greedy is recorded" not in proc.stdout
     assert (folder / "tuning_float32_trees.png").is_file() and (folder / "tuning_float32_latency.png").is_file()
     assert_clear_error(run_module(*args), "already records a float32 decoding")
@@ -87,15 +90,16 @@ def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
 
     # the recorded entry is what a decoder uses by default; explicit arguments override it
     (folder / "decoding.json").write_text(json.dumps({
-        "float32": {"tree_length": 16, "prompt_lookup_num_tokens": 5},
+        "float32": {"tree_length": 16, "prompt_lookup_num_tokens": 5, "suffix_nodes": 12},
         "bfloat16": {"tree_length": 0, "prompt_lookup_num_tokens": 0}}))
     model = AutoPromptDecoder.from_pretrained(str(folder), dtype="float32")
     decoder = Decoder(model)
     assert decoder.ppd and decoder.tree.input_length == 16 and decoder.prompt_lookup_num_tokens == 5
-    assert decoder.describe() == "PPD tree of 16 inputs + prompt lookup 5, greedy"
+    assert decoder.describe() == "PPD tree of 16 inputs + prompt lookup 5 + suffix tree 12, greedy"
+    assert [type(s).__name__ for s in decoder.sources] == ["PromptLookup", "SuffixCandidates"]
     override = Decoder(model, tree_length=10, prompt_lookup_num_tokens=0)
     assert override.tree.input_length == 10 and not override.sources
-    assert Decoder(model, tree_length=0).describe() == "prompt lookup 5, greedy"
+    assert Decoder(model, tree_length=0).describe() == "prompt lookup 5 + suffix tree 12, greedy"
     model = AutoPromptDecoder.from_pretrained(str(folder), dtype="bfloat16")
     assert Decoder(model).describe() == "plain decoding, greedy"
 

@@ -15,6 +15,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import HFGenerate, MethodTotals
+from prompt.inference.candidates import SuffixCandidates
 from prompt.inference.choice import DECODING_NAME, fastest_dtype
 from prompt.inference.choice import tree_file as checkpoint_tree_file
 from prompt.inference.choice import tuned_decoding
@@ -25,9 +26,19 @@ from prompt.model.defaults import checkpoint_folder, load_prompt_decoder
 from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.model.prompt_decoder import PromptDecoder
 
-METHODS = ("generate", "generate_lookup", "baseline", "lookup", "ppd", "ppd_lookup", "ppd_untrained", "tuned",
-           "generate_sample", "generate_lookup_sample", "exact", "typical")
-METHOD_HELP = ("generate: transformers greedy; generate_lookup: transformers prompt lookup decoding; baseline: our "
+METHODS = ("generate", "generate_static", "generate_compiled", "generate_lookup", "generate_lookup3", "baseline",
+           "lookup", "suffix", "ppd", "ppd_lookup", "ppd_untrained", "tuned", "tuned_suffix", "generate_sample", "generate_lookup_sample",
+           "exact", "typical")
+# the peers a user would pick, each at its best over these rows (and over dtypes in the benchmark's headline)
+PEERS = {"transformers generate": ("generate", "generate_static", "generate_compiled"),
+         "transformers prompt lookup": ("generate_lookup", "generate_lookup3")}
+OURS = ("baseline", "lookup", "suffix", "ppd", "ppd_lookup", "ppd_untrained", "tuned", "tuned_suffix")  # greedy rows of this library
+BUSY_SPREAD = 1.25  # the repeated reference measure moving more than this (max/min) means a contended machine
+METHOD_HELP = ("generate: transformers greedy (dynamic cache); generate_static: the same with its static cache; "
+               "generate_compiled: static cache and torch.compile (about a minute of compiling per prompt shape, "
+               "all done in the warm-up); generate_lookup / generate_lookup3: transformers prompt lookup decoding "
+               "matching up to 2-grams (its default) / 3-grams; suffix: our plain loop with the suffix candidate tree; "
+               "tuned_suffix: the tuned decoding with the suffix candidate tree merged in; baseline: our "
                "plain loop; lookup: our loop with prompt lookup alone; ppd: prompt tokens alone; ppd_lookup: both in "
                "one tree; ppd_untrained: text-initialised prompt tokens; tuned: the checkpoint's tuned decoding; at --temperature: "
                "generate_sample and generate_lookup_sample (transformers sampling, plain and with prompt lookup), exact "
@@ -35,7 +46,7 @@ METHOD_HELP = ("generate: transformers greedy; generate_lookup: transformers pro
 
 
 def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, tree_file=None, lookup_tokens=10,
-                   dtype="float32", temperature: float = 0.7):
+                   dtype="float32", temperature: float = 0.7, suffix_nodes: int = 16):
     """Decoders by method name. PPD methods use `tree_length` if given, else the tuned tree for `dtype` (if
     it uses the prompt tokens), else the tree file's largest; lookup methods use chains of `lookup_tokens`."""
     stops = formatter.stops(model)
@@ -49,8 +60,12 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
     for method in methods:
         if method == "generate":
             decoders[method] = HFGenerate(model.base_model, stops)
-        elif method == "generate_lookup":
-            decoders[method] = HFGenerate(model.base_model, stops, prompt_lookup_num_tokens=lookup_tokens)
+        elif method in ("generate_static", "generate_compiled"):
+            decoders[method] = HFGenerate(model.base_model, stops, static_cache=True,
+                                          compiled=method == "generate_compiled")
+        elif method in ("generate_lookup", "generate_lookup3"):
+            decoders[method] = HFGenerate(model.base_model, stops, prompt_lookup_num_tokens=lookup_tokens,
+                                          max_matching_ngram_size=3 if method == "generate_lookup3" else 2)
         elif method == "baseline":
             decoders[method] = Decoder(model.base_model, stop_token_ids=stops)
         elif method == "lookup":
@@ -61,6 +76,12 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
             decoders[method] = Decoder(model, stop_token_ids=stops, **{**tree, "prompt_lookup_num_tokens": lookup_tokens})
         elif method == "tuned":
             decoders[method] = Decoder(model, stop_token_ids=stops)
+        elif method == "suffix":
+            decoders[method] = Decoder(model.base_model, stop_token_ids=stops, prompt_lookup_num_tokens=0,
+                                       sources=[SuffixCandidates(suffix_nodes, stop_token_ids=stops)])
+        elif method == "tuned_suffix":
+            decoders[method] = Decoder(model, stop_token_ids=stops,
+                                       sources=[SuffixCandidates(suffix_nodes, stop_token_ids=stops)])
         elif method == "generate_sample":
             decoders[method] = HFGenerate(model.base_model, stops, temperature=temperature)
         elif method == "generate_lookup_sample":
@@ -91,20 +112,35 @@ def answer_conversation(decoder, formatter: ChatFormatter, turns: list[str], max
 
 
 def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tokens: int, warmup: int = 1,
-            progress: bool = True, seed: int = 0, on_question=None) -> dict:
+            progress: bool = True, seed: int = 0, on_question=None, probes: list | None = None) -> dict:
     """Run every decoder on every prompt (a user message, or a list of user turns answered in one conversation),
     interleaved and rotated against drift; return MethodTotals per method. An answer counts as identical when
     its tokens equal the reference method's (`generate` if present) for the same turn. `on_question()` is
-    called after each question (for a caller's own progress display)."""
+    called after each question (for a caller's own progress display).
+
+    Every method is warmed up first (`warmup` short answers; a compiled method answers every prompt once, so
+    that its compiling is not timed). With `probes` (a list), the same short reference answer is timed
+    before every question and after the last, its tokens/s appended: `busy_warning` reads them."""
     from tqdm import tqdm
 
     conversations = [[p] if isinstance(p, str) else list(p) for p in prompts]
     for _ in range(warmup):
         for decoder in decoders.values():
             decoder.generate(formatter.input_ids(conversations[0][:1]), min(max_new_tokens, 16))
+    for decoder in decoders.values():
+        if warmup and getattr(decoder, "compiled", False):  # compile every prompt shape before any timing
+            for turns in conversations:
+                answer_conversation(decoder, formatter, turns, max_new_tokens, seed)
+        for source in getattr(decoder, "sources", ()):  # no answer of the warm-up is proposed in a timed run
+            if hasattr(source, "forget"):
+                source.forget()
     totals = {name: MethodTotals() for name in decoders}
     reference = "generate" if "generate" in decoders else next(iter(decoders))
+    probe = (_reference_probe(decoders[reference], formatter, conversations[0][0], min(12, max_new_tokens))
+             if probes is not None else None)
     for i, turns in enumerate(tqdm(conversations, desc="questions", disable=not progress)):
+        if probe:
+            probes.append(probe())
         names = list(decoders)
         names = names[i % len(names):] + names[: i % len(names)]  # rotate the order against drift
         results = {name: answer_conversation(decoders[name], formatter, turns, max_new_tokens, seed + i) for name in names}
@@ -115,7 +151,58 @@ def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tok
                                               sum(r.wall_time for r in results[name])))
         if on_question is not None:
             on_question()
+    if probe:
+        probes.append(probe())
     return totals
+
+
+def _reference_probe(decoder, formatter: ChatFormatter, prompt: str, tokens: int = 12):
+    """A function timing one fixed short answer of `decoder` (tokens/s): the same work every time, so its spread
+    over a run measures the machine, not the questions."""
+    input_ids = formatter.input_ids([prompt])
+
+    def probe() -> float:
+        return decoder.generate(input_ids, tokens, seed=0).tokens_per_second
+
+    return probe
+
+
+def busy_warning(probes: list, totals: dict | None = None, reference: str = "generate",
+                 limit: float = BUSY_SPREAD) -> str | None:
+    """A warning when the machine was visibly busy during a comparison, else None: the repeated reference measure
+    (`probes`, tokens/s) spread by more than `limit` (max/min), or the reference method's per-token time spread by
+    more than twice that between questions."""
+    reasons = []
+    speeds = [p for p in probes if p > 0]
+    if len(speeds) >= 2 and max(speeds) / min(speeds) > limit:
+        reasons.append(f"the same short reference answer ran at {min(speeds):.1f} to {max(speeds):.1f} tokens/s "
+                       f"({max(speeds) / min(speeds):.2f}x apart)")
+    ref = (totals or {}).get(reference)
+    if ref is not None:
+        rates = [tokens / seconds for tokens, seconds in ref.per_question if tokens and seconds > 0]
+        if len(rates) >= 2 and max(rates) / min(rates) > 2 * limit:
+            reasons.append(f"{reference} ran at {min(rates):.1f} to {max(rates):.1f} tokens/s between questions")
+    if not reasons:
+        return None
+    return ("warning: the machine was busy during this run (" + "; ".join(reasons) + "): the ratios below are "
+            "not a clean measurement; rerun on an idle machine")
+
+
+def headline(totals: dict, reference: str = "generate") -> list[str]:
+    """Our fastest greedy row against each peer at its best (the faster of its rows), as lines of text."""
+    ours = {name: t for name, t in totals.items() if name in OURS and t.tokens_per_second}
+    if not ours:
+        return []
+    best = max(ours, key=lambda name: ours[name].tokens_per_second)
+    lines = []
+    for peer, rows in PEERS.items():
+        measured = {name: totals[name] for name in rows if name in totals and totals[name].tokens_per_second}
+        if measured:
+            top = max(measured, key=lambda name: measured[name].tokens_per_second)
+            ratio = ours[best].tokens_per_second / measured[top].tokens_per_second
+            lines.append(f"{best} is {ratio:.2f}x {peer} at its best ({top}, "
+                         f"{measured[top].tokens_per_second:.1f} tokens/s)")
+    return lines
 
 
 def format_per_question(totals: dict, reference: str = "generate") -> str:
@@ -162,6 +249,8 @@ def add_model_flags(parser):
                         help="Tree of the PPD methods (default: the tuned one for the dtype, else the largest).")
     parser.add_argument("--tree-file", default=None)
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=10, help="Chain length of the lookup methods.")
+    parser.add_argument("--suffix-nodes", type=int, default=16,
+                        help="Node budget of the suffix candidate tree (methods suffix, tuned_suffix).")
     parser.add_argument("--max-new-token", type=int, default=128)
     parser.add_argument("--methods", default="generate,baseline,ppd", help="Comma-separated methods. " + METHOD_HELP)
     parser.add_argument("--threads", type=int, default=None)
@@ -173,21 +262,29 @@ def add_model_flags(parser):
 def run(args, prompts):
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.max_new_token < 1:
-        raise PPDError("--max-new-token must be >= 1")
+    if args.max_new_token < 1 or args.suffix_nodes < 1:
+        raise PPDError("--max-new-token and --suffix-nodes must be >= 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     formatter = ChatFormatter(model.tokenizer, args.model_id)
     decoders = build_decoders(model, formatter, methods, args.tree_length, args.tree_file,
-                              args.prompt_lookup_num_tokens, args.dtype, args.temperature)
+                              args.prompt_lookup_num_tokens, args.dtype, args.temperature, args.suffix_nodes)
     for name, decoder in decoders.items():
         if isinstance(decoder, Decoder):
-            print(f"{name}: {decoder.describe()}")
-    totals = compare(decoders, formatter, prompts, args.max_new_token, args.warmup)
+            extra = [f"suffix tree {s.max_nodes}" for s in decoder.sources
+                     if isinstance(s, SuffixCandidates) and not decoder.suffix_nodes]
+            print(f"{name}: {decoder.describe()}" + "".join(f" + {e}" for e in extra))
+    probes = []
+    totals = compare(decoders, formatter, prompts, args.max_new_token, args.warmup, probes=probes)
     print(f"\n{len(prompts)} prompts, {args.max_new_token} new tokens at most, {args.dtype}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, every method warmed up")
     reference = "generate" if "generate" in totals else next(iter(totals))  # the first method, e.g. generate_sample
+    warning = busy_warning(probes, totals, reference)
+    if warning:
+        print(warning)
     print(format_table(totals, reference))
+    for line in headline(totals, reference):
+        print(f"contended, not a clean figure: {line}" if warning else line)
     if args.per_question:
         print(f"\ntokens/s per question (ratio to {reference}), in question order:")
         print(format_per_question(totals, reference))

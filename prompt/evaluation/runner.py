@@ -144,11 +144,25 @@ class HFGenerate:
     """transformers `generate` as a decoder with the same interface, for side-by-side comparisons: greedy, or
     plain sampling at `temperature` > 0 (no top-k or top-p truncation, the distribution exact sampling reproduces)."""
 
-    def __init__(self, model, stop_token_ids, prompt_lookup_num_tokens=None, temperature: float = 0.0):
+    def __init__(self, model, stop_token_ids, prompt_lookup_num_tokens=None, temperature: float = 0.0,
+                 max_matching_ngram_size: int | None = None, static_cache: bool = False, compiled: bool = False):
         self.model = model
         self.stop_token_ids = list(stop_token_ids)
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
         self.temperature = temperature
+        self.max_matching_ngram_size = max_matching_ngram_size  # prompt lookup's n-gram size (None: its default, 2)
+        self.static_cache = static_cache or compiled  # a compiled generate needs the static cache
+        self.compiled = compiled  # torch.compile the forward on any device (the first call per shape compiles)
+
+    def _static_cache_kwargs(self) -> dict:
+        """generate's static cache, compiled or eager (transformers compiles a static cache by itself on a GPU)."""
+        if not self.compiled:
+            return {"cache_implementation": "static", "disable_compile": True}
+        from transformers import CompileConfig
+
+        config = CompileConfig(mode="default")  # reduce-overhead means CUDA graphs
+        config._compile_all_devices = True  # transformers' switch to compile on a CPU as well
+        return {"cache_implementation": "static", "compile_config": config}
 
     def generate(self, input_ids, max_new_tokens, seed=None) -> GenerationResult:
         context = getattr(self.model.config, "max_position_embeddings", None)
@@ -157,6 +171,10 @@ class HFGenerate:
         kwargs = {"do_sample": False}
         if self.prompt_lookup_num_tokens:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
+            if self.max_matching_ngram_size:
+                kwargs["max_matching_ngram_size"] = self.max_matching_ngram_size
+        if self.static_cache:
+            kwargs.update(self._static_cache_kwargs())
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
             if seed is not None:

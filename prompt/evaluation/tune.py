@@ -2,8 +2,10 @@
 
 1. The latency curve: one decode-step forward (tree mask, lm head over every row) after a fixed prefix, for
    each input length in a range (`tree_latency.py` prints and plots it).
-2. The real decode loop on validation prompts (never an evaluation set) for each tree length and prompt
-   lookup length, interleaved prompt by prompt: accept length and tokens/s (`accept_length.py`).
+2. The real decode loop on validation prompts (never an evaluation set) for each tree length, prompt lookup
+   length and suffix-tree budget (the context sources, merged with the prompt tokens' tree into one tree: the
+   tree length and the context budgets together make the input budget), interleaved prompt by prompt: accept
+   length and tokens/s (`accept_length.py`). A source whose configurations do not win is off in the choice.
 3. The fastest configuration is written to the checkpoint's `decoding.json` under the dtype's name, which the
    answer scripts and the web UI then use by default. Where no tree beats plain greedy, plain greedy is
    recorded (tree length 0) and the tool says so.
@@ -27,6 +29,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
+from prompt.inference.candidates import SuffixCandidates
 from prompt.inference.choice import DECODING_NAME, tree_file
 from prompt.inference.decoding import Decoder
 from prompt.inference.sparse_tree_builder import predicted_accept_length
@@ -37,7 +40,7 @@ from prompt.model.cache import keep_cache_entries, new_cache
 from prompt.model.defaults import load_prompt_decoder
 from prompt.model.devices import add_device_flags, device_kwargs, synchronize
 
-PLAIN = (0, 0)  # (tree length, prompt lookup tokens): plain greedy
+PLAIN = (0, 0, 0)  # (tree length, prompt lookup tokens, suffix tree nodes): plain greedy
 
 
 def machine_name() -> str:
@@ -94,25 +97,26 @@ def available_tree_lengths(model) -> list[int]:
 
 
 def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, warmup: int = 1, progress: bool = True):
-    """Run the decode loop with each (tree length, lookup tokens) on every prompt, in the comparison harness
-    (interleaved and rotated). Returns {config: MethodTotals}."""
+    """Run the decode loop with each (tree length, lookup tokens, suffix nodes) on every prompt, in the comparison
+    harness (interleaved and rotated). Returns {config: MethodTotals}."""
     stops = formatter.stops(model)
     decoders = {}
-    for tree_length, lookup in configs:
-        if tree_length:
-            decoders[(tree_length, lookup)] = Decoder(model, tree_length=tree_length,
-                                                      prompt_lookup_num_tokens=lookup, stop_token_ids=stops)
-        else:
-            decoders[(tree_length, lookup)] = Decoder(model.base_model, prompt_lookup_num_tokens=lookup,
-                                                      stop_token_ids=stops)
+    for tree_length, lookup, suffix in configs:
+        sources = [SuffixCandidates(suffix, stop_token_ids=stops)] if suffix else []
+        decoders[(tree_length, lookup, suffix)] = Decoder(model if tree_length else model.base_model,
+                                                          tree_length=tree_length or None,
+                                                          prompt_lookup_num_tokens=lookup, sources=sources,
+                                                          stop_token_ids=stops)
     return compare(decoders, formatter, prompts, max_new_tokens, warmup, progress)
 
 
 def config_name(config) -> str:
-    tree_length, lookup = config
+    tree_length, lookup, suffix = config
     parts = [f"tree {tree_length}"] if tree_length else []
     if lookup:
         parts.append(f"lookup {lookup}")
+    if suffix:
+        parts.append(f"suffix {suffix}")
     return " + ".join(parts) or "plain greedy"
 
 
@@ -125,7 +129,7 @@ def results_table(totals: dict, latency: dict | None = None) -> str:
     for config, t in totals.items():
         ratio = f"{t.tokens_per_second / plain.tokens_per_second:.2f}x" if plain and plain.tokens_per_second else "-"
         predicted = "-"
-        if latency and config[1] == 0 and config[0] in latency and 1 in latency:
+        if latency and config[1:] == (0, 0) and config[0] in latency and 1 in latency:
             predicted = f"{t.accept_length * latency[1] / latency[config[0]]:.2f}x"
         upstream = f"{t.accept_length_upstream:.3f}" if t.accept_length_upstream else "-"
         lines.append(f"| {config_name(config)} | {t.accept_length:.3f} | {upstream} | {t.tokens_per_second:.2f} | {ratio} "
@@ -165,9 +169,9 @@ def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str) -> Non
 
     plain = totals.get(PLAIN)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for lookup in sorted({c[1] for c in totals}):
-        configs = sorted(c for c in totals if c[1] == lookup)
-        label = f"lookup {lookup}" if lookup else "prompt tokens only"
+    for context in sorted({c[1:] for c in totals}):
+        configs = sorted(c for c in totals if c[1:] == context)
+        label = config_name((0,) + context) if any(context) else "prompt tokens only"
         left.plot([c[0] for c in configs], [totals[c].accept_length for c in configs], marker="o", label=f"measured, {label}")
         if plain:
             right.plot([c[0] for c in configs], [totals[c].tokens_per_second / plain.tokens_per_second for c in configs],
@@ -249,6 +253,7 @@ def main(argv=None):
     parser.add_argument("--max-new-token", type=int, default=128)
     parser.add_argument("--tree-lengths", default="10,16,24,32", help="Tree lengths to try (0: no prompt tokens).")
     parser.add_argument("--lookup-lengths", default="0,10", help="Prompt lookup chain lengths to try (0: off).")
+    parser.add_argument("--suffix-nodes", default="0,16", help="Suffix candidate tree budgets to try (0: off).")
     parser.add_argument("--latency-lengths", default="1,4,8,12,16,20,24,28,32,40,48,64")
     parser.add_argument("--output-file", default=None, help=f"Default: {DECODING_NAME} in the prompt-token folder.")
     parser.add_argument("--report-dir", default=None, help="Where the measurements (JSON) and plots go (default: beside the output).")
@@ -264,6 +269,7 @@ def main(argv=None):
               file=sys.stderr)
     tree_lengths = sorted(set(parse_lengths(args.tree_lengths, "--tree-lengths")) | {0})
     lookup_lengths = sorted(set(parse_lengths(args.lookup_lengths, "--lookup-lengths")) | {0})
+    suffix_nodes = sorted(set(parse_lengths(args.suffix_nodes, "--suffix-nodes")) | {0})
     latency_lengths = sorted(set(parse_lengths(args.latency_lengths, "--latency-lengths")) | {1})
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
@@ -280,7 +286,7 @@ def main(argv=None):
     print(f"latency curve on {machine}, {args.dtype} ...")
     latency = forward_latency(model.base_model, latency_lengths)
     print(" ".join(f"{n}:{ms:.1f}ms" for n, ms in latency.items()))
-    configs = [(t, k) for t in tree_lengths for k in lookup_lengths]
+    configs = [(t, k, n) for t in tree_lengths for k in lookup_lengths for n in suffix_nodes]
     formatter = ChatFormatter(model.tokenizer)
     totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token)
     print(results_table(totals, latency))
@@ -288,11 +294,11 @@ def main(argv=None):
     plain = totals[PLAIN].tokens_per_second
     ratio = totals[best].tokens_per_second / plain if plain else 0.0
     if best == PLAIN:
-        print(f"no tree or lookup chain paid for its cost on this machine in {args.dtype}: plain greedy is recorded")
+        print(f"no tree, lookup chain or suffix tree paid for its cost on this machine in {args.dtype}: plain greedy is recorded")
     else:
         print(f"chosen: {config_name(best)}, {ratio:.2f}x plain greedy, accept length {totals[best].accept_length:.3f}")
     command = "python -m prompt.evaluation.tune " + " ".join(argv if argv is not None else sys.argv[1:])
-    entry = {"tree_length": best[0], "prompt_lookup_num_tokens": best[1],
+    entry = {"tree_length": best[0], "prompt_lookup_num_tokens": best[1], "suffix_nodes": best[2],
              "accept_length": round(totals[best].accept_length, 3), "speed_vs_plain_greedy": round(ratio, 3),
              "tokens_per_second": round(totals[best].tokens_per_second, 2),
              "machine": machine, "date": datetime.date.today().isoformat(), "command": command}
@@ -301,7 +307,8 @@ def main(argv=None):
     stem = os.path.join(report_dir, f"tuning_{args.dtype}")
     report = {"machine": machine, "dtype": args.dtype, "command": command, "latency_ms": latency,
               "prompts": f"{args.bench_name} {args.question_begin}:{args.question_end}", "max_new_tokens": args.max_new_token,
-              "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], **t.row()} for c, t in totals.items()],
+              "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], "suffix_nodes": c[2], **t.row()}
+                          for c, t in totals.items()],
               "chosen": entry}
     write_json(stem + ".json", report)
     plot_latency(latency, stem + "_latency.png", f"forward latency, {machine}, {args.dtype}")

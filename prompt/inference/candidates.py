@@ -1,23 +1,69 @@
 """Candidate sources from the context, beside the prompt tokens.
 
 A context source looks at the token context (prompt and every token so far, the step's root last) and
-proposes one chain of tokens to follow the root. The decode loop puts each chain into the step's tree as
-a branch from the root, so one forward verifies the prompt tokens' guesses and every chain together.
+proposes tokens to follow the root: one chain (a list of ids), or a small tree (`Branches`). The decode loop
+merges every source's proposal into one tree of context nodes (`merge_proposals`: shared prefixes once) and
+hangs it from the root, so one forward verifies the prompt tokens' guesses and every source's guesses together.
 
     class CandidateSource(Protocol):
-        def propose(self, context: list[int]) -> list[int]: ...
+        def propose(self, context: list[int]) -> list[int] | Branches: ...
+
+Sources: `PromptLookup` (prompt lookup decoding's one chain) and `SuffixCandidates` (every earlier match of the
+context's longest repeated suffix, in the context and in earlier answers of the process, as a scored tree).
 """
 from __future__ import annotations
 
+import heapq
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import Protocol
 
 from prompt.errors import PPDError
 from prompt.model.stops import truncate_at_stop
 
 
+@dataclass(frozen=True)
+class Branches:
+    """A tree of candidate tokens after the root: node i is `tokens[i]`, its parent `parents[i]` (-1: the root),
+    every parent listed before its children."""
+
+    tokens: tuple = ()
+    parents: tuple = ()
+
+    @classmethod
+    def chain(cls, tokens) -> "Branches":
+        return cls(tuple(tokens), tuple(range(-1, len(tokens) - 1)))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
 class CandidateSource(Protocol):
-    def propose(self, context: list[int]) -> list[int]:
-        """A chain of tokens guessed to follow `context` (empty: no guess this step)."""
+    def propose(self, context: list[int]) -> "list[int] | Branches":
+        """A chain of tokens, or a tree, guessed to follow `context` (empty: no guess this step)."""
+
+
+def merge_proposals(proposals, max_nodes: int | None = None) -> Branches:
+    """The sources' chains and trees as one tree of distinct paths (a path two sources propose is one branch),
+    in the sources' order, at most `max_nodes` nodes (the first proposals' nodes first)."""
+    tokens, parents, index = [], [], {}  # index: (parent node, token) -> node
+    for proposal in proposals:
+        if not isinstance(proposal, Branches):
+            proposal = Branches.chain(proposal)
+        mapped = []
+        for token, parent in zip(proposal.tokens, proposal.parents):
+            at = -1 if parent == -1 else mapped[parent]
+            if at is None:  # its parent was cut by the budget
+                mapped.append(None)
+                continue
+            node = index.get((at, token))
+            if node is None and (max_nodes is None or len(tokens) < max_nodes):
+                node = index[(at, token)] = len(tokens)
+                tokens.append(int(token))
+                parents.append(at)
+            mapped.append(node)
+    return Branches(tuple(tokens), tuple(parents))
 
 
 class PromptLookup:
@@ -57,3 +103,209 @@ class PromptLookup:
             if best is not None:
                 return truncate_at_stop(context[best + n: best + n + self.num_tokens], self.stop_token_ids)
         return []
+
+
+class NgramIndex:
+    """Where every n-gram (n up to `max_ngram`) of a growing token sequence ends: `ends[ngram]` lists the
+    positions just after each occurrence, oldest first. Sequences appended with `add` are kept apart by a
+    separator, so no n-gram spans two of them."""
+
+    SEPARATOR = -1
+
+    def __init__(self, max_ngram: int):
+        self.max_ngram = max_ngram
+        self.tokens: list = []
+        self.ends = defaultdict(list)
+
+    def extend(self, tokens) -> None:
+        seq, ends, top = self.tokens, self.ends, self.max_ngram
+        for token in tokens:
+            seq.append(token)
+            end = len(seq)
+            if token == self.SEPARATOR:
+                continue
+            for n in range(1, min(top, end) + 1):
+                gram = tuple(seq[end - n: end])
+                if gram[0] == self.SEPARATOR:
+                    break
+                ends[gram].append(end)
+
+    def add(self, tokens) -> None:
+        """Append a separate sequence (an earlier answer)."""
+        if self.tokens:
+            self.extend([self.SEPARATOR])
+        self.extend(tokens)
+
+
+class SuffixHistory:
+    """Earlier answers (of one SuffixCandidates, or of several that share it), indexed for lookups;
+    at most `max_tokens` tokens are kept, the oldest answers dropped first."""
+
+    def __init__(self, max_ngram: int = 16, max_tokens: int = 100_000):
+        self.max_ngram, self.max_tokens = max_ngram, max_tokens
+        self.answers: list = []
+        self.index = NgramIndex(max_ngram)
+
+    def add(self, answer) -> None:
+        answer = [int(t) for t in answer]
+        if len(answer) < 2:
+            return
+        self.answers.append(answer)
+        self.index.add(answer)
+        if len(self.index.tokens) > self.max_tokens:  # keep the newer half
+            kept, total = [], 0
+            for old in reversed(self.answers):
+                total += len(old) + 1
+                if total > self.max_tokens // 2:
+                    break
+                kept.append(old)
+            self.answers = kept[::-1]
+            self.index = NgramIndex(self.max_ngram)
+            for old in self.answers:
+                self.index.add(old)
+
+
+class _Sequence:
+    """The index of one context being decoded (the same list object, growing) and how much of it is answer."""
+
+    def __init__(self, context, max_ngram: int):
+        self.context = context  # held, so that the identity check below cannot match a new list at a reused id
+        self.answer_start = len(context) - 1  # the first call sees the prompt and the first token (the root)
+        self.index = NgramIndex(max_ngram)
+        self.recorded = False
+
+
+class SuffixCandidates:
+    """Suffix decoding's rule (SuffixDecoding, vLLM's `suffix` method) over the context and earlier answers.
+
+    Each step: the longest suffix of the context (up to `max_match` tokens) that occurred before, in the context
+    or in an earlier answer; the continuations of up to `max_occurrences` of its latest occurrences become a tree
+    of counts; nodes are taken best first by their estimated probability (the share of occurrences that
+    continue that way, multiplied down the path), none below `min_probability`, at most
+    `min(max_nodes, spec_factor * match length)` of them: a long match earns a large tree, a 1-token match a
+    small one. Paths stop after a stop token. Answers enter the history when the next sequence begins; the
+    history is this source's own (a Decoder's, so a served model's process) unless `history` is given, and
+    `forget()` empties it (a benchmark does after its warm-up, so that no answer is timed against itself).
+    """
+
+    def __init__(self, max_nodes: int = 16, max_depth: int = 12, max_match: int = 16, spec_factor: float = 2.0,
+                 min_probability: float = 0.1, max_occurrences: int = 32, min_match: int = 1, stop_token_ids=(),
+                 history: SuffixHistory | None = None, use_history: bool = True, max_sequences: int = 8):
+        if max_nodes < 1 or max_depth < 1 or max_match < 1 or not 1 <= min_match <= max_match:
+            raise PPDError("suffix candidates need max_nodes, max_depth and max_match >= 1 and "
+                           "1 <= min_match <= max_match")
+        self.max_nodes, self.max_depth, self.max_match, self.min_match = max_nodes, max_depth, max_match, min_match
+        self.spec_factor, self.min_probability, self.max_occurrences = spec_factor, min_probability, max_occurrences
+        self.stop_token_ids = set(stop_token_ids)
+        self.history = (history if history is not None else SuffixHistory(max(16, max_match))) if use_history else None
+        if self.history is not None and self.history.max_ngram < max_match:
+            raise PPDError(f"the history indexes n-grams up to {self.history.max_ngram}, shorter than max_match")
+        self.max_sequences = max_sequences
+        self._sequences: list = []  # most recent last
+        self._lock = threading.Lock()  # one Decoder may serve several threads (a web server's pool)
+
+    def forget(self) -> None:
+        """Drop the history and every sequence seen so far."""
+        with self._lock:
+            self._sequences = []
+            if self.history is not None:
+                self.history.__init__(self.history.max_ngram, self.history.max_tokens)
+
+    def _sequence(self, context) -> _Sequence:
+        for sequence in self._sequences:
+            if sequence.context is context:
+                if len(sequence.index.tokens) <= len(context):
+                    sequence.index.extend(context[len(sequence.index.tokens):])
+                    return sequence
+                self._sequences.remove(sequence)  # the list shrank: not the sequence it was
+                break
+        for older in self._sequences:  # a new sequence: the earlier ones' answers so far are history now
+            self._record(older)
+        sequence = _Sequence(context, self.max_match)
+        sequence.index.extend(context)
+        self._sequences.append(sequence)
+        if len(self._sequences) > self.max_sequences:
+            self._sequences.pop(0)
+        return sequence
+
+    def _record(self, sequence: _Sequence) -> None:
+        if not sequence.recorded and self.history is not None:
+            self.history.add(sequence.context[sequence.answer_start:])
+        sequence.recorded = True
+
+    def occurrences(self, context, index: NgramIndex, exclude_end: int | None = None):
+        """(match length, continuation start positions in `index`) of the longest suffix of `context` found."""
+        best = (0, [])
+        for n in range(1, min(self.max_match, len(context)) + 1):
+            ends = index.ends.get(tuple(context[-n:]))
+            if ends and exclude_end is not None and ends[-1] >= exclude_end:  # the suffix itself, always last
+                ends = ends[:-1]
+            if not ends:
+                break
+            best = (n, ends)
+        return best
+
+    def propose(self, context: list[int]) -> Branches:
+        with self._lock:
+            return self._propose(context)
+
+    def _propose(self, context: list[int]) -> Branches:
+        sequence = self._sequence(context)
+        length = len(context)
+        # in the context itself, an occurrence must end before the context does (its continuation exists)
+        match, ends = self.occurrences(context, sequence.index, exclude_end=length)
+        sources = [(sequence.index.tokens, ends)]
+        if self.history is not None:
+            h_match, h_ends = self.occurrences(context, self.history.index)
+            if h_match > match:
+                match, sources = h_match, [(self.history.index.tokens, h_ends)]
+            elif h_match == match and h_match:
+                sources.append((self.history.index.tokens, h_ends))
+        if match < self.min_match:
+            return Branches()
+        budget = min(self.max_nodes, max(1, int(self.spec_factor * match)))
+        return self._best_first(self._count_tree(sources), budget)
+
+    def _count_tree(self, sources):
+        """{path tuple: occurrences continuing along it} over the latest occurrences' continuations."""
+        counts = defaultdict(int)
+        total = 0
+        for tokens, ends in sources:
+            for end in ends[-self.max_occurrences:]:
+                continuation = []
+                for token in tokens[end: end + self.max_depth]:
+                    if token == NgramIndex.SEPARATOR:
+                        break
+                    continuation.append(token)
+                continuation = truncate_at_stop(continuation, self.stop_token_ids)
+                if not continuation:
+                    continue
+                total += 1
+                for d in range(1, len(continuation) + 1):
+                    counts[tuple(continuation[:d])] += 1
+        counts[()] = total
+        return counts
+
+    def _best_first(self, counts, budget: int) -> Branches:
+        total = counts[()]
+        if not total:
+            return Branches()
+        children = defaultdict(list)
+        for path in counts:
+            if path:
+                children[path[:-1]].append(path)
+        # best first; among equal estimates the shallower node (a wider tree rather than a deeper one)
+        heap = [(-counts[p] / total, 1, p) for p in children[()]]
+        heapq.heapify(heap)
+        tokens, parents, node_of = [], [], {(): -1}
+        while heap and len(tokens) < budget:
+            negative, depth, path = heapq.heappop(heap)
+            probability = -negative
+            if probability < self.min_probability:
+                break
+            node_of[path] = len(tokens)
+            tokens.append(path[-1])
+            parents.append(node_of[path[:-1]])
+            for child in children[path]:
+                heapq.heappush(heap, (-probability * counts[child] / counts[path], depth + 1, child))
+        return Branches(tuple(tokens), tuple(parents))

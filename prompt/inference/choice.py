@@ -3,13 +3,16 @@
 A checkpoint folder may carry two inference files beside its weights:
 - `trees.json`: sparse trees built for these prompt tokens, keyed by tree length (inputs of the forward);
 - `decoding.json`: the decoding tuned on a machine for each dtype (`prompt.evaluation.tune`):
-  `{dtype: {"tree_length": L (0: no prompt tokens), "prompt_lookup_num_tokens": K (0: off)}}`.
+  `{dtype: {"tree_length": L (0: no prompt tokens), "prompt_lookup_num_tokens": K (0: off),
+  "suffix_nodes": S (the suffix candidate tree's node budget, 0 or absent: off)}}`.
 
 `resolve_decoding` takes each of the two choices, the tree and the prompt-lookup length, from the first of:
 1. the caller's argument (`tree_spec` or `tree_length` for the tree, 0 meaning no prompt tokens;
    `prompt_lookup_num_tokens` for the lookup, 0 meaning off);
 2. the checkpoint's `decoding.json` entry for the model's dtype;
 3. the default: the largest tree of the tree file, no lookup.
+The suffix candidate tree follows the lookup: from `decoding.json` where the caller passes no lookup length,
+else off (a caller who wants it passes a `SuffixCandidates` source).
 A tree length is looked up in the checkpoint's `trees.json`, else in the packaged default trees. A plain
 causal LM (no prompt tokens) decodes without a tree. Tree files are read once per file version, so building
 a Decoder per request is cheap.
@@ -58,6 +61,7 @@ def tuned_decoding(model, dtype: str) -> dict:
 class DecodingChoice:
     tree_spec: dict | None  # None: no prompt tokens
     prompt_lookup_num_tokens: int
+    suffix_nodes: int = 0  # node budget of the suffix candidate tree (0: off)
 
 
 def _count(value, name: str) -> int:
@@ -73,22 +77,24 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
     tuned = {}
     if has_prompt_tokens and (tree_spec is None and tree_length is None or prompt_lookup_num_tokens is None):
         tuned = tuned_decoding(model, str(model.dtype).replace("torch.", ""))
+    suffix = 0
     if prompt_lookup_num_tokens is None:
         prompt_lookup_num_tokens = tuned.get("prompt_lookup_num_tokens", 0)
+        suffix = _count(tuned.get("suffix_nodes", 0), f"suffix_nodes in {DECODING_NAME}")
     lookup = _count(prompt_lookup_num_tokens, "prompt_lookup_num_tokens")
     if tree_length is not None:
         _count(tree_length, "tree_length")
     if not has_prompt_tokens:
         if tree_spec is not None or tree_length:
             raise PPDError("a tree needs a model with prompt tokens (a PromptDecoder); this is a plain causal LM")
-        return DecodingChoice(None, lookup)
+        return DecodingChoice(None, lookup, suffix)
     if tree_spec is not None:
-        return DecodingChoice(tree_spec, lookup)
+        return DecodingChoice(tree_spec, lookup, suffix)
     from_tuned = tree_length is None and "tree_length" in tuned
     if from_tuned:
         tree_length = _count(tuned["tree_length"], f"tree_length in {DECODING_NAME}")
     if tree_length == 0:
-        return DecodingChoice(None, lookup)
+        return DecodingChoice(None, lookup, suffix)
     try:
         spec = select_tree_spec(tree_file(model), config.num_special_tokens, config.virtual_tokens_per_special_token,
                                 tree_length)
@@ -101,7 +107,7 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
         raise PPDError(f"{checkpoint_file(model, DECODING_NAME)} asks for a tree of length {tree_length}, but "
                        f"{where}: {exc}; re-run the tuner for this checkpoint, restore its {TREES_NAME}, "
                        f"or pass a tree length") from None
-    return DecodingChoice(spec, lookup)
+    return DecodingChoice(spec, lookup, suffix)
 
 
 def fastest_dtype(decoding_file, device=None) -> str:

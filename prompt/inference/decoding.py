@@ -27,9 +27,9 @@ import torch
 
 from prompt.errors import PPDError
 from prompt.inference.acceptance import acceptance_rule
-from prompt.inference.candidates import CandidateSource, PromptLookup
+from prompt.inference.candidates import CandidateSource, PromptLookup, SuffixCandidates, merge_proposals
 from prompt.inference.choice import resolve_decoding, tuned_batch_decodings
-from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_chains
+from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_branches
 from prompt.model import backbone
 from prompt.model.cache import keep_cache_entries, new_cache
 from prompt.model.devices import synchronize
@@ -137,6 +137,9 @@ class Decoder:
         self.sources = list(sources)
         if self.prompt_lookup_num_tokens:
             self.sources.append(PromptLookup(self.prompt_lookup_num_tokens, stop_token_ids=self.stop_token_ids))
+        self.suffix_nodes = choice.suffix_nodes  # the tuned suffix candidate tree (0: off)
+        if self.suffix_nodes:
+            self.sources.append(SuffixCandidates(self.suffix_nodes, stop_token_ids=self.stop_token_ids))
         self.max_positions = getattr(self.base.config, "max_position_embeddings", None)
         self.vocab_size = self.base.get_input_embeddings().weight.shape[0]
         self.device = self.base.get_input_embeddings().weight.device
@@ -149,7 +152,7 @@ class Decoder:
                 raise PPDError(f"chain_special_tokens must lie in 0..{model.config.num_special_tokens}")
         self.chain_special_tokens = chain_special_tokens
         self.layout = model.layout if self.ppd else SpecialTokenLayout(0)
-        self._merged = {}  # (tree, chain lengths) -> buffers, built once per shape
+        self._merged = {}  # (tree, context nodes' parents) -> buffers, built once per shape
         # decodings tuned per batch size, used by running batches when nothing was asked for explicitly
         tuned = tree_spec is None and tree_length is None and prompt_lookup_num_tokens is None
         self._batch_choices = tuned_batch_decodings(model) if tuned else {}
@@ -179,6 +182,8 @@ class Decoder:
         parts = [f"PPD tree of {self.tree.input_length} inputs"] if self.ppd else []
         if self.prompt_lookup_num_tokens:
             parts.append(f"prompt lookup {self.prompt_lookup_num_tokens}")
+        if self.suffix_nodes:
+            parts.append(f"suffix tree {self.suffix_nodes}")
         return f"{' + '.join(parts) or 'plain decoding'}, {self.rule.describe()}"
 
     # ----------------------------------------------------------------------------------------------
@@ -246,14 +251,15 @@ class Decoder:
             tree = dynamic.for_special_tokens(state.special_logits.shape[0])
         else:
             tree = self.root_only
-        chains = [chain for chain in (source.propose(state.context) for source in sources) if chain]
+        # every source's chain or tree, merged into one tree of context nodes (a path two sources share once)
+        chains = merge_proposals([source.propose(state.context) for source in sources]) if sources else ()
         if chains:
-            tree = self._with_chains(tree, tuple(len(chain) for chain in chains))
+            tree = self._with_chains(tree, chains.parents)
         if self.max_positions is not None and state.past + tree.max_position_offset >= self.max_positions:
-            tree, chains = self.root_only, []  # no room for the tree: one plain step
+            tree, chains = self.root_only, ()  # no room for the tree: one plain step
         node_tokens = self.prompt_token_candidates(state, tree)
         if chains:
-            chain_tokens = torch.tensor([t for chain in chains for t in chain], device=self.device)
+            chain_tokens = torch.tensor(chains.tokens, device=self.device)
             node_tokens = torch.cat([node_tokens, chain_tokens])
         return StepTree(tree, node_tokens)
 
@@ -383,11 +389,13 @@ class Decoder:
         return backbone.run_body(self.base, embeds, mask, (positions + past)[None], cache,
                                  output_hidden_states=output_hidden_states)
 
-    def _with_chains(self, tree: TreeBuffers, chain_lengths: tuple) -> TreeBuffers:
-        key = (id(tree), chain_lengths)
+    def _with_chains(self, tree: TreeBuffers, parents: tuple) -> TreeBuffers:
+        key = (id(tree), parents)
         merged = self._merged.get(key)
         if merged is None:
-            merged = with_chains(tree, chain_lengths, self.chain_special_tokens, self.layout).to(self.device)
+            if len(self._merged) >= 4096:  # context trees take many shapes: bound the cache
+                self._merged.clear()
+            merged = with_branches(tree, parents, self.chain_special_tokens, self.layout).to(self.device)
             self._merged[key] = merged
         return merged
 

@@ -34,7 +34,7 @@ class TreeBuffers:
     """Everything the decode loop indexes for one tree shape. Inputs: token nodes first, then special tokens.
 
     Token nodes: the root, the prompt-token candidates (`num_prompt_nodes` counts the root and them),
-    then the chain of each context source (prompt lookup), each chain a branch from the root.
+    then the context sources' nodes (prompt lookup's chain, the suffix index's tree), hanging from the root.
 
     node_paths[i]        path of top-k ranks of a prompt-token node (the root's is []); a chain node's
                          path is -1 repeated to its depth
@@ -52,7 +52,7 @@ class TreeBuffers:
     parent_index         [nodes] parent of every node, the root its own parent
     earlier_siblings     [nodes, nodes] boolean: node j shares node i's parent and comes before it (tried first)
     max_position_offset  the largest position offset (the forward needs past + it inside the context)
-    chain_lengths        nodes of each context-source chain, in order
+    chain_lengths        nodes of each context-source chain, in order (a merged candidate tree counts as one)
     """
 
     depth: int
@@ -160,13 +160,27 @@ def with_chains(tree: TreeBuffers, chain_lengths, chain_special_tokens: int, lay
     """`tree` with one extra branch from the root per context-source chain, each node carrying
     `chain_special_tokens` special tokens (0: none; the step after a chain wins then restarts the prompt
     tokens from the root)."""
+    parents = []
+    for length in chain_lengths:
+        parents.extend([-1] + [len(parents) + d for d in range(length - 1)])
+    return with_branches(tree, parents, chain_special_tokens, layout, tuple(chain_lengths))
+
+
+def with_branches(tree: TreeBuffers, parents, chain_special_tokens: int, layout: SpecialTokenLayout,
+                  chain_lengths=None) -> TreeBuffers:
+    """`tree` with the context sources' candidate tree hanging from the root: `parents[i]` is the parent of
+    context node i among the context nodes (-1: the root), every parent listed before its children; each node
+    carries `chain_special_tokens` special tokens. A chain of n nodes is parents [-1, 0, .., n-2]."""
     node_paths, node_parent = list(tree.node_paths), list(tree.node_parent)
     node_special = [len(rows) // layout.virtual_tokens for rows in tree.special_rows]
-    for length in chain_lengths:
-        for d in range(1, length + 1):
-            node_parent.append(0 if d == 1 else len(node_paths) - 1)
-            node_paths.append([-1] * d)
-            node_special.append(chain_special_tokens)
+    first = len(node_paths)
+    for i, parent in enumerate(parents):
+        if not -1 <= parent < i:
+            raise PPDError(f"context node {i} has parent {parent}: parents must come before their children")
+        node_parent.append(0 if parent == -1 else first + parent)
+        node_paths.append([-1] * (len(node_paths[node_parent[-1]]) + 1))
+        node_special.append(chain_special_tokens)
+    chain_lengths = (len(parents),) if chain_lengths is None else chain_lengths
     return _assemble(node_paths, node_parent, node_special, tree.candidate_index.tolist(), tree.top_k, tree.depth,
                      layout, tuple(tree.chain_lengths) + tuple(chain_lengths))
 
