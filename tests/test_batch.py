@@ -122,6 +122,19 @@ def test_plain_model_batch_and_lookup_equal_generate():
     assert max(r.accept_length for r in results) > 1.0
 
 
+def test_batch_with_suffix_candidate_trees_equals_generate():
+    from prompt.inference.candidates import SuffixCandidates
+
+    model, ppd = ppd_model(12)
+    base = distinct_prompts(12, (5, 4, 6))
+    prompts = [base[0] * 5, base[1] * 4 + base[0], base[2] * 3, base[0] * 2]  # repeats: suffix trees get accepted
+    expected = [reference(model, torch.tensor([p]), 24) for p in prompts]
+    decoder = Decoder(ppd, tree_spec=select_tree_spec(None, 3), sources=[SuffixCandidates(max_nodes=8)])
+    results = decoder.generate_batch(prompts, 24)
+    assert [r.token_ids for r in results] == expected
+    assert sum(r.chain_wins for r in results) > 0
+
+
 def test_batch_near_the_context_end():
     model = tiny_llama(8, max_positions=40)
     ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM"))
