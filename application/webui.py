@@ -5,16 +5,19 @@
                                 [--max-new-token 256]
 
 `build_demo(model, tokenizer)` builds the gradio app for any PromptDecoder (or plain causal LM);
-`main()` parses the command line, loads the model and serves the app. Each request builds its own
-`Decoder` and each `Decoder.stream` call owns its KV cache, so several browser sessions can chat
-at the same time.
+`main()` parses the command line, loads the model and serves the app. Answers stream through transformers'
+`generate` interface decoded by PPD (`prompt.inference.hf_generate`), run in a thread with a streamer, as a
+transformers user would stream. Each request decodes with its own `Decoder` and KV cache, so several browser
+sessions can chat at the same time.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import html
 import logging
 import os
+import queue
 import sys
 import threading
 
@@ -26,6 +29,7 @@ except ImportError:  # run from a checkout without `pip install -e .`
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
+from transformers import GenerationConfig, StoppingCriteria, TextIteratorStreamer  # noqa: E402
 
 from prompt.cli import ArgumentParser  # noqa: E402
 from prompt.data.chat import chat_template_ids  # noqa: E402
@@ -33,6 +37,7 @@ from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.evaluation.compare import fastest_decoding_dtype  # noqa: E402
 from prompt.inference import Decoder, GenerationResult  # noqa: E402
 from prompt.inference.choice import resolve_decoding  # noqa: E402
+from prompt.inference.hf_generate import generate as ppd_generate, ppd_decoder  # noqa: E402
 from prompt.model.devices import DTYPE_CHOICES, add_device_flags, device_kwargs  # noqa: E402
 from prompt.model.loading import is_default_model, looks_like_path  # noqa: E402
 from prompt.model.prompt_decoder import PromptDecoder  # noqa: E402
@@ -190,8 +195,47 @@ def format_stats(result: GenerationResult, decoding: str, state: str = GENERATIN
             f"{decoding} · {state}")
 
 
+class StepStreamer(TextIteratorStreamer):
+    """transformers' TextIteratorStreamer, handing on each decoding step's token ids (a list: the base model's own
+    token, then the accepted prompt-token guesses) instead of text, so that `AnswerText` can mark where the text
+    came from. Iterating it yields the steps; `timeout` as in TextIteratorStreamer."""
+
+    def __init__(self, tokenizer, timeout: float | None = None):
+        super().__init__(tokenizer, skip_prompt=True, timeout=timeout)
+        self.text_queue = queue.Queue(maxsize=1)  # generation keeps at most a step ahead of the page
+        self.ended = False
+
+    def put(self, value) -> None:
+        if self.next_tokens_are_prompt:  # generate hands the prompt first
+            self.next_tokens_are_prompt = False
+            return
+        self.text_queue.put(value.reshape(-1).tolist(), timeout=self.timeout)
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.text_queue.put(self.stop_signal, timeout=self.timeout)
+
+    def drain(self) -> None:
+        """Drop the steps not taken yet (so that a generation that is being stopped is not kept waiting)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.text_queue.get_nowait()
+
+
+class UntilStopped(StoppingCriteria):
+    """A stopping criterion that ends generation once `event` is set (Stop, Clear, a closed page)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+
+
 class ChatEngine:
-    """Turns a conversation into a streamed answer with a PromptDecoder (or a plain causal LM)."""
+    """Turns a conversation into a streamed answer with a PromptDecoder (or a plain causal LM), through
+    transformers' `generate` interface decoded by PPD (`prompt.inference.hf_generate`) and a streamer."""
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 256, decoder_class=Decoder):
         self.decoder_class = decoder_class
@@ -202,13 +246,23 @@ class ChatEngine:
         self.stop_token_ids = stop_token_ids_for(tokenizer, model=model)
         self.chat_template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
 
-    def decoder(self, use_ppd: bool, temperature: float) -> Decoder:
-        """A Decoder for these settings (cheap to build; one per request). With PPD on, the checkpoint's tuned
-        decoding for the dtype (tree size, prompt lookup); off, plain decoding."""
+    def generation_options(self, use_ppd: bool, temperature: float) -> dict:
+        """generate()'s options for these settings. With PPD on, the checkpoint's tuned decoding for the dtype (tree
+        size, prompt lookup); off, plain decoding. Above temperature 0, sampling from the whole distribution (no top-k
+        or top-p), which PPD does exactly."""
         ppd = use_ppd and self.has_prompt_tokens
-        model = self.model if ppd else getattr(self.model, "base_model", self.model)
-        return self.decoder_class(model, stop_token_ids=self.stop_token_ids, temperature=temperature,
-                                  prompt_lookup_num_tokens=None if use_ppd else 0)
+        sample = temperature > 0
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=sample,
+                                  temperature=temperature if sample else None, top_k=0 if sample else None,
+                                  top_p=1.0 if sample else None, eos_token_id=sorted(self.stop_token_ids),
+                                  prompt_lookup_num_tokens=None if ppd else 0)
+        return {"generation_config": config, "tree_length": None if ppd else 0, "decoder_class": self.decoder_class}
+
+    def describe(self, use_ppd: bool, temperature: float) -> str:
+        """The decoding generate() runs for these settings, in words."""
+        options = self.generation_options(use_ppd, temperature)
+        return ppd_decoder(self.model, options["generation_config"], options["tree_length"],
+                           self.decoder_class).describe()
 
     def encode(self, messages) -> torch.Tensor:
         """Token ids of the conversation, ending with the assistant's generation prompt."""
@@ -217,28 +271,47 @@ class ChatEngine:
     def stream_answer(self, turns, use_ppd: bool, temperature: float, keep_going=lambda: True):
         """Append an assistant turn to `turns` and fill it as tokens arrive; yields the stats line each step.
 
-        Once `keep_going()` is false, yields a last line that says "stopped" and ends. Input errors
-        (an over-long prompt) turn the answer into an "Error: ..." message.
+        `generate` runs in a thread and hands each step to a StepStreamer. Once `keep_going()` is false, yields a
+        last line that says "stopped" and ends; generation stops after its current step (also when the consumer
+        goes away). Input errors (an over-long prompt) turn the answer into an "Error: ..." message.
         """
         use_ppd = bool(use_ppd) and self.has_prompt_tokens
         result = GenerationResult()
         answer = AnswerText(self.tokenizer)
         turn = {"role": "assistant", "content": "", "pieces": answer.pieces}
         turns.append(turn)
+        stop, errors, worker = threading.Event(), [], None
         try:
             input_ids = self.encode(model_messages(turns[:-1]))
-            decoder = self.decoder(use_ppd, float(temperature))
+            temperature = float(temperature)
+            options = self.generation_options(use_ppd, temperature)
             # with PPD on, the tuned decoding (which may be plain greedy where no tree pays, e.g. float32 on a CPU)
-            decoding = decoder.describe() if use_ppd else "plain decoding"
-            stream = decoder.stream(input_ids, max_new_tokens=self.max_new_tokens, result=result)
-            for step_tokens in stream:
+            decoding = self.describe(use_ppd, temperature) if use_ppd else "plain decoding"
+            streamer = StepStreamer(self.tokenizer)
+
+            def run():
+                try:
+                    ppd_generate(self.model, input_ids, streamer=streamer, result=result,
+                                 stopping_criteria=[UntilStopped(stop)], **options)
+                except BaseException as exc:  # handed to the consumer
+                    errors.append(exc)
+                finally:
+                    streamer.end()
+
+            worker = threading.Thread(target=run, name="ppd-webui-generate", daemon=True)
+            worker.start()
+            for step_tokens in streamer:
                 if not keep_going():  # the step is dropped: the answer stays as last shown
+                    self._end(worker, streamer, stop)
                     del result.token_ids[len(answer.ids):]
                     yield format_stats(result, decoding, STOPPED)
                     return
                 answer.add_step(step_tokens)
                 turn["content"], turn["pieces"] = answer.text, answer.pieces
                 yield format_stats(result, decoding)
+            self._end(worker, streamer, stop)
+            if errors:
+                raise errors[0]
             if result.stop_reason == "eos":  # cut by a token or context limit, an incomplete last character is left out
                 answer.finish()
             turn["content"], turn["pieces"] = answer.text, answer.pieces
@@ -250,6 +323,17 @@ class ChatEngine:
             log.exception("generation failed")
             mark_error(turns, f"Error: generation failed ({type(exc).__name__}: {exc})")
             yield "Error: generation failed"
+        finally:  # also when the consumer goes away (a cancelled request): the model stops after its current step
+            if worker is not None:
+                self._end(worker, streamer, stop)
+
+    @staticmethod
+    def _end(worker: threading.Thread, streamer: StepStreamer, stop: threading.Event) -> None:
+        """Stop the generate thread after its current step and wait for it."""
+        stop.set()
+        while worker.is_alive():
+            streamer.drain()
+            worker.join(0.01)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,7 +344,7 @@ def decoding_label(engine) -> str:
     dtype = str(engine.model.dtype).replace("torch.", "")
     if not engine.has_prompt_tokens:
         return f"Decoding: plain greedy ({dtype}; no prompt tokens loaded)"
-    return f"With PPD: {engine.decoder(True, 0.0).describe()} ({dtype}); without: plain decoding"
+    return f"With PPD: {engine.describe(True, 0.0)} ({dtype}); without: plain decoding"
 
 
 def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, concurrency: int = 4,

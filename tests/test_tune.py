@@ -88,15 +88,37 @@ def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
     assert_clear_error(run_module(*args), "already records a float32 decoding")
     assert_clear_error(run_module(*args[:-4], "--tree-lengths", 11), "no tree of length 11")
 
+    # tuned at a temperature: recorded as the exact-sampling entry inside float32's, which stays as it was
+    proc = run_module(*args[:-6], "--tree-lengths", 10, "--lookup-lengths", 0, "--temperature", 0.7)
+    assert proc.returncode == 0, proc.stderr
+    tuned = json.loads((folder / "decoding.json").read_text())["float32"]
+    exact = tuned.pop("exact")
+    assert tuned == recorded and exact["temperature"] == 0.7 and "speed_vs_plain_sampling" in exact
+    assert (exact["tree_length"], exact["prompt_lookup_num_tokens"]) in {(0, 0), (10, 0)}
+    assert "plain sampling" in proc.stdout and (folder / "tuning_float32_exact_t0.7.json").is_file()
+    from prompt.errors import PPDError
+    from prompt.evaluation.tune import record_choice
+    with pytest.raises(PPDError, match="already records a float32 decoding for exact sampling"):
+        record_choice(str(folder / "decoding.json"), "float32", exact, overwrite=False, rule="exact")
+    record_choice(str(folder / "decoding.json"), "float32", recorded, overwrite=True)  # greedy again: exact stays
+    assert json.loads((folder / "decoding.json").read_text())["float32"]["exact"] == exact
+
     # the recorded entry is what a decoder uses by default; explicit arguments override it
     (folder / "decoding.json").write_text(json.dumps({
-        "float32": {"tree_length": 16, "prompt_lookup_num_tokens": 5, "suffix_nodes": 12},
+        "float32": {"tree_length": 16, "prompt_lookup_num_tokens": 5, "suffix_nodes": 12,
+                    "exact": {"tree_length": 10, "prompt_lookup_num_tokens": 0}},
         "bfloat16": {"tree_length": 0, "prompt_lookup_num_tokens": 0}}))
     model = AutoPromptDecoder.from_pretrained(str(folder), dtype="float32")
     decoder = Decoder(model)
     assert decoder.ppd and decoder.tree.input_length == 16 and decoder.prompt_lookup_num_tokens == 5
     assert decoder.describe() == "PPD tree of 16 inputs + prompt lookup 5 + suffix tree 12, greedy"
     assert [type(s).__name__ for s in decoder.sources] == ["PromptLookup", "SuffixCandidates"]
+    # sampling exactly: the rule's own entry; a rule without one: the greedy entry
+    assert Decoder(model, temperature=1.0).describe() == "PPD tree of 10 inputs, exact sampling, temperature 1"
+    assert Decoder(model, temperature=0.7, sampling="typical").describe() == \
+        "PPD tree of 16 inputs + prompt lookup 5 + suffix tree 12, typical acceptance, temperature 0.7"
+    assert Decoder(model, temperature=0.7, prompt_lookup_num_tokens=3).describe() == \
+        "PPD tree of 10 inputs + prompt lookup 3, exact sampling, temperature 0.7"
     override = Decoder(model, tree_length=10, prompt_lookup_num_tokens=0)
     assert override.tree.input_length == 10 and not override.sources
     assert Decoder(model, tree_length=0).describe() == "prompt lookup 5 + suffix tree 12, greedy"

@@ -187,6 +187,66 @@ def test_an_answer_cut_inside_an_emoji_shows_no_replacement_character():
     assert turns[-1]["content"] == "ok "
 
 
+def generate_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "ppd-webui-generate"]
+
+
+def test_answers_go_through_transformers_generate_and_sample_exactly(tokenizer, monkeypatch):
+    """The engine streams through hf_generate's `generate` with a TextIteratorStreamer; above temperature 0 it
+    samples exactly from the whole distribution: with one seed, the same tokens as a sampling Decoder."""
+    from transformers import TextIteratorStreamer
+
+    model = tiny_ppd()
+    engine = webui.ChatEngine(model, tokenizer, max_new_tokens=MAX_NEW)
+    calls = []
+    real_generate = webui.ppd_generate
+
+    def recording_generate(*args, **kwargs):
+        calls.append(kwargs)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(webui, "ppd_generate", recording_generate)
+    messages = [{"role": "user", "content": "Hello there"}]
+    torch.manual_seed(7)
+    turns = list(messages)
+    stats = list(engine.stream_answer(turns, True, 0.9))
+    assert len(calls) == 1 and isinstance(calls[0]["streamer"], TextIteratorStreamer)
+    assert "exact sampling, temperature 0.9" in stats[-1] and "PPD tree" in stats[-1]
+    torch.manual_seed(7)
+    ids = engine.encode(messages)
+    expected = Decoder(model, temperature=0.9, stop_token_ids=engine.stop_token_ids).generate(ids, MAX_NEW)
+    assert turns[-1]["content"] == tokenizer.decode(expected.token_ids, skip_special_tokens=True)
+    assert parse_stats(stats[-1])[2:] == (expected.new_tokens, expected.forward_passes)
+    assert not generate_threads()
+
+
+def test_stop_and_a_closed_stream_end_the_generate_thread(tokenizer):
+    model = tiny_ppd()
+    engine = webui.ChatEngine(model, tokenizer, max_new_tokens=60)
+    turns = [{"role": "user", "content": "Good morning!"}]
+    full = Decoder(model.base_model, stop_token_ids=engine.stop_token_ids).generate(engine.encode(turns), 60)
+    probe = SlowForward(model.base_model, delay=0.05)  # 60 tokens would take seconds
+    lines = []
+    for line in engine.stream_answer(turns, True, 0.0, keep_going=lambda: len(lines) < 3):
+        lines.append(line)
+    # keep_going is read before each step is shown: three were shown, then the answer stopped there
+    assert len(lines) == 4 and lines[-1].endswith(webui.STOPPED) and not generate_threads()
+    shown = parse_stats(lines[-1])[2]
+    assert 3 <= shown < full.new_tokens
+    assert parse_stats(lines[-1])[3] <= shown + 3  # generation kept at most a step or two ahead of the page
+    assert turns[-1]["content"] == tokenizer.decode(full.token_ids[:shown], skip_special_tokens=True)
+    # a consumer that goes away (a cancelled request) stops the model too
+    stream = engine.stream_answer([{"role": "user", "content": "Good morning!"}], True, 0.0)
+    next(stream), next(stream)
+    stream.close()
+    assert not generate_threads()
+    calls = probe.calls
+    time.sleep(0.3)
+    assert probe.calls == calls
+
+
 # ------------------------------------------------------------------------------------------------
 # the server, through gradio_client
 # ------------------------------------------------------------------------------------------------

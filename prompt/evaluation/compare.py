@@ -28,7 +28,7 @@ from prompt.model.prompt_decoder import PromptDecoder
 
 METHODS = ("generate", "generate_static", "generate_compiled", "generate_lookup", "generate_lookup3", "baseline",
            "lookup", "suffix", "ppd", "ppd_lookup", "ppd_untrained", "tuned", "tuned_suffix", "generate_sample", "generate_lookup_sample",
-           "exact", "typical")
+           "exact", "typical", "exact_greedy_tuned")
 # the peers a user would pick, each at its best over these rows (and over dtypes in the benchmark's headline)
 PEERS = {"transformers generate": ("generate", "generate_static", "generate_compiled"),
          "transformers prompt lookup": ("generate_lookup", "generate_lookup3")}
@@ -42,7 +42,8 @@ METHOD_HELP = ("generate: transformers greedy (dynamic cache); generate_static: 
                "plain loop; lookup: our loop with prompt lookup alone; ppd: prompt tokens alone; ppd_lookup: both in "
                "one tree; ppd_untrained: text-initialised prompt tokens; tuned: the checkpoint's tuned decoding; at --temperature: "
                "generate_sample and generate_lookup_sample (transformers sampling, plain and with prompt lookup), exact "
-               "and typical (the tuned decoding with exact sampling or upstream's typical acceptance)")
+               "and typical (the tuned decoding with exact sampling or upstream's typical acceptance: the rule's own tuned "
+               "entry where decoding.json has one), exact_greedy_tuned (exact sampling with the greedy tuned decoding)")
 
 
 def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, tree_file=None, lookup_tokens=10,
@@ -89,6 +90,11 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
                                           temperature=temperature)
         elif method in ("exact", "typical"):  # the tuned decoding, sampling with that acceptance rule
             decoders[method] = Decoder(model, stop_token_ids=stops, temperature=temperature, sampling=method)
+        elif method == "exact_greedy_tuned":  # exact sampling on the tree and lookup tuned for greedy decoding
+            greedy = tuned_decoding(model, dtype)
+            decoders[method] = Decoder(model, stop_token_ids=stops, temperature=temperature, sampling="exact",
+                                       tree_length=greedy.get("tree_length"),
+                                       prompt_lookup_num_tokens=greedy.get("prompt_lookup_num_tokens", 0))
         elif method == "ppd_untrained":  # text-initialised prompt tokens of the same shape: the untrained baseline
             untrained = PromptDecoder(model.base_model, PromptConfig(
                 num_special_tokens=model.config.num_special_tokens,

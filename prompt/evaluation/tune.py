@@ -10,8 +10,14 @@
    answer scripts and the web UI then use by default. Where no tree beats plain greedy, plain greedy is
    recorded (tree length 0) and the tool says so.
 
+With `--temperature T` (> 0) the configurations decode by sampling with the acceptance rule `--sampling` (default
+exact), against plain sampling in the same loop, and the choice is recorded as that rule's entry inside the dtype's
+(`{dtype: {..greedy.., "exact": {...}}}`, read by `prompt.inference.choice`): a sampled token matches a guess less
+often than a greedy one, so sampling pays for other trees than greedy decoding does.
+
     python -m prompt.evaluation.tune --dtype bfloat16 \\
         --question-file ../shared/data/sharegpt/ShareGPT_V3_filtered_1000.json --question-begin 940 --question-end 946
+    python -m prompt.evaluation.tune --dtype bfloat16 --temperature 0.7 ...   # the exact-sampling entry
 """
 from __future__ import annotations
 
@@ -29,8 +35,9 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
+from prompt.inference.acceptance import ACCEPTANCE_RULES, acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
-from prompt.inference.choice import DECODING_NAME, tree_file
+from prompt.inference.choice import BATCH_SIZES_KEY, DECODING_NAME, tree_file
 from prompt.inference.decoding import Decoder
 from prompt.inference.sparse_tree_builder import predicted_accept_length
 from prompt.inference.tree import specs_by_length
@@ -40,7 +47,7 @@ from prompt.model.cache import keep_cache_entries, new_cache
 from prompt.model.defaults import load_prompt_decoder
 from prompt.model.devices import add_device_flags, device_kwargs, synchronize
 
-PLAIN = (0, 0, 0)  # (tree length, prompt lookup tokens, suffix tree nodes): plain greedy
+PLAIN = (0, 0, 0)  # (tree length, prompt lookup tokens, suffix tree nodes): plain decoding (greedy, or sampling)
 
 
 def machine_name() -> str:
@@ -96,35 +103,38 @@ def available_tree_lengths(model) -> list[int]:
                                   model.config.virtual_tokens_per_special_token))
 
 
-def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, warmup: int = 1, progress: bool = True):
+def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, warmup: int = 1, progress: bool = True,
+                    temperature: float = 0.0, sampling: str | None = None):
     """Run the decode loop with each (tree length, lookup tokens, suffix nodes) on every prompt, in the comparison
-    harness (interleaved and rotated). Returns {config: MethodTotals}."""
+    harness (interleaved and rotated; seeded per prompt when sampling at `temperature` with the rule `sampling`).
+    Returns {config: MethodTotals}."""
     stops = formatter.stops(model)
+    rule = {"temperature": temperature, "sampling": sampling}
     decoders = {}
     for tree_length, lookup, suffix in configs:
         sources = [SuffixCandidates(suffix, stop_token_ids=stops)] if suffix else []
         decoders[(tree_length, lookup, suffix)] = Decoder(model if tree_length else model.base_model,
                                                           tree_length=tree_length or None,
                                                           prompt_lookup_num_tokens=lookup, sources=sources,
-                                                          stop_token_ids=stops)
+                                                          stop_token_ids=stops, **rule)
     return compare(decoders, formatter, prompts, max_new_tokens, warmup, progress)
 
 
-def config_name(config) -> str:
+def config_name(config, plain: str = "plain greedy") -> str:
     tree_length, lookup, suffix = config
     parts = [f"tree {tree_length}"] if tree_length else []
     if lookup:
         parts.append(f"lookup {lookup}")
     if suffix:
         parts.append(f"suffix {suffix}")
-    return " + ".join(parts) or "plain greedy"
+    return " + ".join(parts) or plain
 
 
-def results_table(totals: dict, latency: dict | None = None) -> str:
-    """Markdown table; speed as a ratio to plain greedy (our loop) when it was measured."""
+def results_table(totals: dict, latency: dict | None = None, plain_name: str = "plain greedy") -> str:
+    """Markdown table; speed as a ratio to plain decoding (our loop) when it was measured."""
     plain = totals.get(PLAIN)
     lines = ["| decoding | accept length (per forward, prefill counted) | upstream's accept length (per step) | tokens/s "
-             "| speed vs plain greedy | predicted from latency curve |",
+             f"| speed vs {plain_name} | predicted from latency curve |",
              "|---|---|---|---|---|---|"]
     for config, t in totals.items():
         ratio = f"{t.tokens_per_second / plain.tokens_per_second:.2f}x" if plain and plain.tokens_per_second else "-"
@@ -132,8 +142,8 @@ def results_table(totals: dict, latency: dict | None = None) -> str:
         if latency and config[1:] == (0, 0) and config[0] in latency and 1 in latency:
             predicted = f"{t.accept_length * latency[1] / latency[config[0]]:.2f}x"
         upstream = f"{t.accept_length_upstream:.3f}" if t.accept_length_upstream else "-"
-        lines.append(f"| {config_name(config)} | {t.accept_length:.3f} | {upstream} | {t.tokens_per_second:.2f} | {ratio} "
-                     f"| {predicted} |")
+        lines.append(f"| {config_name(config, plain_name)} | {t.accept_length:.3f} | {upstream} | "
+                     f"{t.tokens_per_second:.2f} | {ratio} | {predicted} |")
     return "\n".join(lines)
 
 
@@ -160,7 +170,7 @@ def plot_latency(latency: dict, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str) -> None:
+def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str, plain_name: str = "plain greedy") -> None:
     """Accept length (measured and predicted by the builder) and speed against tree length, per lookup length."""
     import matplotlib
 
@@ -182,7 +192,7 @@ def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str) -> Non
     left.set_xlabel("tree length (inputs, 0 = no prompt tokens)")
     left.set_ylabel("accept length (tokens per forward)")
     right.set_xlabel("tree length (inputs, 0 = no prompt tokens)")
-    right.set_ylabel("speed vs plain greedy")
+    right.set_ylabel(f"speed vs {plain_name}")
     right.axhline(1.0, color="grey", linewidth=0.8)
     for ax in (left, right):
         ax.grid(alpha=0.3)
@@ -204,20 +214,28 @@ def predicted_accept_lengths(model) -> dict[int, float]:
     return predicted
 
 
-def recorded_decodings(path: str, dtype: str, overwrite: bool) -> dict:
-    """The entries of decoding.json ({} if none), refusing to replace `dtype`'s without `overwrite`."""
+def recorded_decodings(path: str, dtype: str, overwrite: bool, rule: str = "greedy") -> dict:
+    """The entries of decoding.json ({} if none), refusing to replace `dtype`'s (for a sampling `rule`: that rule's
+    entry inside it) without `overwrite`."""
     data = read_json(path, "tuned decoding file") if os.path.isfile(path) else {}
-    if not isinstance(data, dict):
-        raise PPDError(f"{path!r} is not a tuned decoding file (expected a JSON object)")
-    if dtype in data and not overwrite:
-        raise PPDError(f"{path!r} already records a {dtype} decoding; pass --overwrite to replace it")
+    if not isinstance(data, dict) or not isinstance(data.get(dtype, {}), dict):
+        raise PPDError(f"{path!r} is not a tuned decoding file (expected a JSON object of objects)")
+    recorded = dtype in data if rule == "greedy" else rule in data.get(dtype, {})
+    if recorded and not overwrite:
+        what = f"a {dtype} decoding" if rule == "greedy" else f"a {dtype} decoding for {rule} sampling"
+        raise PPDError(f"{path!r} already records {what}; pass --overwrite to replace it")
     return data
 
 
-def record_choice(path: str, dtype: str, entry: dict, overwrite: bool) -> None:
-    """Add the dtype's entry to decoding.json, keeping the other dtypes' entries."""
-    data = recorded_decodings(path, dtype, overwrite)
-    data[dtype] = entry
+def record_choice(path: str, dtype: str, entry: dict, overwrite: bool, rule: str = "greedy") -> None:
+    """Add the dtype's entry (greedy) or the entry of a sampling `rule` inside it to decoding.json, keeping the
+    other entries."""
+    data = recorded_decodings(path, dtype, overwrite, rule)
+    old = data.get(dtype, {})
+    if rule == "greedy":  # the rules' own entries and the per-batch-size decodings stay
+        data[dtype] = {**{k: v for k, v in old.items() if k in ACCEPTANCE_RULES or k == BATCH_SIZES_KEY}, **entry}
+    else:
+        data[dtype] = {**old, rule: entry}
     write_json(path, data, sort_keys=True)
 
 
@@ -259,7 +277,12 @@ def main(argv=None):
     parser.add_argument("--report-dir", default=None, help="Where the measurements (JSON) and plots go (default: beside the output).")
     parser.add_argument("--overwrite", action="store_true", help="Replace this dtype's recorded decoding.")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="Above 0: tune sampling at this temperature, recorded as the --sampling rule's entry.")
+    parser.add_argument("--sampling", default=None, choices=[r for r in ACCEPTANCE_RULES if r != "greedy"],
+                        help="Acceptance rule tuned at --temperature (default exact).")
     args = parser.parse_args(argv)
+    rule = acceptance_rule(args.sampling, args.temperature).name  # bad values: one error before loading
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.max_new_token < 1:
@@ -278,7 +301,7 @@ def main(argv=None):
     output = args.output_file or (os.path.join(folder, DECODING_NAME) if folder else None)
     if output is None:
         raise PPDError("the prompt tokens come from no folder: pass --output-file")
-    recorded_decodings(output, args.dtype, args.overwrite)  # fail before measuring, not after
+    recorded_decodings(output, args.dtype, args.overwrite, rule)  # fail before measuring, not after
     report_dir = args.report_dir or os.path.dirname(os.path.abspath(output))
     os.makedirs(report_dir, exist_ok=True)
 
@@ -288,32 +311,41 @@ def main(argv=None):
     print(" ".join(f"{n}:{ms:.1f}ms" for n, ms in latency.items()))
     configs = [(t, k, n) for t in tree_lengths for k in lookup_lengths for n in suffix_nodes]
     formatter = ChatFormatter(model.tokenizer)
-    totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token)
-    print(results_table(totals, latency))
+    totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token,
+                             temperature=args.temperature, sampling=args.sampling)
+    plain_name = "plain greedy" if rule == "greedy" else "plain sampling"
+    print(results_table(totals, latency, plain_name))
     best = choose(totals)
     plain = totals[PLAIN].tokens_per_second
     ratio = totals[best].tokens_per_second / plain if plain else 0.0
     if best == PLAIN:
-        print(f"no tree, lookup chain or suffix tree paid for its cost on this machine in {args.dtype}: plain greedy is recorded")
+        print(f"no tree, lookup chain or suffix tree paid for its cost on this machine in {args.dtype}: "
+              f"{plain_name} is recorded")
     else:
-        print(f"chosen: {config_name(best)}, {ratio:.2f}x plain greedy, accept length {totals[best].accept_length:.3f}")
+        print(f"chosen: {config_name(best)}, {ratio:.2f}x {plain_name}, accept length {totals[best].accept_length:.3f}")
     command = "python -m prompt.evaluation.tune " + " ".join(argv if argv is not None else sys.argv[1:])
     entry = {"tree_length": best[0], "prompt_lookup_num_tokens": best[1], "suffix_nodes": best[2],
-             "accept_length": round(totals[best].accept_length, 3), "speed_vs_plain_greedy": round(ratio, 3),
+             "accept_length": round(totals[best].accept_length, 3),
+             f"speed_vs_{plain_name.replace(' ', '_')}": round(ratio, 3),
              "tokens_per_second": round(totals[best].tokens_per_second, 2),
              "machine": machine, "date": datetime.date.today().isoformat(), "command": command}
-    record_choice(output, args.dtype, entry, args.overwrite)
-    print(f"recorded in {output}")
-    stem = os.path.join(report_dir, f"tuning_{args.dtype}")
-    report = {"machine": machine, "dtype": args.dtype, "command": command, "latency_ms": latency,
+    if rule != "greedy":
+        entry["temperature"] = args.temperature
+    record_choice(output, args.dtype, entry, args.overwrite, rule)
+    print(f"recorded in {output}" + ("" if rule == "greedy" else f" as the {args.dtype} entry's {rule!r}"))
+    stem = os.path.join(report_dir, f"tuning_{args.dtype}" + ("" if rule == "greedy" else
+                                                               f"_{rule}_t{args.temperature:g}"))
+    report = {"machine": machine, "dtype": args.dtype, "sampling": rule, "temperature": args.temperature,
+              "command": command, "latency_ms": latency,
               "prompts": f"{args.bench_name} {args.question_begin}:{args.question_end}", "max_new_tokens": args.max_new_token,
               "results": [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], "suffix_nodes": c[2], **t.row()}
                           for c, t in totals.items()],
               "chosen": entry}
     write_json(stem + ".json", report)
     plot_latency(latency, stem + "_latency.png", f"forward latency, {machine}, {args.dtype}")
-    plot_tree_sizes(totals, predicted_accept_lengths(model), stem + "_trees.png",
-                    f"tree size on {machine}, {args.dtype}, {len(questions)} prompts")
+    # the builder predicts greedy acceptance
+    plot_tree_sizes(totals, predicted_accept_lengths(model) if rule == "greedy" else {}, stem + "_trees.png",
+                    f"tree size on {machine}, {args.dtype}, {len(questions)} prompts", plain_name)
     print(f"measurements and plots: {stem}.json, {stem}_latency.png, {stem}_trees.png")
 
 

@@ -137,10 +137,13 @@ class ExactSampling:
         return torch.multinomial(self.probs(logits), 1, generator=generator).reshape(logits.shape[:-1])
 
     def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
-        probs = self.probs(node_logits)
+        # distributions only where they are read: at the nodes that have children (the leaves' rows, often half the
+        # tree, are never a parent), and at the deepest taken node below
+        parents, parent_row = torch.unique(tree.parent_index, return_inverse=True)
+        probs = self.probs(node_logits[parents])
         uniform = torch.rand(node_tokens.shape[0], generator=generator, device=probs.device)
         # p(x_i) under its parent; a token already tried by an earlier sibling has nothing left to take
-        node_probs = probs[tree.parent_index, node_tokens]
+        node_probs = probs[parent_row, node_tokens]
         same_token = node_tokens[:, None] == node_tokens[None, :]
         repeated = (tree.earlier_siblings & same_token).any(-1)
         removed = tree.earlier_siblings.float() @ torch.where(repeated, torch.zeros_like(node_probs), node_probs)
@@ -150,11 +153,12 @@ class ExactSampling:
         taken = passes & ~(tree.earlier_siblings & passes[None, :]).any(-1)
         best = _deepest(tree, _accepted(tree, taken))
         # every child of the deepest taken node was refused: draw the next token from what they left
-        residual = probs[best].clone()
+        best_probs = self.probs(node_logits[best])[0]
+        residual = best_probs.clone()
         children = (tree.parent_index == best) & (torch.arange(len(node_tokens), device=probs.device) != 0)
         residual[node_tokens[children]] = 0.0
         total = residual.sum()
-        residual = torch.where(total > 0, residual / total.clamp_min(1e-30), probs[best])
+        residual = torch.where(total > 0, residual / total.clamp_min(1e-30), best_probs)
         return best, torch.multinomial(residual, 1, generator=generator)[0]
 
     def describe(self) -> str:

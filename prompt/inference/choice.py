@@ -4,12 +4,18 @@ A checkpoint folder may carry two inference files beside its weights:
 - `trees.json`: sparse trees built for these prompt tokens, keyed by tree length (inputs of the forward);
 - `decoding.json`: the decoding tuned on a machine for each dtype (`prompt.evaluation.tune`):
   `{dtype: {"tree_length": L (0: no prompt tokens), "prompt_lookup_num_tokens": K (0: off),
-  "suffix_nodes": S (the suffix candidate tree's node budget, 0 or absent: off)}}`.
+  "suffix_nodes": S (the suffix candidate tree's node budget, 0 or absent: off)}}`, tuned for greedy
+  decoding; an entry may hold one more object per sampling acceptance rule, tuned at a temperature above 0, e.g.
+  `{"bfloat16": {"tree_length": 16, ..., "exact": {"tree_length": 32, "prompt_lookup_num_tokens": 0, "temperature":
+  0.7, ...}}}`: a sampled path is accepted less often than a greedy one, so sampling pays for other trees (wider,
+  without a long lookup chain). That rule's decodings at every temperature use it. An entry's `batch_sizes`
+  object holds the decodings tuned per batch size (`tuned_batch_decodings`).
 
 `resolve_decoding` takes each of the two choices, the tree and the prompt-lookup length, from the first of:
 1. the caller's argument (`tree_spec` or `tree_length` for the tree, 0 meaning no prompt tokens;
    `prompt_lookup_num_tokens` for the lookup, 0 meaning off);
-2. the checkpoint's `decoding.json` entry for the model's dtype;
+2. the checkpoint's `decoding.json` entry for the model's dtype: the acceptance rule's own (`sampling`) where it
+   records one, else the dtype's (greedy) entry;
 3. the default: the largest tree of the tree file, no lookup.
 The suffix candidate tree follows the lookup: from `decoding.json` where the caller passes no lookup length,
 else off (a caller who wants it passes a `SuffixCandidates` source).
@@ -45,8 +51,9 @@ def tree_file(model) -> str | None:
     return checkpoint_file(model, TREES_NAME)
 
 
-def tuned_decoding(model, dtype: str) -> dict:
-    """The decoding recorded for `model`'s prompt tokens in `dtype` by `prompt.evaluation.tune` ({} if none)."""
+def tuned_decoding(model, dtype: str, sampling: str | None = None) -> dict:
+    """The decoding recorded for `model`'s prompt tokens in `dtype` by `prompt.evaluation.tune` ({} if none): the
+    entry for the acceptance rule `sampling` where the dtype's entry holds one, else the dtype's (greedy) entry."""
     path = checkpoint_file(model, DECODING_NAME)
     if not path:
         return {}
@@ -54,7 +61,13 @@ def tuned_decoding(model, dtype: str) -> dict:
     entry = data.get(dtype) if isinstance(data, dict) else None
     if entry is not None and not isinstance(entry, dict):
         raise PPDError(f"{path}: the entry for {dtype} is not an object {{tree_length, prompt_lookup_num_tokens}}")
-    return entry or {}
+    entry = entry or {}
+    if sampling and sampling != "greedy" and sampling in entry:
+        if not isinstance(entry[sampling], dict):
+            raise PPDError(f"{path}: the {sampling} entry for {dtype} is not an object "
+                           f"{{tree_length, prompt_lookup_num_tokens}}")
+        return entry[sampling]
+    return entry
 
 
 @dataclass(frozen=True)
@@ -70,13 +83,15 @@ def _count(value, name: str) -> int:
     return value
 
 
-def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_tokens=None) -> DecodingChoice:
-    """The tree and lookup length a Decoder for `model` runs, by the precedence in this module's docstring."""
+def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_tokens=None,
+                     sampling: str | None = None) -> DecodingChoice:
+    """The tree and lookup length a Decoder for `model` runs, by the precedence in this module's docstring
+    (`sampling`: the acceptance rule's name, whose own tuned entry is preferred)."""
     config = getattr(model, "config", None)
     has_prompt_tokens = hasattr(model, "prompt_embeddings")
     tuned = {}
     if has_prompt_tokens and (tree_spec is None and tree_length is None or prompt_lookup_num_tokens is None):
-        tuned = tuned_decoding(model, str(model.dtype).replace("torch.", ""))
+        tuned = tuned_decoding(model, str(model.dtype).replace("torch.", ""), sampling)
     suffix = 0
     if prompt_lookup_num_tokens is None:
         prompt_lookup_num_tokens = tuned.get("prompt_lookup_num_tokens", 0)

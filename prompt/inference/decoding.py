@@ -130,8 +130,8 @@ class Decoder:
         self.model = model
         self.base = model.base_model if hasattr(model, "prompt_embeddings") else model
         backbone.check_supported(self.base)  # recurrent layers cannot be cut back to an accepted path
-        choice = resolve_decoding(model, tree_spec, tree_length, prompt_lookup_num_tokens)
         self.rule = acceptance_rule(sampling, temperature, posterior_threshold, posterior_alpha, top_p, top_k)
+        choice = resolve_decoding(model, tree_spec, tree_length, prompt_lookup_num_tokens, sampling=self.rule.name)
         self.stop_token_ids = frozenset(int(t) for t in (stop_token_ids or []))
         self.prompt_lookup_num_tokens = choice.prompt_lookup_num_tokens
         self.sources = list(sources)

@@ -17,6 +17,12 @@ distribution is the base model's after transformers' own warpers, top_k 50 by de
 stop_strings (with tokenizer=), max_time, stopping_criteria, prompt_lookup_num_tokens, streamer,
 return_dict_in_generate. Anything else that would change the output (beams, penalties, logits processors,
 batches of more than one sequence, scores...) is refused with one PPDError naming it.
+
+PPD's own keywords beside transformers' (for an application that shows how the answer was decoded, such as the
+web UI): `tree_length` (the tree size, 0 for plain decoding without prompt tokens, which any causal LM can do;
+None: the checkpoint's tuned decoding), `result` (a `GenerationResult` filled while decoding: tokens, forward
+passes, wall time, stop reason) and `decoder_class` (a `Decoder` subclass). `ppd_decoder` builds the Decoder that
+`generate` decodes with, e.g. to describe it.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import time
 import torch
 
 from prompt.errors import PPDError
-from prompt.inference.decoding import Decoder
+from prompt.inference.decoding import Decoder, GenerationResult
 from prompt.model.prompt_decoder import PromptDecoder
 
 # GenerationConfig fields that change nothing here: metadata, cache and compile settings, assistant-only fields
@@ -67,20 +73,32 @@ def _eos_ids(config) -> list:
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
+def ppd_decoder(model, config, tree_length: int | None = None, decoder_class=Decoder) -> Decoder:
+    """The Decoder that `generate` runs for the GenerationConfig `config` on `model` (a PromptDecoder; any causal
+    LM with tree_length=0): greedy, or with do_sample exact sampling with transformers' warpers (top_k is 50
+    unless set, as in transformers)."""
+    sampling = {"temperature": float(config.temperature or 1.0), "top_p": config.top_p,
+                "top_k": 50 if config.top_k is None else config.top_k} if config.do_sample else {}
+    return decoder_class(model, **sampling, tree_length=tree_length, stop_token_ids=_eos_ids(config),
+                         prompt_lookup_num_tokens=config.prompt_lookup_num_tokens)
+
+
 def generate(model, inputs=None, generation_config=None, logits_processor=None, stopping_criteria=None,
              prefix_allowed_tokens_fn=None, synced_gpus=None, assistant_model=None, streamer=None,
-             negative_prompt_ids=None, negative_prompt_attention_mask=None, prompt_decoder=None, **kwargs):
+             negative_prompt_ids=None, negative_prompt_attention_mask=None, prompt_decoder=None,
+             tree_length: int | None = None, result: GenerationResult | None = None, decoder_class=Decoder, **kwargs):
     """transformers' `GenerationMixin.generate`, decoded by PPD's loop (`prompt_decoder`, or `model` when it is a
     PromptDecoder). Returns the prompt followed by the new tokens ([1, L] LongTensor), or a
-    GenerateDecoderOnlyOutput with `.sequences` when return_dict_in_generate is set."""
+    GenerateDecoderOnlyOutput with `.sequences` when return_dict_in_generate is set. `tree_length`, `result` and
+    `decoder_class` are PPD's own (this module's docstring)."""
     from transformers import StoppingCriteriaList
     from transformers.generation import GenerateDecoderOnlyOutput
     from transformers.generation.stopping_criteria import MaxTimeCriteria, StopStringCriteria
 
     ppd = prompt_decoder if prompt_decoder is not None else model
-    if not isinstance(ppd, PromptDecoder):
+    if not isinstance(ppd, PromptDecoder) and tree_length != 0:
         raise PPDError("PPD generate needs a PromptDecoder (pass prompt_decoder=, or use enable_ppd_generate)")
-    base = ppd.base_model
+    base = ppd.base_model if isinstance(ppd, PromptDecoder) else ppd  # a plain causal LM decodes plainly
     for name, value in (("logits_processor", logits_processor), ("prefix_allowed_tokens_fn", prefix_allowed_tokens_fn),
                         ("assistant_model", assistant_model), ("negative_prompt_ids", negative_prompt_ids),
                         ("negative_prompt_attention_mask", negative_prompt_attention_mask)):
@@ -132,15 +150,12 @@ def generate(model, inputs=None, generation_config=None, logits_processor=None, 
     if config.max_time is not None:
         criteria.append(MaxTimeCriteria(config.max_time, time.time()))
 
-    # do_sample: exact sampling with transformers' warpers (top_k is 50 unless set, as in transformers)
-    sampling = {"temperature": float(config.temperature or 1.0), "top_p": config.top_p,
-                "top_k": 50 if config.top_k is None else config.top_k} if do_sample else {}
-    decoder = Decoder(ppd, **sampling, stop_token_ids=_eos_ids(config),
-                      prompt_lookup_num_tokens=config.prompt_lookup_num_tokens)
+    decoder = ppd_decoder(ppd, config, tree_length, decoder_class)
     if streamer is not None:
         streamer.put(input_ids.cpu())
     sequence = input_ids[0].tolist()
-    steps = decoder.stream(input_ids, max_new)
+    result = result if result is not None else GenerationResult()
+    steps = decoder.stream(input_ids, max_new, result=result)
     try:
         for step in steps:
             kept, stop = [], False
@@ -156,6 +171,7 @@ def generate(model, inputs=None, generation_config=None, logits_processor=None, 
                 break
     finally:
         steps.close()
+        del result.token_ids[len(sequence) - length:]  # what a stopping criterion cut off
         if streamer is not None:
             streamer.end()
     sequences = torch.tensor([sequence], dtype=torch.long, device=input_ids.device)
