@@ -74,7 +74,7 @@ def main():
                            f"at interval {args.length_interval}; available: "
                            f"{', '.join(map(str, available_tree_lengths(model))) or 'none'}")
     lookup = args.prompt_lookup_num_tokens
-    configs = [PLAIN] + [(n, lookup) for n in lengths if n]
+    configs = [PLAIN] + [(n, lookup, 0) for n in lengths if n]
     prompts = [q["turns"][0] for q in questions] * args.n
     totals = measure_configs(model, ChatFormatter(model.tokenizer), prompts, configs, args.max_new_token)
     print(f"{args.dtype}, {len(prompts)} prompts, {args.max_new_token} new tokens")
