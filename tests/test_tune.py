@@ -91,10 +91,11 @@ def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
         "bfloat16": {"tree_length": 0, "prompt_lookup_num_tokens": 0}}))
     model = AutoPromptDecoder.from_pretrained(str(folder), dtype="float32")
     decoder = Decoder(model)
-    assert decoder.ppd and decoder.tree.input_length == 16 and decoder.prompt_lookup_num_tokens == 5
-    assert decoder.describe() == "PPD tree of 16 inputs + prompt lookup 5, greedy"
+    # tree lengths as upstream's: nodes plus their special tokens (a forward of that plus the root and its 3)
+    assert decoder.ppd and decoder.tree.tree_length == 16 and decoder.prompt_lookup_num_tokens == 5
+    assert decoder.describe() == "PPD tree of 20 inputs + prompt lookup 5, greedy"
     override = Decoder(model, tree_length=10, prompt_lookup_num_tokens=0)
-    assert override.tree.input_length == 10 and not override.sources
+    assert override.tree.tree_length == 10 and override.tree.input_length == 14 and not override.sources
     assert Decoder(model, tree_length=0).describe() == "prompt lookup 5, greedy"
     model = AutoPromptDecoder.from_pretrained(str(folder), dtype="bfloat16")
     assert Decoder(model).describe() == "plain decoding, greedy"

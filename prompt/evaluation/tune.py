@@ -30,7 +30,7 @@ from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.inference.choice import DECODING_NAME, tree_file
 from prompt.inference.decoding import Decoder
 from prompt.inference.sparse_tree_builder import predicted_accept_length
-from prompt.inference.tree import specs_by_length
+from prompt.inference.tree import spec_input_length, specs_by_length
 from prompt.jsonio import atomic_write, read_json, write_json
 from prompt.model import backbone
 from prompt.model.cache import keep_cache_entries, new_cache
@@ -116,16 +116,18 @@ def config_name(config) -> str:
     return " + ".join(parts) or "plain greedy"
 
 
-def results_table(totals: dict, latency: dict | None = None) -> str:
-    """Markdown table; speed as a ratio to plain greedy (our loop) when it was measured."""
+def results_table(totals: dict, latency: dict | None = None, inputs: dict | None = None) -> str:
+    """Markdown table; speed as a ratio to plain greedy (our loop) when it was measured. `inputs` maps each tree
+    length to the inputs of its forward (what the latency curve is measured against)."""
     plain = totals.get(PLAIN)
     lines = ["| decoding | accept length | tokens/s | speed vs plain greedy | predicted from latency curve |",
              "|---|---|---|---|---|"]
     for config, t in totals.items():
         ratio = f"{t.tokens_per_second / plain.tokens_per_second:.2f}x" if plain and plain.tokens_per_second else "-"
         predicted = "-"
-        if latency and config[1] == 0 and config[0] in latency and 1 in latency:
-            predicted = f"{t.accept_length * latency[1] / latency[config[0]]:.2f}x"
+        forward = (inputs or {}).get(config[0])
+        if latency and config[1] == 0 and forward in latency and 1 in latency:
+            predicted = f"{t.accept_length * latency[1] / latency[forward]:.2f}x"
         lines.append(f"| {config_name(config)} | {t.accept_length:.3f} | {t.tokens_per_second:.2f} | {ratio} | {predicted} |")
     return "\n".join(lines)
 
@@ -143,7 +145,7 @@ def plot_latency(latency: dict, path: str, title: str) -> None:
     lengths = sorted(latency)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(lengths, [latency[n] for n in lengths], marker="o")
-    ax.set_xlabel("inputs per forward (tree length)")
+    ax.set_xlabel("inputs per forward")
     ax.set_ylabel("forward latency, ms (median)")
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
@@ -172,9 +174,9 @@ def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str) -> Non
     if predicted:
         lengths = sorted(predicted)
         left.plot(lengths, [predicted[n] for n in lengths], linestyle="--", label="predicted by the builder")
-    left.set_xlabel("tree length (inputs, 0 = no prompt tokens)")
+    left.set_xlabel("tree length (nodes + special tokens, 0 = no prompt tokens)")
     left.set_ylabel("accept length (tokens per forward)")
-    right.set_xlabel("tree length (inputs, 0 = no prompt tokens)")
+    right.set_xlabel("tree length (nodes + special tokens, 0 = no prompt tokens)")
     right.set_ylabel("speed vs plain greedy")
     right.axhline(1.0, color="grey", linewidth=0.8)
     for ax in (left, right):
@@ -280,7 +282,9 @@ def main(argv=None):
     configs = [(t, k) for t in tree_lengths for k in lookup_lengths]
     formatter = ChatFormatter(model.tokenizer)
     totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token)
-    print(results_table(totals, latency))
+    n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
+    inputs = {length: spec_input_length(spec, n, v) for length, spec in specs_by_length(tree_file(model), n, v).items()}
+    print(results_table(totals, latency, inputs))
     best = choose(totals)
     plain = totals[PLAIN].tokens_per_second
     ratio = totals[best].tokens_per_second / plain if plain else 0.0
