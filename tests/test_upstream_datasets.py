@@ -113,3 +113,23 @@ def test_upstream_files_train(upstream_files, tmp_path, which, trainer_type, ext
     losses = [e["loss"] for e in json.load(open(os.path.join(out, "trainer_state.json")))["log_history"]]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert AutoPromptDecoder.from_pretrained(out).config.num_special_tokens == N
+
+
+def test_a_saved_datasets_object_with_upstreams_columns_trains(upstream_files, tmp_path):
+    import datasets
+
+    ids, mask, labels = upstream_files["ids"], upstream_files["mask"], upstream_files["labels"]
+    saved = tmp_path / "hf"
+    datasets.Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist(),
+                                "labels": labels.tolist()}).save_to_disk(str(saved))
+    loaded = load_dataset(str(saved), num_special_tokens=N)
+    assert loaded.dataset_type == "finetune" and len(loaded.records) == len(ids)
+    assert torch.equal(loaded.records[3]["labels"], labels[3, -(N + 1):])
+    model = save_tiny_model(tmp_path / "model")
+    trainer.main(["--model_name_or_path", model, "--dataset_path", str(saved), "--output_dir", str(tmp_path / "out"),
+                  "--num_special_tokens", str(N), "--dtype", "float32", "--save_steps", "1000",
+                  "--trainer_type", "param_efficient_fine_tuner", "--num_train_epochs", "1"])
+    assert AutoPromptDecoder.from_pretrained(str(tmp_path / "out")).config.num_special_tokens == N
+    datasets.Dataset.from_dict({"text": ["a"]}).save_to_disk(str(tmp_path / "other"))
+    with pytest.raises(PPDError, match="no column attention_mask, input_ids, labels"):
+        load_dataset(str(tmp_path / "other"), num_special_tokens=N)

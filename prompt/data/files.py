@@ -122,6 +122,13 @@ def check_chunk_folder_complete(path: str, records: int) -> None:
 def load_dataset(path: str, expected_types=None, num_special_tokens: int | None = None) -> DatasetFile:
     """Read a dataset file (or, for a folder, every `*.pt` chunk in it, in name order) and check what it was built for."""
     if os.path.isdir(path):
+        from prompt.data.upstream import hf_dataset_records, is_saved_hf_dataset
+
+        if is_saved_hf_dataset(path):
+            dataset_type, n, records = hf_dataset_records(path, num_special_tokens)
+            if expected_types is not None and dataset_type not in expected_types:
+                raise PPDError(f"{path!r} is a {dataset_type} dataset; expected {' or '.join(expected_types)}")
+            return DatasetFile(dataset_type, n, "", 0, records, {"source": "saved datasets object"}, path)
         files = sorted(glob.glob(os.path.join(path, "*.pt")), key=lambda name: (len(name), name))
         if not files:
             raise PPDError(f"dataset folder {path!r} holds no .pt chunk files")

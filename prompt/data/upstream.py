@@ -7,6 +7,7 @@ the N+1 tokens that follow the cut) or `prompt.utils.DistillationDataset` (its s
 its own greedy continuation fed back). Its chunk files (`dataset_chunk_<i>.pt`, upstream's `chunk_dataset`) hold one
 slice of such a dataset: a dict of the three lists. Both load here without running upstream's code: its two dataset
 classes are stood in for by empty classes of the same names that torch's weights-only unpickler is allowed to build.
+The same rows saved as a Hugging Face `datasets` object (`save_to_disk`) load through `datasets.load_from_disk`.
 """
 from __future__ import annotations
 
@@ -94,3 +95,31 @@ def upstream_records(content, path: str, num_special_tokens: int | None):
             following = row_labels[-(n + 1):].long()  # the N+1 tokens after the cut (-100: not assistant text)
             records.append({"input_ids": prefix, "continuation": following.clamp(min=0), "labels": following})
     return ("distillation" if distillation else "finetune"), n, records
+
+
+def is_saved_hf_dataset(path: str) -> bool:
+    """A folder written by `datasets.Dataset.save_to_disk`."""
+    import os
+
+    return os.path.isfile(os.path.join(path, "state.json")) and os.path.isfile(os.path.join(path, "dataset_info.json"))
+
+
+def hf_dataset_records(path: str, num_special_tokens: int | None):
+    """(dataset_type, num_special_tokens, records) of a saved `datasets` object with upstream's columns."""
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(path)
+    except Exception as exc:  # datasets raises many types for a damaged folder
+        raise PPDError(f"cannot read the saved datasets object {path!r}: {str(exc).splitlines()[0]}") from None
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data:
+            raise PPDError(f"{path!r} holds splits {', '.join(data)}; train.py reads a 'train' split")
+        data = data["train"]
+    missing = {"input_ids", "attention_mask", "labels"} - set(data.column_names)
+    if missing:
+        raise PPDError(f"saved datasets object {path!r} has no column {', '.join(sorted(missing))} (upstream's columns: "
+                       f"input_ids, attention_mask, labels)")
+    columns = data.with_format("torch")
+    rows = {name: [columns[i][name] for i in range(len(columns))] for name in ("input_ids", "attention_mask", "labels")}
+    return upstream_records(rows, path, num_special_tokens)
