@@ -27,7 +27,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.inference.choice import DECODING_NAME, tree_file
+from prompt.inference.choice import ACCURACIES_NAME, DECODING_NAME, checkpoint_file, trees_for
 from prompt.inference.decoding import Decoder
 from prompt.inference.sparse_tree_builder import predicted_accept_length
 from prompt.inference.tree import spec_input_length, specs_by_length
@@ -86,11 +86,16 @@ def forward_latency(base, input_lengths, prefix_length: int = 300, repeats: int 
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+def tree_specs(model) -> dict:
+    """{tree length: spec} of the tree file a Decoder for `model` reads (`prompt.inference.choice.trees_for`)."""
+    path, _ = trees_for(model)
+    if not path:
+        return {}
+    return specs_by_length(path, model.config.num_special_tokens, model.config.virtual_tokens_per_special_token)
+
+
 def available_tree_lengths(model) -> list[int]:
-    if not tree_file(model):
-        return []
-    return sorted(specs_by_length(tree_file(model), model.config.num_special_tokens,
-                                  model.config.virtual_tokens_per_special_token))
+    return sorted(tree_specs(model))
 
 
 def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, warmup: int = 1, progress: bool = True):
@@ -190,13 +195,7 @@ def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str) -> Non
 
 def predicted_accept_lengths(model) -> dict[int, float]:
     """The builder's predicted accept length of each tree in the tree file (its deepest tree's node probabilities)."""
-    predicted = {}
-    if not tree_file(model):
-        return predicted
-    n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
-    for length, spec in specs_by_length(tree_file(model), n, v).items():
-        predicted[length] = predicted_accept_length(spec)
-    return predicted
+    return {length: predicted_accept_length(spec) for length, spec in tree_specs(model).items()}
 
 
 def recorded_decodings(path: str, dtype: str, overwrite: bool) -> dict:
@@ -227,10 +226,13 @@ def parse_lengths(text: str, flag: str) -> list[int]:
 
 
 def check_tree_lengths(model, lengths) -> None:
+    """Refuse lengths that neither the tree file holds nor the checkpoint's accuracies.json can build."""
     available = available_tree_lengths(model)
     missing = [n for n in lengths if n and n not in available]
+    if missing and checkpoint_file(model, ACCURACIES_NAME):
+        missing = [n for n in missing if n < 2]  # the rest are built from the accuracies on the spot
     if missing:
-        raise PPDError(f"no tree of length {', '.join(map(str, missing))} in {tree_file(model)!r}; available: "
+        raise PPDError(f"no tree of length {', '.join(map(str, missing))} in {trees_for(model)[0]!r}; available: "
                        f"{', '.join(map(str, available)) or 'none'} (build more with prompt.inference.sparse_tree_builder)")
 
 
@@ -283,7 +285,7 @@ def main(argv=None):
     formatter = ChatFormatter(model.tokenizer)
     totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token)
     n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
-    inputs = {length: spec_input_length(spec, n, v) for length, spec in specs_by_length(tree_file(model), n, v).items()}
+    inputs = {length: spec_input_length(spec, n, v) for length, spec in tree_specs(model).items()}
     print(results_table(totals, latency, inputs))
     best = choose(totals)
     plain = totals[PLAIN].tokens_per_second
