@@ -22,6 +22,7 @@ version, so building a Decoder per request is cheap; `DecodingChoice.tree_source
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -148,14 +149,22 @@ def _tree_of_length(model, path: str | None, tree_length: int | None) -> tuple[d
         available = ", ".join(str(k) for k in sorted(specs_by_length(path, n, v)))
         raise PPDError(f"no tree of length {tree_length} in {path!r} (available lengths: {available}), and no "
                        f"{ACCURACIES_NAME} beside the checkpoint to build one from")
+    spec = _built_tree(accuracies, os.stat(accuracies).st_mtime_ns, n, tree_length)
+    return spec, f"tree of length {tree_length} built from {accuracies}" + (f" (not in {path})" if path else "")
+
+
+@functools.lru_cache(maxsize=32)
+def _built_tree(accuracies: str, stamp, num_special_tokens: int, tree_length: int) -> dict:
+    """The builder's tree of `tree_length` for an accuracies file, built once per file version (a Decoder per request
+    stays cheap)."""
     # imported here: `python -m prompt.inference.sparse_tree_builder` must not find itself imported already
     from prompt.inference.sparse_tree_builder import build_tree, read_accuracies
 
     table = read_accuracies(accuracies)
-    if len(table) != n:
-        raise PPDError(f"{accuracies} holds accuracies of {len(table)} special tokens; the checkpoint has {n}")
-    spec = build_tree(table, tree_length)
-    return spec, f"tree of length {tree_length} built from {accuracies}" + (f" (not in {path})" if path else "")
+    if len(table) != num_special_tokens:
+        raise PPDError(f"{accuracies} holds accuracies of {len(table)} special tokens; the checkpoint has "
+                       f"{num_special_tokens}")
+    return build_tree(table, tree_length)
 
 
 def fastest_dtype(decoding_file, device=None) -> str:
