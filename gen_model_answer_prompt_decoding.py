@@ -1,8 +1,11 @@
 """Answer benchmark questions with Parallel Prompt Decoding (prompt tokens + dynamic sparse tree)."""
+import sys
+
 from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.runner import PerTemperature, add_common_flags, check_args, load_kwargs, make_decoder, run_answers
+from prompt.inference.choice import resolve_decoding
 from prompt.inference.tree import select_tree_spec
 from prompt.model.defaults import load_prompt_decoder
 
@@ -15,6 +18,9 @@ def setup(args):
     if args.tree_file:  # a tree file of the user's: its tree of --tree-length (else its largest)
         tree = {"tree_spec": select_tree_spec(args.tree_file, model.config.num_special_tokens,
                                               model.config.virtual_tokens_per_special_token, args.tree_length)}
+    choice = resolve_decoding(model, prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, **tree)
+    if choice.tree_source:  # which tree --tree-length named (built on the spot where the tree file lacks it)
+        print(f"tree: {choice.tree_source}", file=sys.stderr)
     decoders = PerTemperature(lambda temperature: make_decoder(
         model, formatter, args, temperature, prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, **tree))
     print(f"decoding: {decoders(args.temperature or 0.0).describe()}")
@@ -29,8 +35,10 @@ def main():
     parser.add_argument("--base-model-path", default=None,
                         help="Base model (folder or Hub repo id) instead of the checkpoint's base_model_name_or_path.")
     parser.add_argument("--tree-length", type=int, default=None,
-                        help="Input length of the sparse tree to use from the tree file; 0: no prompt tokens "
-                             "(default: the checkpoint's tuned tree for the dtype, else the file's largest).")
+                        help="Tree length as upstream: candidate nodes plus their special tokens (the tree builder's "
+                             "budget); a length the tree file lacks is built from the checkpoint's accuracies.json; "
+                             "0: no prompt tokens (default: the checkpoint's tuned tree for the dtype, else upstream's "
+                             "default for its family, else the tree file's largest).")
     parser.add_argument("--tree-file", default=None, help="JSON tree specs (default: the checkpoint's or the shipped tree).")
     parser.add_argument("--prompt-lookup-num-tokens", type=int, default=None,
                         help="Add a prompt-lookup chain of this many tokens to every tree; 0: off "

@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["prompt", "prompt.*"]),
-    package_data={"prompt": ["inference/trees/*.json", "weights/*/*"]},
+    package_data={"prompt": ["inference/trees/*.json", "inference/trees/*.json.gz", "weights/*/*", "weights/*/prefix/*"]},
     install_requires=[
         # Tested with torch 2.13.0 (CPU wheel); a GPU user installs a CUDA build of torch first.
         "torch>=2.4,<=2.13.0",

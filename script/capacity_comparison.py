@@ -72,12 +72,12 @@ def train_option(name: str, args) -> None:
 
 def option_tree(accuracies, num_special: int, virtual_tokens: int) -> tuple[dict, float]:
     """The option's 16-node tree spec and the builder's predicted accept length for it."""
-    from prompt.inference.budget import tree_input_length
+    from prompt.inference.budget import tree_length
     from prompt.inference.sparse_tree_builder import predicted_accept_length, rank_probabilities, tree_spec
 
-    # FULL_NODES nodes carry all the special tokens, the others one
-    budget = tree_input_length([num_special] * FULL_NODES + [1] * (NODES - FULL_NODES), num_special, virtual_tokens)
-    spec = tree_spec(rank_probabilities(accuracies), NODES, budget, virtual_tokens)
+    # FULL_NODES nodes carry all the special tokens, the others one (the budget does not depend on virtual_tokens)
+    budget = tree_length([num_special] * FULL_NODES + [1] * (NODES - FULL_NODES))
+    spec = tree_spec(rank_probabilities(accuracies), NODES, budget)
     return spec, predicted_accept_length(spec)
 
 

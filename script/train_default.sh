@@ -75,10 +75,12 @@ fi
 
 # Ship: the folder prompt.model.loading.SHIPPED_PROMPT_TOKENS reads (the decode loop then uses these tokens).
 mkdir -p "$DEST"
-for name in adapter_config.json adapter_model.safetensors prefix_tuning.pt accuracies.json accuracies.png \
-    trainer_state.json; do
-  cp "$WORK/prompt-tokens/$name" "$DEST/.$name.partial" && mv -f "$DEST/.$name.partial" "$DEST/$name"  # atomic
+for name in adapter_config.json adapter_model.safetensors accuracies.json accuracies.png trainer_state.json \
+    prefix/adapter_config.json prefix/adapter_model.safetensors; do
+  mkdir -p "$(dirname "$DEST/$name")"
+  cp "$WORK/prompt-tokens/$name" "$DEST/$name.partial" && mv -f "$DEST/$name.partial" "$DEST/$name"  # atomic
 done
+rm -f "$DEST/prefix_tuning.pt"  # the earlier prefix file (its positions differ from the prefix/ adapter's)
 "$PYTHON" -m prompt.inference.sparse_tree_builder --accuracies-file "$DEST/accuracies.json" \
-    --output-file "$DEST/trees.json" --min-input-length 6 --max-input-length 48 --overwrite
+    --output-file "$DEST/trees.json" --min-input-length 2 --max-input-length 44 --overwrite
 echo "shipped prompt tokens in $DEST"

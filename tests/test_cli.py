@@ -71,8 +71,13 @@ def test_malformed_tree_and_unknown_tree_length(tmp_path):
     tree.write_text('{"1": [[[0, 0], 0.5, 1]]}')
     proc = run("gen_model_answer_prompt_decoding.py", "--question-file", questions, "--tree-file", tree)
     assert_clear_error(proc, "malformed tree spec")
-    proc = run("gen_model_answer_prompt_decoding.py", "--question-file", questions, "--tree-length", 999)
-    assert_clear_error(proc, "no tree of length 999")
+    # a length no tree file holds is built from the checkpoint's accuracies; one too small for any tree is refused
+    proc = run("gen_model_answer_prompt_decoding.py", "--question-file", questions, "--tree-length", 1)
+    assert_clear_error(proc, "smaller than the smallest tree")
+    tree.write_text('{"6": {"1": [[[0], 0.5, 3], [[1], 0.2, 1]]}}')  # a user's tree file: its lengths only
+    proc = run("gen_model_answer_prompt_decoding.py", "--question-file", questions, "--tree-file", tree,
+               "--tree-length", 7)
+    assert_clear_error(proc, "no tree of length 7")
 
 
 def test_prompt_longer_than_context(tmp_path):

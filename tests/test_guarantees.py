@@ -56,7 +56,7 @@ KILL_MID_WRITE = textwrap.dedent("""
 
     def dying_open(path, mode="r", *args, **kwargs):
         file = real_open(path, mode, *args, **kwargs)
-        return Dying(file) if "w" in mode and {which!r} in os.path.basename(str(path)) else file
+        return Dying(file) if "w" in mode and {which!r} in str(path) else file
 
     model = PromptDecoder(tiny_llama(1), PromptConfig(num_special_tokens=2, use_prefix_tuning=True,
                           prefix_virtual_tokens=2, base_model_name_or_path="unused", prompt_tuning_init="RANDOM"))
@@ -69,7 +69,7 @@ KILL_MID_WRITE = textwrap.dedent("""
 
 
 
-@pytest.mark.parametrize("which,final", [("prefix_tuning", False), ("adapter_model", True)])
+@pytest.mark.parametrize("which,final", [("/prefix/", False), ("adapter_model", True)])
 def test_a_kill_mid_save_leaves_whole_files(tmp_path, which, final):
     """A process killed while it saves prompt tokens leaves every file whole, never empty or cut short: with
     save_pretrained each file is the old or the new one; training's final save leaves the old run entirely."""
@@ -94,8 +94,10 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
 
     tiny_prefix_ppd().save_pretrained(tmp_path / "out")
     expected = 0o666 & ~current_umask()
-    for name in os.listdir(tmp_path / "out"):
-        assert os.stat(tmp_path / "out" / name).st_mode & 0o777 == expected, name
+    files = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / "out") for name in names]
+    assert any(os.sep + "prefix" + os.sep in path for path in files)
+    for path in files:
+        assert os.stat(path).st_mode & 0o777 == expected, path
 
 
 def test_a_full_disk_leaves_the_old_file_and_says_so(tmp_path):
@@ -132,7 +134,7 @@ def test_non_finite_weights_are_refused_when_loading(tmp_path, part):
 
 
 @pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
-@pytest.mark.parametrize("name", ["prefix_tuning.pt", "adapter_model.safetensors"])
+@pytest.mark.parametrize("name", ["prefix/adapter_model.safetensors", "adapter_model.safetensors"])
 def test_corrupt_files_are_reported_as_corrupt(tmp_path, damage, name):
     tiny_prefix_ppd().save_pretrained(tmp_path / "out")
     path = tmp_path / "out" / name
@@ -145,8 +147,9 @@ def test_corrupt_files_are_reported_as_corrupt(tmp_path, damage, name):
 
 def test_prefix_of_another_shape_still_says_it_does_not_fit(tmp_path):
     tiny_prefix_ppd().save_pretrained(tmp_path / "out")
-    other = PromptDecoder(tiny_llama(0, layers=3), tiny_prefix_ppd().config)
-    torch.save(other.prefix.state_dict(), tmp_path / "out" / "prefix_tuning.pt")
+    PromptDecoder(tiny_llama(0, layers=3), tiny_prefix_ppd().config).save_pretrained(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "prefix" / "adapter_model.safetensors",
+                tmp_path / "out" / "prefix" / "adapter_model.safetensors")
     with pytest.raises(PPDError, match="does not fit"):
         load(tmp_path / "out")
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 

@@ -1,6 +1,7 @@
 """The prompt-token module: attention patterns, training forward, consistency with decoding, save/load."""
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -161,8 +162,9 @@ def test_prefix_tuning_round_trip_and_clear_errors(tmp_path):
     ids = torch.randint(3, 97, (1, 6))
     assert torch.allclose(again(ids)[0], ppd(ids)[0], atol=1e-5)
     assert not torch.allclose(PromptDecoder(tiny_llama(0), ppd.config)(ids)[0], ppd(ids)[0], atol=1e-3)
-    os.remove(tmp_path / "out" / "prefix_tuning.pt")
-    with pytest.raises(PPDError, match="without prefix_tuning.pt"):
+    assert (tmp_path / "out" / "prefix" / "adapter_model.safetensors").is_file()  # upstream's peft layout
+    shutil.rmtree(tmp_path / "out" / "prefix")
+    with pytest.raises(PPDError, match=r"without a prefix \(prefix/ or prefix_tuning.pt\)"):
         AutoPromptDecoder.from_pretrained(str(tmp_path / "out"), base_model=tiny_llama(0))
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from prompt import PPDError
 from prompt.inference.tree import (DEFAULT_TREE_FILE, DynamicTree, build_tree_buffers, load_tree_specs,
-                                   select_tree_spec)
+                                   select_tree_spec, spec_input_length, spec_tree_length, specs_by_length)
 from prompt.model.layout import SpecialTokenLayout
 
 
@@ -59,18 +59,35 @@ def test_malformed_specs_are_clear_errors(spec, message):
 
 
 def test_tree_files_and_lengths(tmp_path):
-    small = {"1": [[[0], 0.5, 1]]}
-    big = {"1": [[[0], 0.5, 1], [[1], 0.2, 1]]}
+    """Files are keyed by upstream's tree length (candidate nodes plus their special tokens), a key being a budget
+    its tree may undershoot; a key smaller than its tree is refused."""
+    small = {"1": [[[0], 0.5, 1]]}  # one node + one special token: length 2
+    big = {"1": [[[0], 0.5, 1], [[1], 0.2, 1]]}  # length 4
     path = tmp_path / "trees.json"
-    path.write_text(json.dumps({"4": small, "6": big}))
-    assert set(load_tree_specs(str(path))) == {"4", "6"}
-    assert select_tree_spec(str(path), 1, tree_length=6) == big
-    assert select_tree_spec(str(path), 1, tree_length=4) == small
+    path.write_text(json.dumps({"2": small, "5": big}))
+    assert set(load_tree_specs(str(path))) == {"2", "5"}
+    assert select_tree_spec(str(path), 1, tree_length=5) == big
+    assert select_tree_spec(str(path), 1, tree_length=2) == small
     assert select_tree_spec(str(path), 1) == big
-    with pytest.raises(PPDError, match="no tree of length 9.*4, 6"):
-        select_tree_spec(str(path), 1, tree_length=9)
+    with pytest.raises(PPDError, match="no tree of length 4.*2, 5"):
+        select_tree_spec(str(path), 1, tree_length=4)
+    path.write_text(json.dumps({"3": big}))
+    with pytest.raises(PPDError, match="more than its length 3"):
+        select_tree_spec(str(path), 1)
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(PPDError, match="malformed"):
         select_tree_spec(str(tmp_path / "bad.json"), 1)
     with pytest.raises(PPDError, match="does not exist"):
         select_tree_spec(str(tmp_path / "none.json"), 1)
+
+
+def test_files_keyed_by_forward_inputs_are_rekeyed_by_tree_length(tmp_path):
+    """A file written before tree lengths took upstream's meaning (keys = inputs of the forward: root, its special
+    token, then each node and its special tokens) reads as keyed by tree length."""
+    small = {"1": [[[0], 0.5, 1]]}
+    big = {"1": [[[0], 0.5, 1], [[1], 0.2, 1]]}
+    path = tmp_path / "trees.json"
+    path.write_text(json.dumps({"4": small, "6": big}))
+    assert specs_by_length(str(path), 1) == {2: small, 4: big}
+    assert spec_tree_length(big, 1) == 4 and spec_input_length(big, 1) == 6
+    assert DynamicTree(big, SpecialTokenLayout(1)).tree_length == 4

@@ -9,8 +9,9 @@ import pytest
 
 from prompt import PPDError
 from prompt.inference.budget import tree_input_length
-from prompt.inference.sparse_tree_builder import (best_paths, build_trees, expected_accept_length,
-                                                  predicted_accept_length, rank_probabilities, tree_spec)
+from prompt.inference.sparse_tree_builder import (best_paths, build_tree, build_trees, expected_accept_length,
+                                                  predicted_accept_length, rank_probabilities, steady_accept_length,
+                                                  tree_spec)
 from prompt.inference.tree import DEFAULT_TREE_FILE, DynamicTree, load_tree_specs
 from prompt.model.layout import SpecialTokenLayout
 
@@ -48,26 +49,41 @@ def test_predicted_accept_length_matches_monte_carlo():
 
 
 def test_specs_are_valid_and_fit_their_budget():
+    """The budget is upstream's tree length: candidate nodes plus their special tokens, whatever the virtual
+    tokens per special token."""
     trees = build_trees(ACCURACIES, 8, 24)
-    assert trees
+    assert list(trees) == [str(n) for n in range(8, 25)]
     for length, spec in trees.items():
-        tree = DynamicTree(spec, SpecialTokenLayout(3))
-        assert tree.input_length == int(length) <= 24
+        for virtual in (1, 3):
+            tree = DynamicTree(spec, SpecialTokenLayout(3, virtual))
+            assert tree.tree_length <= int(length)
+    assert DynamicTree(trees["24"], SpecialTokenLayout(3)).tree_length >= 22  # the budget is used
     spec = tree_spec(rank_probabilities(ACCURACIES), 6)
     assert [len(v) for v in spec.values()] == [4, 6, 6]  # depth 1 has only 4 candidates (top-4)
 
 
-def test_budgets_count_every_virtual_token():
-    """With V virtual tokens per special token, a special token costs V inputs: the trees fit their budget
-    counted that way, and the same budget holds fewer nodes than with V = 1."""
-    wide = build_trees(ACCURACIES, 20, 40, virtual_tokens=3)
-    assert wide
-    for length, spec in wide.items():
-        assert DynamicTree(spec, SpecialTokenLayout(3, 3)).input_length == int(length) <= 40
-    narrow = build_trees(ACCURACIES, 20, 40)
-    nodes = lambda trees, length: max(len(v) for v in trees[str(length)].values())  # noqa: E731
-    largest_wide, largest_narrow = max(map(int, wide)), max(map(int, narrow))
-    assert nodes(wide, largest_wide) < nodes(narrow, largest_narrow)
+def test_the_builder_keeps_the_tree_with_the_best_long_run_accept_length():
+    """Among the node counts that fit the budget, the builder's tree beats each alternative by the Markov-chain
+    accept length, and that accept length agrees with a simulation of the dynamic tree's steps."""
+    probs = rank_probabilities(ACCURACIES)
+    best = build_tree(ACCURACIES, 20)
+    value = steady_accept_length(best, 3)
+    for nodes in range(1, 11):
+        other = tree_spec(probs, nodes, 20)
+        if DynamicTree(other, SpecialTokenLayout(3)).tree_length <= 20:
+            assert steady_accept_length(other, 3) <= value + 1e-9
+    rng = random.Random(1)
+    trees = {int(d): {tuple(p): k for p, _, k in nodes} for d, nodes in best.items()}
+    available, total, steps = 3, 0, 20000
+    for _ in range(steps):
+        tree = trees[max(d for d in trees if d <= available)]
+        ranks = [rng.choices(range(5), weights=row + [1 - sum(row)])[0] for row in probs]
+        accepted = 0
+        while accepted < 3 and tuple(ranks[: accepted + 1]) in tree:
+            accepted += 1
+        available = tree[tuple(ranks[:accepted])] if accepted else 3
+        total += 1 + accepted
+    assert total / steps == pytest.approx(value, abs=0.03)
 
 
 def test_bad_accuracies_and_budgets(tmp_path):
@@ -76,7 +92,9 @@ def test_bad_accuracies_and_budgets(tmp_path):
     with pytest.raises(PPDError):
         rank_probabilities([])
     with pytest.raises(PPDError, match="smaller than the smallest tree"):
-        build_trees(ACCURACIES, 2, 4)
+        build_trees(ACCURACIES, 0, 1)
+    with pytest.raises(PPDError, match="smaller than the smallest tree"):
+        build_tree(ACCURACIES, 1)
     bad = tmp_path / "acc.json"
     bad.write_text(json.dumps({"top_k_accuracy": [[1.5]]}))
     proc = subprocess.run([sys.executable, "-m", "prompt.inference.sparse_tree_builder", "--accuracies-file", str(bad),
@@ -86,7 +104,7 @@ def test_bad_accuracies_and_budgets(tmp_path):
 
 @pytest.mark.parametrize("virtual", [1, 3])
 def test_input_budget_formula_counts_the_inputs_of_the_tree_buffers(virtual):
-    specs = list(load_tree_specs(DEFAULT_TREE_FILE).values()) + list(build_trees(ACCURACIES, 8, 30, virtual).values())
+    specs = list(load_tree_specs(DEFAULT_TREE_FILE).values()) + list(build_trees(ACCURACIES, 8, 30).values())
     for spec in specs:
         tree = DynamicTree(spec, SpecialTokenLayout(3, virtual))
         for depth, nodes in spec.items():

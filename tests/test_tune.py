@@ -46,7 +46,8 @@ def test_accept_length_reports_each_tree_and_the_best(tmp_path):
     assert lengths == {0, 10, 16}
     for r in saved["results"]:
         assert r["tokens"] > 0 and r["accept_length"] >= 1.0
-    assert_clear_error(run("accept_length.py", "--question-file", SHAREGPT, "--choices", "[11]"), "no tree of length 11")
+    # lengths the tree file lacks are built from accuracies.json; 1 fits no tree
+    assert_clear_error(run("accept_length.py", "--question-file", SHAREGPT, "--choices", "[1]"), "no tree of length 1")
     assert_clear_error(run("accept_length.py", "--question-file", SHAREGPT, "--choices", "[10]", "--dir-path", tmp_path,
                            "--file-name", "sizes"), "exists")
 
@@ -86,7 +87,7 @@ def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
         assert f"chosen: {name}, " in proc.stdout and "plain greedy is recorded" not in proc.stdout
     assert (folder / "tuning_float32_trees.png").is_file() and (folder / "tuning_float32_latency.png").is_file()
     assert_clear_error(run_module(*args), "already records a float32 decoding")
-    assert_clear_error(run_module(*args[:-4], "--tree-lengths", 11), "no tree of length 11")
+    assert_clear_error(run_module(*args[:-4], "--tree-lengths", 1), "no tree of length 1")
 
     # tuned at a temperature: recorded as the exact-sampling entry inside float32's, which stays as it was
     proc = run_module(*args[:-6], "--tree-lengths", 10, "--lookup-lengths", 0, "--temperature", 0.7)
@@ -110,17 +111,18 @@ def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
         "bfloat16": {"tree_length": 0, "prompt_lookup_num_tokens": 0}}))
     model = AutoPromptDecoder.from_pretrained(str(folder), dtype="float32")
     decoder = Decoder(model)
-    assert decoder.ppd and decoder.tree.input_length == 16 and decoder.prompt_lookup_num_tokens == 5
-    assert decoder.describe() == "PPD tree of 16 inputs + prompt lookup 5 + suffix tree 12, greedy"
+    # tree lengths as upstream's: nodes plus their special tokens (a forward of that plus the root and its 3)
+    assert decoder.ppd and decoder.tree.tree_length == 16 and decoder.prompt_lookup_num_tokens == 5
+    assert decoder.describe() == "PPD tree of 20 inputs + prompt lookup 5 + suffix tree 12, greedy"
     assert [type(s).__name__ for s in decoder.sources] == ["PromptLookup", "SuffixCandidates"]
     # sampling exactly: the rule's own entry; a rule without one: the greedy entry
-    assert Decoder(model, temperature=1.0).describe() == "PPD tree of 10 inputs, exact sampling, temperature 1"
+    assert Decoder(model, temperature=1.0).describe() == "PPD tree of 14 inputs, exact sampling, temperature 1"
     assert Decoder(model, temperature=0.7, sampling="typical").describe() == \
-        "PPD tree of 16 inputs + prompt lookup 5 + suffix tree 12, typical acceptance, temperature 0.7"
+        "PPD tree of 20 inputs + prompt lookup 5 + suffix tree 12, typical acceptance, temperature 0.7"
     assert Decoder(model, temperature=0.7, prompt_lookup_num_tokens=3).describe() == \
-        "PPD tree of 10 inputs + prompt lookup 3, exact sampling, temperature 0.7"
+        "PPD tree of 14 inputs + prompt lookup 3, exact sampling, temperature 0.7"
     override = Decoder(model, tree_length=10, prompt_lookup_num_tokens=0)
-    assert override.tree.input_length == 10 and not override.sources
+    assert override.tree.tree_length == 10 and override.tree.input_length == 14 and not override.sources
     assert Decoder(model, tree_length=0).describe() == "prompt lookup 5 + suffix tree 12, greedy"
     model = AutoPromptDecoder.from_pretrained(str(folder), dtype="bfloat16")
     assert Decoder(model).describe() == "plain decoding, greedy"

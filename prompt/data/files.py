@@ -85,11 +85,12 @@ def save_dataset(path: str, dataset_type: str, records: list, *, num_special_tok
     return path
 
 
-def _read_payload(path: str) -> dict:
+def _read_payload(path: str, payload=None) -> dict:
+    """The checked content of one of our dataset files (`payload`: already read from it)."""
     if not os.path.isfile(path):
         raise PPDError(f"dataset file {path!r} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = payload if payload is not None else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and unpickler errors come in many types
         raise PPDError(f"cannot read dataset file {path!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -124,6 +125,13 @@ def check_chunk_folder_complete(path: str, records: int) -> None:
 def load_dataset(path: str, expected_types=None, num_special_tokens: int | None = None) -> DatasetFile:
     """Read a dataset file (or, for a folder, every `*.pt` chunk in it, in name order) and check what it was built for."""
     if os.path.isdir(path):
+        from prompt.data.upstream import hf_dataset_records, is_saved_hf_dataset
+
+        if is_saved_hf_dataset(path):
+            dataset_type, n, records = hf_dataset_records(path, num_special_tokens)
+            if expected_types is not None and dataset_type not in expected_types:
+                raise PPDError(f"{path!r} is a {dataset_type} dataset; expected {' or '.join(expected_types)}")
+            return DatasetFile(dataset_type, n, "", 0, records, {"source": "saved datasets object"}, path)
         files = sorted(glob.glob(os.path.join(path, "*.pt")), key=lambda name: (len(name), name))
         if not files:
             raise PPDError(f"dataset folder {path!r} holds no .pt chunk files")
@@ -137,7 +145,19 @@ def load_dataset(path: str, expected_types=None, num_special_tokens: int | None 
         check_chunk_folder_complete(path, len(records))
         return DatasetFile(first.dataset_type, first.num_special_tokens, first.model_name_or_path,
                            first.model_max_length, records, first.info, path)
-    payload = _read_payload(path)
+    content = None
+    if os.path.isfile(path):
+        from prompt.data.upstream import read_upstream_file, upstream_records
+
+        content = read_upstream_file(path)  # ours, upstream's, or None (then _read_payload says what is wrong)
+        ours = isinstance(content, dict) and content.get("format") == FORMAT
+        upstream = None if content is None or ours else upstream_records(content, path, num_special_tokens)
+        if upstream is not None:
+            dataset_type, n, records = upstream
+            if expected_types is not None and dataset_type not in expected_types:
+                raise PPDError(f"{path!r} is an upstream {dataset_type} dataset; expected {' or '.join(expected_types)}")
+            return DatasetFile(dataset_type, n, "", 0, records, {"source": "upstream PPD dataset file"}, path)
+    payload = _read_payload(path, content)
     dataset = DatasetFile(payload["dataset_type"], int(payload["num_special_tokens"]), payload["model_name_or_path"],
                           int(payload["model_max_length"]), payload["records"], payload.get("info", {}), path)
     if expected_types is not None and dataset.dataset_type not in expected_types:

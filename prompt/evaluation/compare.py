@@ -16,9 +16,7 @@ from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import HFGenerate, MethodTotals
 from prompt.inference.candidates import SuffixCandidates
-from prompt.inference.choice import DECODING_NAME, fastest_dtype
-from prompt.inference.choice import tree_file as checkpoint_tree_file
-from prompt.inference.choice import tuned_decoding
+from prompt.inference.choice import DECODING_NAME, fastest_dtype, resolve_decoding, trees_for, tuned_decoding
 from prompt.inference.decoding import Decoder
 from prompt.inference.tree import select_tree_spec
 from prompt.model.config import PromptConfig
@@ -54,8 +52,15 @@ def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, t
     if tree_length is None and tree_file is None:
         tree_length = tuned_decoding(model, dtype).get("tree_length") or None
     # the PPD methods run this tree even where the tuned decoding turns the prompt tokens off
-    spec = select_tree_spec(tree_file or checkpoint_tree_file(model), model.config.num_special_tokens,
-                            model.config.virtual_tokens_per_special_token, tree_length)
+    if tree_file:
+        spec = select_tree_spec(tree_file, model.config.num_special_tokens,
+                                model.config.virtual_tokens_per_special_token, tree_length)
+    elif tree_length is None:  # the default tree of the checkpoint's tree file (or of upstream's for its family)
+        path, default_length = trees_for(model)
+        spec = select_tree_spec(path, model.config.num_special_tokens, model.config.virtual_tokens_per_special_token,
+                                default_length)
+    else:  # that tree file's tree of this length, else one built from the checkpoint's accuracies
+        spec = resolve_decoding(model, tree_length=tree_length, prompt_lookup_num_tokens=0).tree_spec
     tree = {"tree_spec": spec, "prompt_lookup_num_tokens": 0}
     decoders = {}
     for method in methods:

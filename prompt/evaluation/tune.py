@@ -37,10 +37,10 @@ from prompt.evaluation.compare import compare
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.inference.acceptance import ACCEPTANCE_RULES, acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
-from prompt.inference.choice import BATCH_SIZES_KEY, DECODING_NAME, tree_file
+from prompt.inference.choice import ACCURACIES_NAME, BATCH_SIZES_KEY, DECODING_NAME, checkpoint_file, trees_for
 from prompt.inference.decoding import Decoder
 from prompt.inference.sparse_tree_builder import predicted_accept_length
-from prompt.inference.tree import specs_by_length
+from prompt.inference.tree import spec_input_length, specs_by_length
 from prompt.jsonio import atomic_write, read_json, write_json
 from prompt.model import backbone
 from prompt.model.cache import keep_cache_entries, new_cache
@@ -96,11 +96,16 @@ def forward_latency(base, input_lengths, prefix_length: int = 300, repeats: int 
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+def tree_specs(model) -> dict:
+    """{tree length: spec} of the tree file a Decoder for `model` reads (`prompt.inference.choice.trees_for`)."""
+    path, _ = trees_for(model)
+    if not path:
+        return {}
+    return specs_by_length(path, model.config.num_special_tokens, model.config.virtual_tokens_per_special_token)
+
+
 def available_tree_lengths(model) -> list[int]:
-    if not tree_file(model):
-        return []
-    return sorted(specs_by_length(tree_file(model), model.config.num_special_tokens,
-                                  model.config.virtual_tokens_per_special_token))
+    return sorted(tree_specs(model))
 
 
 def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, warmup: int = 1, progress: bool = True,
@@ -130,8 +135,10 @@ def config_name(config, plain: str = "plain greedy") -> str:
     return " + ".join(parts) or plain
 
 
-def results_table(totals: dict, latency: dict | None = None, plain_name: str = "plain greedy") -> str:
-    """Markdown table; speed as a ratio to plain decoding (our loop) when it was measured."""
+def results_table(totals: dict, latency: dict | None = None, inputs: dict | None = None,
+                  plain_name: str = "plain greedy") -> str:
+    """Markdown table; speed as a ratio to plain decoding (our loop) when it was measured. `inputs` maps each tree
+    length to the inputs of its forward (what the latency curve is measured against)."""
     plain = totals.get(PLAIN)
     lines = ["| decoding | accept length (per forward, prefill counted) | upstream's accept length (per step) | tokens/s "
              f"| speed vs {plain_name} | predicted from latency curve |",
@@ -139,8 +146,9 @@ def results_table(totals: dict, latency: dict | None = None, plain_name: str = "
     for config, t in totals.items():
         ratio = f"{t.tokens_per_second / plain.tokens_per_second:.2f}x" if plain and plain.tokens_per_second else "-"
         predicted = "-"
-        if latency and config[1:] == (0, 0) and config[0] in latency and 1 in latency:
-            predicted = f"{t.accept_length * latency[1] / latency[config[0]]:.2f}x"
+        forward = (inputs or {}).get(config[0])
+        if latency and config[1:] == (0, 0) and forward in latency and 1 in latency:
+            predicted = f"{t.accept_length * latency[1] / latency[forward]:.2f}x"
         upstream = f"{t.accept_length_upstream:.3f}" if t.accept_length_upstream else "-"
         lines.append(f"| {config_name(config, plain_name)} | {t.accept_length:.3f} | {upstream} | "
                      f"{t.tokens_per_second:.2f} | {ratio} | {predicted} |")
@@ -160,7 +168,7 @@ def plot_latency(latency: dict, path: str, title: str) -> None:
     lengths = sorted(latency)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(lengths, [latency[n] for n in lengths], marker="o")
-    ax.set_xlabel("inputs per forward (tree length)")
+    ax.set_xlabel("inputs per forward")
     ax.set_ylabel("forward latency, ms (median)")
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
@@ -189,9 +197,9 @@ def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str, plain_
     if predicted:
         lengths = sorted(predicted)
         left.plot(lengths, [predicted[n] for n in lengths], linestyle="--", label="predicted by the builder")
-    left.set_xlabel("tree length (inputs, 0 = no prompt tokens)")
+    left.set_xlabel("tree length (nodes + special tokens, 0 = no prompt tokens)")
     left.set_ylabel("accept length (tokens per forward)")
-    right.set_xlabel("tree length (inputs, 0 = no prompt tokens)")
+    right.set_xlabel("tree length (nodes + special tokens, 0 = no prompt tokens)")
     right.set_ylabel(f"speed vs {plain_name}")
     right.axhline(1.0, color="grey", linewidth=0.8)
     for ax in (left, right):
@@ -205,13 +213,7 @@ def plot_tree_sizes(totals: dict, predicted: dict, path: str, title: str, plain_
 
 def predicted_accept_lengths(model) -> dict[int, float]:
     """The builder's predicted accept length of each tree in the tree file (its deepest tree's node probabilities)."""
-    predicted = {}
-    if not tree_file(model):
-        return predicted
-    n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
-    for length, spec in specs_by_length(tree_file(model), n, v).items():
-        predicted[length] = predicted_accept_length(spec)
-    return predicted
+    return {length: predicted_accept_length(spec) for length, spec in tree_specs(model).items()}
 
 
 def recorded_decodings(path: str, dtype: str, overwrite: bool, rule: str = "greedy") -> dict:
@@ -250,10 +252,13 @@ def parse_lengths(text: str, flag: str) -> list[int]:
 
 
 def check_tree_lengths(model, lengths) -> None:
+    """Refuse lengths that neither the tree file holds nor the checkpoint's accuracies.json can build."""
     available = available_tree_lengths(model)
     missing = [n for n in lengths if n and n not in available]
+    if missing and checkpoint_file(model, ACCURACIES_NAME):
+        missing = [n for n in missing if n < 2]  # the rest are built from the accuracies on the spot
     if missing:
-        raise PPDError(f"no tree of length {', '.join(map(str, missing))} in {tree_file(model)!r}; available: "
+        raise PPDError(f"no tree of length {', '.join(map(str, missing))} in {trees_for(model)[0]!r}; available: "
                        f"{', '.join(map(str, available)) or 'none'} (build more with prompt.inference.sparse_tree_builder)")
 
 
@@ -314,7 +319,9 @@ def main(argv=None):
     totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token,
                              temperature=args.temperature, sampling=args.sampling)
     plain_name = "plain greedy" if rule == "greedy" else "plain sampling"
-    print(results_table(totals, latency, plain_name))
+    n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
+    inputs = {length: spec_input_length(spec, n, v) for length, spec in tree_specs(model).items()}
+    print(results_table(totals, latency, inputs, plain_name))
     best = choose(totals)
     plain = totals[PLAIN].tokens_per_second
     ratio = totals[best].tokens_per_second / plain if plain else 0.0

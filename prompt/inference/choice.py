@@ -1,7 +1,10 @@
 """Which decoding a Decoder runs: one function, one precedence.
 
-A checkpoint folder may carry two inference files beside its weights:
-- `trees.json`: sparse trees built for these prompt tokens, keyed by tree length (inputs of the forward);
+A checkpoint folder may carry three inference files beside its weights:
+- `trees.json`: sparse trees built for these prompt tokens, keyed by tree length (upstream's `--tree-length`: the
+  candidate nodes plus their special tokens, `prompt.inference.budget.tree_length`);
+- `accuracies.json`: the prompt tokens' measured top-k accuracies (`prompt.evaluation.accuracy`), from which a
+  tree of a length that no tree file holds is built on the spot;
 - `decoding.json`: the decoding tuned on a machine for each dtype (`prompt.evaluation.tune`):
   `{dtype: {"tree_length": L (0: no prompt tokens), "prompt_lookup_num_tokens": K (0: off),
   "suffix_nodes": S (the suffix candidate tree's node budget, 0 or absent: off)}}`, tuned for greedy
@@ -16,27 +19,32 @@ A checkpoint folder may carry two inference files beside its weights:
    `prompt_lookup_num_tokens` for the lookup, 0 meaning off);
 2. the checkpoint's `decoding.json` entry for the model's dtype: the acceptance rule's own (`sampling`) where it
    records one, else the dtype's (greedy) entry;
-3. the default: the largest tree of the tree file, no lookup.
+3. the default: upstream's default tree for a published upstream checkpoint, else the largest tree of the tree
+   file; no lookup.
 The suffix candidate tree follows the lookup: from `decoding.json` where the caller passes no lookup length,
 else off (a caller who wants it passes a `SuffixCandidates` source).
-A tree length is looked up in the checkpoint's `trees.json`, else in the packaged default trees. A plain
-causal LM (no prompt tokens) decodes without a tree. Tree files are read once per file version, so building
-a Decoder per request is cheap.
+The tree file is the checkpoint's `trees.json`, else the upstream trees shipped for its family (picked by name, as
+upstream does: `prompt.inference.tree.upstream_tree_file`), else the packaged default trees. A length the tree file
+lacks is built from the checkpoint's `accuracies.json` (`prompt.inference.sparse_tree_builder.build_tree`, well
+under a second). A plain causal LM (no prompt tokens) decodes without a tree. Tree files are read once per file
+version, so building a Decoder per request is cheap; `DecodingChoice.tree_source` says which tree was used.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
 
 from prompt.errors import PPDError
-from prompt.inference.tree import select_tree_spec
+from prompt.inference.tree import DEFAULT_TREE_FILE, select_tree_spec, specs_by_length, upstream_tree_file
 from prompt.jsonio import read_json
 from prompt.model.devices import resolve_device
 
 TREES_NAME = "trees.json"
 DECODING_NAME = "decoding.json"
+ACCURACIES_NAME = "accuracies.json"
 
 
 def checkpoint_file(model, name: str) -> str | None:
@@ -70,11 +78,28 @@ def tuned_decoding(model, dtype: str, sampling: str | None = None) -> dict:
     return entry
 
 
+def trees_for(model) -> tuple[str | None, int | None]:
+    """The tree file a Decoder for `model` reads (None: the generic chain tree) and the tree length to use when none
+    is asked for (None: the file's largest): the checkpoint's trees.json, else the upstream trees of its family,
+    else the packaged default."""
+    own = tree_file(model)
+    if own:
+        return own, None
+    config = model.config
+    names = (getattr(model, "checkpoint_dir", None), config.base_model_name_or_path,
+             getattr(getattr(model, "base_model", None), "name_or_path", None))
+    upstream = upstream_tree_file(names, config.num_special_tokens)
+    if upstream:
+        return upstream
+    return (DEFAULT_TREE_FILE if config.num_special_tokens == 3 else None), None
+
+
 @dataclass(frozen=True)
 class DecodingChoice:
     tree_spec: dict | None  # None: no prompt tokens
     prompt_lookup_num_tokens: int
     suffix_nodes: int = 0  # node budget of the suffix candidate tree (0: off)
+    tree_source: str | None = None  # which tree, in words (None: no tree, or the caller's own spec)
 
 
 def _count(value, name: str) -> int:
@@ -87,7 +112,6 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
                      sampling: str | None = None) -> DecodingChoice:
     """The tree and lookup length a Decoder for `model` runs, by the precedence in this module's docstring
     (`sampling`: the acceptance rule's name, whose own tuned entry is preferred)."""
-    config = getattr(model, "config", None)
     has_prompt_tokens = hasattr(model, "prompt_embeddings")
     tuned = {}
     if has_prompt_tokens and (tree_spec is None and tree_length is None or prompt_lookup_num_tokens is None):
@@ -110,19 +134,57 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
         tree_length = _count(tuned["tree_length"], f"tree_length in {DECODING_NAME}")
     if tree_length == 0:
         return DecodingChoice(None, lookup, suffix)
+    path, default_length = trees_for(model)
+    if tree_length is None:
+        tree_length = default_length
     try:
-        spec = select_tree_spec(tree_file(model), config.num_special_tokens, config.virtual_tokens_per_special_token,
-                                tree_length)
+        spec, source = _tree_of_length(model, path, tree_length)
     except PPDError as exc:
         if not from_tuned:
             raise
         # the length came from decoding.json: that is the file to fix
-        where = (f"its {TREES_NAME} has none" if tree_file(model)
-                 else f"the folder has no {TREES_NAME} (the default trees have none)")
         raise PPDError(f"{checkpoint_file(model, DECODING_NAME)} asks for a tree of length {tree_length}, but "
-                       f"{where}: {exc}; re-run the tuner for this checkpoint, restore its {TREES_NAME}, "
+                       f"{exc}; re-run the tuner for this checkpoint, restore its {TREES_NAME}, "
                        f"or pass a tree length") from None
-    return DecodingChoice(spec, lookup, suffix)
+    return DecodingChoice(spec, lookup, suffix, source)
+
+
+def _tree_of_length(model, path: str | None, tree_length: int | None) -> tuple[dict, str]:
+    """The spec of `tree_length` (None: the file's largest) from the tree file, else built from the checkpoint's
+    accuracies; and where it came from, in words."""
+    config = model.config
+    n, v = config.num_special_tokens, config.virtual_tokens_per_special_token
+    if path is None:  # no tree file fits these prompt tokens: the generic chain tree
+        if tree_length is not None and not checkpoint_file(model, ACCURACIES_NAME):
+            raise PPDError(f"no tree of length {tree_length} for {n} special tokens: the checkpoint has neither "
+                           f"{TREES_NAME} nor {ACCURACIES_NAME}")
+        if tree_length is None:
+            return select_tree_spec(None, n, v), f"the generic chain tree for {n} special tokens"
+    elif tree_length is None or tree_length in specs_by_length(path, n, v):
+        spec = select_tree_spec(path, n, v, tree_length)
+        length = tree_length if tree_length is not None else max(specs_by_length(path, n, v))
+        return spec, f"tree of length {length} from {path}"
+    accuracies = checkpoint_file(model, ACCURACIES_NAME)
+    if not accuracies:
+        available = ", ".join(str(k) for k in sorted(specs_by_length(path, n, v)))
+        raise PPDError(f"no tree of length {tree_length} in {path!r} (available lengths: {available}), and no "
+                       f"{ACCURACIES_NAME} beside the checkpoint to build one from")
+    spec = _built_tree(accuracies, os.stat(accuracies).st_mtime_ns, n, tree_length)
+    return spec, f"tree of length {tree_length} built from {accuracies}" + (f" (not in {path})" if path else "")
+
+
+@functools.lru_cache(maxsize=32)
+def _built_tree(accuracies: str, stamp, num_special_tokens: int, tree_length: int) -> dict:
+    """The builder's tree of `tree_length` for an accuracies file, built once per file version (a Decoder per request
+    stays cheap)."""
+    # imported here: `python -m prompt.inference.sparse_tree_builder` must not find itself imported already
+    from prompt.inference.sparse_tree_builder import build_tree, read_accuracies
+
+    table = read_accuracies(accuracies)
+    if len(table) != num_special_tokens:
+        raise PPDError(f"{accuracies} holds accuracies of {len(table)} special tokens; the checkpoint has "
+                       f"{num_special_tokens}")
+    return build_tree(table, tree_length)
 
 
 def fastest_dtype(decoding_file, device=None) -> str:
@@ -162,9 +224,6 @@ def tuned_batch_decodings(model) -> dict:
             raise PPDError(f"{where}: {size!r} is not a batch size >= 1 with a decoding object")
         length = _count(choice.get("tree_length", 0), f"tree_length in {where}")
         lookup = _count(choice.get("prompt_lookup_num_tokens", 0), f"prompt_lookup_num_tokens in {where}")
-        spec = None
-        if length:
-            spec = select_tree_spec(tree_file(model), model.config.num_special_tokens,
-                                    model.config.virtual_tokens_per_special_token, length)
+        spec = _tree_of_length(model, trees_for(model)[0], length)[0] if length else None
         choices[int(size)] = DecodingChoice(spec, lookup)
     return choices

@@ -8,7 +8,10 @@ n most probable paths: a best-first search finds it.
 
 The dynamic extension gives every node a number of special tokens (how deep the next step's tree can
 be if it is the last accepted node): the nodes most likely to be the last accepted get all N, the
-others one, within the input-length budget.
+others one. The budget is upstream's tree length (`--tree-length`): candidate nodes plus their special
+tokens. Among the node counts that fit it, the builder keeps the tree with the best long-run accept
+length, in which each step's tree depends on the special tokens the last step's accepted node carried
+(a Markov chain over that number, as upstream's builder solves it).
 
     python -m prompt.inference.sparse_tree_builder --accuracies-file accuracies.json --output-file trees.json \\
         --min-input-length 8 --max-input-length 32
@@ -20,8 +23,7 @@ import os
 
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
-from prompt.inference.budget import tree_input_length
-from prompt.inference.tree import spec_input_length
+from prompt.inference.budget import tree_length
 from prompt.jsonio import read_json, write_json
 
 
@@ -70,29 +72,80 @@ def predicted_accept_length(spec) -> float:
     return expected_accept_length([(path, float(p)) for path, p, _ in deepest_tree(spec)])
 
 
-def tree_spec(probs, num_nodes: int, input_budget: int | None = None, virtual_tokens: int = 1) -> dict:
+def tree_spec(probs, num_nodes: int, budget: int | None = None, ranked=None) -> dict:
     """A dynamic tree spec {depth: [[path, probability, n_special], ...]} with `num_nodes` nodes per tree.
 
-    A special token costs `virtual_tokens` inputs; `input_budget` bounds the inputs of the deepest tree.
+    `budget` bounds each tree's length (candidate nodes plus their special tokens). `ranked` ({depth: best_paths
+    of at least `num_nodes` nodes}) saves recomputing the paths: the best k paths are the first k of the best m.
     """
     n = len(probs)
     spec = {}
     for depth in range(1, n + 1):
-        paths = best_paths(probs, num_nodes, depth)
-        accepted = {tuple(p): q for p, q in paths}
-        # probability that a node is the deepest accepted one: accepted, and no child accepted
-        last = {}
-        for path, q in paths:
-            children = sum(accepted.get(tuple(path) + (r,), 0.0) for r in range(len(probs[min(len(path), n - 1)])))
-            last[tuple(path)] = q - children
+        paths = ranked[depth][:num_nodes] if ranked else best_paths(probs, num_nodes, depth)
+        last = last_accepted_probabilities([(p, q) for p, q in paths])
         special = {tuple(p): 1 for p, _ in paths}  # every node carries one special token, or all N
+        size = tree_length(special.values())
         for path in sorted(special, key=lambda p: -last[p]):
-            more = {**special, path: n}
-            if input_budget is not None and tree_input_length(more.values(), n, virtual_tokens) > input_budget:
+            if budget is not None and size + n - 1 > budget:
                 break
-            special = more
+            special[path] = n
+            size += n - 1
         spec[str(depth)] = [[list(p), round(q, 6), special[tuple(p)]] for p, q in paths]
     return spec
+
+
+def last_accepted_probabilities(paths) -> dict:
+    """Probability that each node (path, acceptance probability) is the deepest accepted one: accepted, and none
+    of its children."""
+    accepted = {tuple(p): q for p, q in paths}
+    children = {}
+    for path in accepted:
+        if len(path) > 1:
+            children[path[:-1]] = children.get(path[:-1], 0.0) + accepted[path]
+    return {path: q - children.get(path, 0.0) for path, q in accepted.items()}
+
+
+def steady_accept_length(spec, num_special_tokens: int, steps: int = 200) -> float:
+    """Long-run tokens per step of a dynamic spec: each step uses the deepest tree that the special tokens of the
+    last accepted node allow (the root's N when no candidate is accepted), so the number of special tokens
+    available is a Markov chain; this is the accept length averaged over its stationary distribution."""
+    trees = {int(d): [(list(p), float(q), int(k)) for p, q, k in nodes] for d, nodes in spec.items()}
+    states = range(1, num_special_tokens + 1)
+    tree_of = {s: max(d for d in trees if d <= s) for s in states if any(d <= s for d in trees)}
+    moves, gain = {}, {}
+    for s, d in tree_of.items():
+        last = last_accepted_probabilities([(p, q) for p, q, _ in trees[d]])
+        move = dict.fromkeys(states, 0.0)
+        for p, _, k in trees[d]:
+            move[k] += last[tuple(p)]
+        move[num_special_tokens] += max(0.0, 1.0 - sum(last.values()))
+        moves[s], gain[s] = move, sum(q for _, q, _ in trees[d])
+    share = {s: float(s == num_special_tokens) for s in states}
+    for _ in range(steps):
+        new = {t: sum(share[s] * moves[s][t] for s in tree_of) for t in states}
+        settled = max(abs(new[t] - share[t]) for t in states) < 1e-12
+        share = new
+        if settled:
+            break
+    return 1.0 + sum(share[s] * gain[s] for s in tree_of)
+
+
+def build_tree(accuracies, length: int) -> dict:
+    """The best dynamic tree spec whose tree length (candidate nodes plus their special tokens) is at most `length`."""
+    probs = rank_probabilities(accuracies)
+    if length < tree_length([1]):
+        raise PPDError(f"tree length {length} is smaller than the smallest tree ({tree_length([1])}: one candidate "
+                       f"and its special token)")
+    best, best_value = None, -1.0
+    ranked = {depth: best_paths(probs, length // 2, depth) for depth in range(1, len(probs) + 1)}
+    for nodes in range(1, length // 2 + 1):
+        spec = tree_spec(probs, nodes, length, ranked)
+        if max(tree_length(k for _, _, k in tree) for tree in spec.values()) > length:
+            continue
+        value = steady_accept_length(spec, len(probs))
+        if value > best_value + 1e-12:
+            best, best_value = spec, value
+    return best
 
 
 def read_accuracies(path: str) -> list[list[float]]:
@@ -102,26 +155,13 @@ def read_accuracies(path: str) -> list[list[float]]:
     return accuracies
 
 
-def build_trees(accuracies, min_input_length: int, max_input_length: int, virtual_tokens: int = 1) -> dict:
-    """The best tree spec for each input length in the range (keyed by its real input length), for prompt
-    tokens of `virtual_tokens` virtual tokens per special token."""
-    probs = rank_probabilities(accuracies)
-    n = len(probs)
-    smallest = tree_input_length([1], n, virtual_tokens)  # the root and one node, each with its special tokens
-    if max_input_length < smallest:
-        raise PPDError(f"--max-input-length {max_input_length} is smaller than the smallest tree ({smallest} inputs)")
-    trees = {}
-    for budget in range(max(min_input_length, smallest), max_input_length + 1):
-        best = None
-        for nodes in range(1, budget):
-            if tree_input_length([1] * nodes, n, virtual_tokens) > budget:
-                break
-            spec = tree_spec(probs, nodes, budget, virtual_tokens)
-            if spec_input_length(spec, n, virtual_tokens) <= budget:
-                best = spec
-        if best is not None:
-            trees[str(spec_input_length(best, n, virtual_tokens))] = best
-    return trees
+def build_trees(accuracies, min_length: int, max_length: int) -> dict:
+    """The best tree spec for each tree length in the range (upstream's budget), keyed by it."""
+    if max_length < tree_length([1]):
+        raise PPDError(f"--max-input-length {max_length} is smaller than the smallest tree ({tree_length([1])}: "
+                       f"one candidate and its special token)")
+    return {str(length): build_tree(accuracies, length)
+            for length in range(max(min_length, tree_length([1])), max_length + 1)}
 
 
 @cli_entry
@@ -129,22 +169,19 @@ def main(argv=None):
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--accuracies-file", required=True)
     parser.add_argument("--output-file", required=True)
-    parser.add_argument("--min-input-length", type=int, default=8)
-    parser.add_argument("--max-input-length", type=int, default=32)
-    parser.add_argument("--virtual-tokens", type=int, default=1,
-                        help="Virtual tokens per special token of the prompt tokens (each costs an input).")
+    parser.add_argument("--min-input-length", type=int, default=8,
+                        help="Smallest tree length (upstream's: candidate nodes plus their special tokens).")
+    parser.add_argument("--max-input-length", type=int, default=32, help="Largest tree length.")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     if os.path.exists(args.output_file) and not args.overwrite:
         raise PPDError(f"{args.output_file!r} exists; pass --overwrite to replace it")
-    if args.virtual_tokens < 1:
-        raise PPDError("--virtual-tokens must be >= 1")
-    trees = build_trees(read_accuracies(args.accuracies_file), args.min_input_length, args.max_input_length,
-                        args.virtual_tokens)
+    accuracies = read_accuracies(args.accuracies_file)
+    trees = build_trees(accuracies, args.min_input_length, args.max_input_length)
     write_json(args.output_file, trees)
     for length, spec in trees.items():
-        print(f"input length {length}: {len(deepest_tree(spec))} nodes, predicted accept length "
-              f"{predicted_accept_length(spec):.3f}")
+        print(f"tree length {length}: {len(deepest_tree(spec))} nodes, predicted accept length "
+              f"{steady_accept_length(spec, len(accuracies)):.3f}")
 
 
 if __name__ == "__main__":

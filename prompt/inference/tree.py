@@ -10,23 +10,30 @@ A tree spec is the upstream format `{depth: [[path, probability, n_special_token
   how deep the next step's tree can be if this node ends up the last accepted one.
 The root (the token the base model itself predicted) always carries all N special tokens.
 
-A file may hold one spec, or several keyed by tree length (the number of inputs of the forward).
+A file may hold one spec, or several keyed by tree length: upstream's measure, the candidate nodes plus the special
+tokens appended after them (`prompt.inference.budget.tree_length`); an entry's key is the builder's budget, which its
+tree may undershoot by a little, as in upstream's files. Files written before tree lengths took upstream's meaning
+were keyed by the inputs of the forward; they are recognised (every key equals its tree's inputs) and re-keyed.
+Files may be gzip-compressed (`.json.gz`).
 """
 from __future__ import annotations
 
 import functools
+import gzip
+import json
 import os
 from dataclasses import dataclass
 
 import torch
 
 from prompt.errors import PPDError
-from prompt.inference.budget import tree_input_length
+from prompt.inference.budget import tree_input_length, tree_length
 from prompt.jsonio import read_json
 from prompt.model.layout import SpecialTokenLayout
 
 TREES_DIR = os.path.join(os.path.dirname(__file__), "trees")
 DEFAULT_TREE_FILE = os.path.join(TREES_DIR, "default_3.json")
+UPSTREAM_TREES_INDEX = os.path.join(TREES_DIR, "upstream_trees.json")
 
 
 @dataclass
@@ -128,10 +135,11 @@ def _validate_spec(spec, num_special_tokens: int) -> dict[int, list]:
                                f"outside 1..{num_special_tokens}")
             nodes.append((list(path), n_special))
         paths = [tuple(p) for p, _ in nodes]
-        if len(set(paths)) != len(paths):
+        present = set(paths)
+        if len(present) != len(paths):
             raise PPDError(f"malformed tree spec: a node appears twice in the depth-{depth} tree")
         for p in paths:
-            if len(p) > 1 and p[:-1] not in set(paths):
+            if len(p) > 1 and p[:-1] not in present:
                 raise PPDError(f"malformed tree spec: node {list(p)} has no parent {list(p[:-1])}")
         trees[depth] = nodes
     usable = sorted(trees)
@@ -251,6 +259,8 @@ class DynamicTree:
 
     def __init__(self, spec, layout: SpecialTokenLayout, device=None):
         trees = _validate_spec(spec, layout.num_special_tokens)
+        # upstream's tree length: candidate nodes plus their special tokens, over the largest tree
+        self.tree_length = max(tree_length([n for _, n in nodes]) for nodes in trees.values())
         self.buffers = {d: build_tree_buffers(nodes, layout, d).to(device) for d, nodes in trees.items()}
         self.depths = sorted(self.buffers)
         # no special-token logits to read (the last accepted node carried none): the root alone, with
@@ -264,7 +274,7 @@ class DynamicTree:
 
     @property
     def input_length(self) -> int:
-        """Inputs of the largest tree's forward (the upstream `tree_length`)."""
+        """Inputs of the largest tree's forward (what its latency depends on; `tree_length` is upstream's measure)."""
         return max(b.num_inputs for b in self.buffers.values())
 
 
@@ -273,15 +283,33 @@ def root_only_buffers(device=None) -> TreeBuffers:
     return build_tree_buffers([], SpecialTokenLayout(0), depth=0, root_special_tokens=0).to(device)
 
 
+def spec_tree_length(spec, num_special_tokens: int) -> int:
+    """Upstream's tree length of `spec`: candidate nodes plus their special tokens, over its largest tree."""
+    trees = _validate_spec(spec, num_special_tokens)
+    return max(tree_length([n for _, n in nodes]) for nodes in trees.values())
+
+
 def spec_input_length(spec, num_special_tokens: int, virtual_tokens: int = 1) -> int:
     """Inputs of the largest tree of `spec`'s forward, without building its buffers."""
     trees = _validate_spec(spec, num_special_tokens)
     return max(tree_input_length([n for _, n in nodes], num_special_tokens, virtual_tokens) for nodes in trees.values())
 
 
+def _read_tree_file(path: str):
+    if not path.endswith(".gz"):
+        return read_json(path, "tree spec file")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise PPDError(f"tree spec file {path!r} does not exist") from None
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
+        raise PPDError(f"tree spec file {path!r} is corrupt or unreadable ({exc})") from None
+
+
 def load_tree_specs(path: str) -> dict:
     """Read a tree file: one spec, or several keyed by tree length. Returns {name: spec}."""
-    data = read_json(path, "tree spec file")
+    data = _read_tree_file(path)
     if not isinstance(data, dict) or not data:
         raise PPDError(f"malformed tree spec file {path!r}: expected a JSON object")
     if all(isinstance(v, dict) for v in data.values()):
@@ -290,25 +318,50 @@ def load_tree_specs(path: str) -> dict:
 
 
 def specs_by_length(path: str, num_special_tokens: int, virtual_tokens: int = 1) -> dict:
-    """The specs of a tree file keyed by their input length (the upstream `tree_length`); read once per file version."""
+    """The specs of a tree file keyed by tree length (upstream's `--tree-length`); read once per file version."""
     try:
         stamp = os.stat(path).st_mtime_ns
     except OSError:
-        stamp = None  # read_json reports the missing file
+        stamp = None  # the reader reports the missing file
     return dict(_specs_by_length(path, stamp, num_special_tokens, virtual_tokens))
+
+
+def _integer_key(name):
+    try:
+        return int(name)
+    except (TypeError, ValueError):
+        return None
 
 
 @functools.lru_cache(maxsize=32)
 def _specs_by_length(path: str, stamp, num_special_tokens: int, virtual_tokens: int) -> tuple:
-    return tuple((spec_input_length(spec, num_special_tokens, virtual_tokens), spec)
-                 for spec in load_tree_specs(path).values())
+    specs = load_tree_specs(path)
+    try:
+        sizes = {name: (spec_tree_length(spec, num_special_tokens),
+                        spec_input_length(spec, num_special_tokens, virtual_tokens)) for name, spec in specs.items()}
+    except PPDError as exc:
+        raise PPDError(f"{path}: {exc}") from None
+    # a file keyed by forward inputs (written before tree lengths took upstream's meaning): key by tree length
+    legacy = all(_integer_key(name) == inputs != size for name, (size, inputs) in sizes.items())
+    keyed = {}
+    for name, spec in specs.items():
+        size, _ = sizes[name]
+        key = _integer_key(name)
+        if legacy or key is None:
+            key = size
+        elif key < size:
+            raise PPDError(f"malformed tree spec file {path!r}: the tree named {name} has {size} candidate nodes "
+                           f"plus special tokens, more than its length {name}")
+        keyed.setdefault(key, spec)
+    return tuple(sorted(keyed.items()))
 
 
 def select_tree_spec(path: str | None, num_special_tokens: int, virtual_tokens: int = 1,
                      tree_length: int | None = None):
     """Pick the spec to use from a tree file (the shipped default for 3 special tokens if None).
 
-    With `tree_length`, the spec whose input length equals it; without, the file's only spec or its largest.
+    With `tree_length`, the spec of that tree length (upstream's measure); without, the file's only spec or its
+    largest.
     """
     if path is None:
         if num_special_tokens != 3:
@@ -321,6 +374,21 @@ def select_tree_spec(path: str | None, num_special_tokens: int, virtual_tokens: 
         raise PPDError(f"no tree of length {tree_length} in {path!r}; available lengths: "
                        f"{', '.join(str(k) for k in sorted(sized))}")
     return sized[tree_length]
+
+
+def upstream_tree_file(names, num_special_tokens: int) -> tuple[str, int] | None:
+    """The shipped upstream trees for a published checkpoint, picked as upstream picks them: by a family name
+    (`vicuna-7b`, `vicuna-13b`, `mobilellama`, `vicuna-68m`) inside the checkpoint's or its base model's name or
+    path (`names`, case-insensitive), for its number of special tokens. Returns (tree file, upstream's default tree
+    length for it), or None."""
+    index = read_json(UPSTREAM_TREES_INDEX, "upstream tree index")
+    text = " ".join(str(n).lower() for n in names if n)
+    for family in sorted(index):
+        entry = index[family]
+        name = entry["files"].get(str(num_special_tokens))
+        if family in text and name:
+            return os.path.join(TREES_DIR, name), int(entry["default_tree_length"])
+    return None
 
 
 def chain_tree_spec(num_special_tokens: int, width: int = 4) -> dict:

@@ -6,7 +6,9 @@ many cuts per forward (after each cut), the decode loop's prefill (after the pro
 construction.
 
 For n special tokens of V virtual tokens each, appended after a token (the anchor) at position p:
-- input r (0 <= r < n*V) belongs to special token r // V and sits at position p + 1 + r // V;
+- input r (0 <= r < n*V) belongs to special token r // V and sits at position p + 1 + shift + r // V, where the
+  shift is 0, or with prefix tuning upstream's P (its training puts the special tokens after the P prefix
+  positions); checkpoints saved before this layout followed upstream (`prefix_tuning.pt`) were trained with 0;
 - it sees whatever the anchor sees, the anchor itself, and the virtual tokens that the `vt_attention`
   pattern allows among the n*V (the pattern is prefix-closed, so fewer special tokens use its top-left block);
 - with prefix tuning, special token j also sees its own P prefix slots at the front of the cache.
@@ -39,8 +41,9 @@ class SpecialTokenLayout:
     """Positions, attention and prefix columns of special tokens appended after anchor tokens."""
 
     def __init__(self, num_special_tokens: int, virtual_tokens: int = 1, vt_attention: torch.Tensor | None = None,
-                 prefix_virtual_tokens: int = 0):
+                 prefix_virtual_tokens: int = 0, position_shift: int = 0):
         self.num_special_tokens = num_special_tokens
+        self.position_shift = position_shift
         self.virtual_tokens = virtual_tokens
         self.prefix_virtual_tokens = prefix_virtual_tokens
         nv = num_special_tokens * virtual_tokens
@@ -49,9 +52,12 @@ class SpecialTokenLayout:
                              else vt_attention.bool().cpu())
 
     @classmethod
-    def from_config(cls, config: PromptConfig) -> "SpecialTokenLayout":
+    def from_config(cls, config: PromptConfig, upstream_prefix_positions: bool = True) -> "SpecialTokenLayout":
+        """The layout of `config`'s prompt tokens; with prefix tuning, special tokens sit after the P prefix
+        positions as upstream trains them, unless `upstream_prefix_positions` is False (our earlier convention)."""
+        prefix = config.prefix_virtual_tokens if config.use_prefix_tuning else 0
         return cls(config.num_special_tokens, config.virtual_tokens_per_special_token, virtual_token_attention(config),
-                   config.prefix_virtual_tokens if config.use_prefix_tuning else 0)
+                   prefix, prefix if upstream_prefix_positions else 0)
 
     @property
     def prefix_length(self) -> int:
@@ -68,7 +74,7 @@ class SpecialTokenLayout:
 
     def position_offsets(self, n: int, device=None) -> torch.Tensor:
         """[n*V]: each input's position minus its anchor's position."""
-        return 1 + self.special_of_inputs(n, device)
+        return 1 + self.position_shift + self.special_of_inputs(n, device)
 
     def among_themselves(self, n: int, device=None) -> torch.Tensor:
         """[n*V, n*V]: which of one anchor's special-token inputs see which."""

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from prompt.errors import PPDError
-from prompt.jsonio import write_bytes
+from prompt.jsonio import write_bytes, write_json
 from prompt.model import backbone
 from prompt.model.cache import new_cache
 from prompt.model.config import AggregationType, PromptConfig
@@ -24,7 +24,8 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 WEIGHTING_LAYERS_NAME = "weighting_layers.pt"
 CUSTOM_LM_HEAD_NAME = "custom_lm_head.pt"
-PREFIX_NAME = "prefix_tuning.pt"
+PREFIX_NAME = "prefix_tuning.pt"  # our earlier prefix file (special tokens at the anchor's next positions)
+PREFIX_DIR = "prefix"  # upstream's: a peft PrefixTuning adapter in this subfolder
 
 
 class PrefixKV(nn.Module):
@@ -176,12 +177,44 @@ class PromptDecoder(nn.Module):
         write_bytes(os.path.join(directory, WEIGHTS_NAME), save(embeddings))
         for module, name in self._extra_modules():
             write_bytes(os.path.join(directory, name), torch_bytes(module.state_dict()))
+        if self.prefix is not None:
+            self._save_prefix(os.path.join(directory, PREFIX_DIR))
+
+    def _save_prefix(self, folder: str) -> None:
+        """The prefix as upstream saves it: a peft PrefixTuning adapter (`adapter_config.json`, and
+        `adapter_model.safetensors` whose `prompt_embeddings` is [P*N, 2*layers*kv_dim], peft's layout)."""
+        from peft import PrefixTuningConfig
+        from safetensors.torch import save
+
+        os.makedirs(folder, exist_ok=True)
+        layers, kv_heads, count, head_dim = self.prefix.keys.shape
+        config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=count, token_dim=kv_heads * head_dim,
+                                    num_layers=layers, num_attention_heads=kv_heads, num_transformer_submodules=1,
+                                    base_model_name_or_path=self.config.base_model_name_or_path, inference_mode=True)
+        write_json(os.path.join(folder, "adapter_config.json"), config.to_dict(), indent=2, sort_keys=True)
+        embeddings = prefix_embeddings(self.prefix.keys.detach(), self.prefix.values.detach())
+        write_bytes(os.path.join(folder, WEIGHTS_NAME), save({"prompt_embeddings": embeddings.float().cpu().contiguous()}))
+
+    def load_prefix(self, folder: str) -> None:
+        """Load the prefix of the checkpoint in `folder`: upstream's `prefix/` peft adapter (special tokens placed
+        after the prefix positions, as upstream trains them), else our earlier `prefix_tuning.pt` (placed at the
+        anchor's next positions, as it was trained)."""
+        adapter = os.path.join(folder, PREFIX_DIR)
+        if os.path.isdir(adapter):
+            keys, values = read_prefix_adapter(adapter, tuple(self.prefix.keys.shape))
+            with torch.no_grad():
+                self.prefix.keys.copy_(keys)
+                self.prefix.values.copy_(values)
+            self.layout = SpecialTokenLayout.from_config(self.config)
+        else:
+            _load_extra(self.prefix, os.path.join(folder, PREFIX_NAME), required=True,
+                        missing=f"a prefix ({PREFIX_DIR}/ or {PREFIX_NAME})")
+            self.layout = SpecialTokenLayout.from_config(self.config, upstream_prefix_positions=False)
 
     def _extra_modules(self) -> list:
         """(module, file name) of the trained parts beside the prompt embeddings that this model has."""
         return [(module, name) for module, name in ((self.weighting_layers, WEIGHTING_LAYERS_NAME),
-                                                    (self.custom_lm_head, CUSTOM_LM_HEAD_NAME),
-                                                    (self.prefix, PREFIX_NAME)) if module is not None]
+                                                    (self.custom_lm_head, CUSTOM_LM_HEAD_NAME)) if module is not None]
 
     # ----------------------------------------------------------------------------------------------
     # pieces used by training and by the decode loop
@@ -313,11 +346,53 @@ def check_finite(state: dict, path: str) -> None:
                            "these prompt tokens cannot be used (retrain, or restore the file from a checkpoint-* folder)")
 
 
-def _load_extra(module, path: str, required: bool) -> None:
+def prefix_embeddings(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Prefix keys and values [layers, kv_heads, P*N, head_dim] -> peft's PrefixTuning table [P*N, 2*layers*kv_dim]
+    (peft views a row as [layers*2, heads, head_dim], keys and values of layer l at 2l and 2l+1)."""
+    layers, kv_heads, count, head_dim = keys.shape
+    both = torch.stack([keys, values], 1).reshape(2 * layers, kv_heads, count, head_dim)
+    return both.permute(2, 0, 1, 3).reshape(count, 2 * layers * kv_heads * head_dim)
+
+
+def read_prefix_adapter(folder: str, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values [layers, kv_heads, P*N, head_dim] (`shape`) from upstream's `prefix/` peft adapter."""
+    from peft import PeftConfig
+
+    try:
+        config = PeftConfig.from_pretrained(folder)
+    except Exception as exc:  # peft raises ValueError, TypeError, JSON errors for a bad config
+        raise PPDError(f"{folder}: not a readable peft adapter config ({str(exc).splitlines()[0]})") from None
+    if str(config.peft_type) not in ("PREFIX_TUNING", "PeftType.PREFIX_TUNING"):
+        raise PPDError(f"{folder}/adapter_config.json is a {config.peft_type} adapter, not PREFIX_TUNING")
+    if getattr(config, "prefix_projection", False):
+        raise PPDError(f"{folder}: a prefix with a projection (prefix_projection) is not supported")
+    layers, kv_heads, count, head_dim = shape
+    if getattr(config, "num_virtual_tokens", None) != count:
+        raise PPDError(f"{folder}/adapter_config.json has num_virtual_tokens={getattr(config, 'num_virtual_tokens', None)}"
+                       f", but the checkpoint's adapter_config.json asks for prefix_virtual_tokens x num_special_tokens"
+                       f" = {count}")
+    weights = next((os.path.join(folder, name) for name in (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME)
+                    if os.path.isfile(os.path.join(folder, name))), None)
+    if weights is None:
+        raise PPDError(f"{folder!r} holds no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME}")
+    state = _load_state(weights)
+    table = state.get("prompt_embeddings")
+    if table is None:
+        raise PPDError(f"{weights} holds no tensor named prompt_embeddings")
+    if tuple(table.shape) != (count, 2 * layers * kv_heads * head_dim):
+        raise PPDError(f"{weights} does not fit this base model: prompt_embeddings has shape {tuple(table.shape)}, "
+                       f"expected ({count}, {2 * layers * kv_heads * head_dim}) = (prefix_virtual_tokens x "
+                       f"num_special_tokens, 2 x layers x key/value width)")
+    check_finite({"prompt_embeddings": table}, weights)
+    both = table.float().reshape(count, 2 * layers, kv_heads, head_dim).permute(1, 2, 0, 3)
+    return both[0::2], both[1::2]
+
+
+def _load_extra(module, path: str, required: bool, missing: str | None = None) -> None:
     """Load one of the extra trained parts (weighting layers, custom head, prefix) from its file."""
     if not os.path.isfile(path):
         if required:
-            raise PPDError(f"{os.path.dirname(path)!r} is a checkpoint without {os.path.basename(path)}, "
+            raise PPDError(f"{os.path.dirname(path)!r} is a checkpoint without {missing or os.path.basename(path)}, "
                            "which its adapter_config.json asks for")
         return
     state = _load_state(path)
@@ -374,7 +449,7 @@ class AutoPromptDecoder:
         if model.custom_lm_head is not None and saved_config.use_custom_lm_head:
             _load_extra(model.custom_lm_head, os.path.join(path, CUSTOM_LM_HEAD_NAME), required=False)
         if model.prefix is not None and saved_config.use_prefix_tuning:
-            _load_extra(model.prefix, os.path.join(path, PREFIX_NAME), required=True)
+            model.load_prefix(path)
         model.checkpoint_dir = str(path)
         model.eval()
         return model

@@ -14,7 +14,8 @@ import torch
 from prompt.errors import PPDError
 from prompt.jsonio import write_bytes, write_json
 from prompt.model.config import CONFIG_NAME, PromptConfig
-from prompt.model.prompt_decoder import CUSTOM_LM_HEAD_NAME, PREFIX_NAME, WEIGHTING_LAYERS_NAME, WEIGHTS_NAME, torch_bytes
+from prompt.model.prompt_decoder import (CUSTOM_LM_HEAD_NAME, PREFIX_DIR, PREFIX_NAME, WEIGHTING_LAYERS_NAME,
+                                         WEIGHTS_NAME, torch_bytes)
 
 STATE_NAME = "trainer_state.pt"
 STATE_JSON = "trainer_state.json"
@@ -31,7 +32,8 @@ RESUMABLE_FLAGS = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint
                    "save_steps"}
 # files tied to the prompt tokens of a run: replaced or removed with them
 RUN_FILES = (CONFIG_NAME, WEIGHTS_NAME, WEIGHTING_LAYERS_NAME, CUSTOM_LM_HEAD_NAME, PREFIX_NAME, STATE_NAME, STATE_JSON,
-             ARGS_NAME, TREES_NAME, DECODING_NAME)
+             ARGS_NAME, TREES_NAME, DECODING_NAME, os.path.join(PREFIX_DIR, WEIGHTS_NAME),
+             os.path.join(PREFIX_DIR, CONFIG_NAME))
 
 
 def checkpoint_folders(output_dir: str) -> list[str]:
@@ -98,7 +100,8 @@ def check_output_dir(output_dir: str, config: PromptConfig, overwrite: bool, arg
         raise PPDError(f"--output_dir {output_dir!r} holds a run trained with other flags ({'; '.join(differences)}); "
                        f"pass the same flags to resume it, or {advice}")
     inside = resume is not None and os.path.abspath(os.path.dirname(resume.rstrip("/"))) == os.path.abspath(output_dir)
-    trained = [name for name in (WEIGHTS_NAME, PREFIX_NAME) if os.path.isfile(os.path.join(output_dir, name))]
+    trained = [name for name in (WEIGHTS_NAME, PREFIX_NAME, os.path.join(PREFIX_DIR, WEIGHTS_NAME))
+               if os.path.isfile(os.path.join(output_dir, name))]
     if (trained or checkpoint_folders(output_dir)) and not inside:
         what = f"trained prompt tokens ({', '.join(trained)})" if trained else "checkpoint-* folders"
         raise PPDError(f"--output_dir {output_dir!r} holds {what} and this run would not resume from its checkpoints, "
@@ -116,6 +119,9 @@ def clear_run(output_dir: str) -> list[str]:
         if os.path.isfile(os.path.join(output_dir, name)):
             os.remove(os.path.join(output_dir, name))
             removed.append(name)
+    prefix = os.path.join(output_dir, PREFIX_DIR)
+    if os.path.isdir(prefix) and not os.listdir(prefix):
+        os.rmdir(prefix)
     if removed:
         print(f"--overwrite_output_dir: removed {', '.join(removed)} from {output_dir}", file=sys.stderr)
     return removed
@@ -167,6 +173,11 @@ def save_final(output_dir: str, model, state: dict, args: dict) -> None:
     write_args_json(staging, args)
     names = sorted(os.listdir(staging), key=lambda name: name == CONFIG_NAME)  # the config last: it marks the folder
     for name in names:
+        if os.path.isdir(os.path.join(staging, name)):  # the prefix adapter's folder: its files, one by one
+            os.makedirs(os.path.join(output_dir, name), exist_ok=True)
+            for inner in sorted(os.listdir(os.path.join(staging, name)), key=lambda n: n == CONFIG_NAME):
+                os.replace(os.path.join(staging, name, inner), os.path.join(output_dir, name, inner))
+            continue
         os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     shutil.rmtree(staging, ignore_errors=True)
 
@@ -181,10 +192,11 @@ def load_checkpoint(folder: str, model, optimizer) -> dict:
                        f"this run trains {tuple(model.prompt_embeddings.shape)}")
     with torch.no_grad():
         model.prompt_embeddings.copy_(weights)
-    for module, name in ((model.weighting_layers, WEIGHTING_LAYERS_NAME), (model.custom_lm_head, CUSTOM_LM_HEAD_NAME),
-                         (model.prefix, PREFIX_NAME)):
+    for module, name in ((model.weighting_layers, WEIGHTING_LAYERS_NAME), (model.custom_lm_head, CUSTOM_LM_HEAD_NAME)):
         if module is not None:
             module.load_state_dict(torch.load(os.path.join(folder, name), map_location=model.device, weights_only=True))
+    if model.prefix is not None:
+        model.load_prefix(folder)
     saved = torch.load(os.path.join(folder, STATE_NAME), map_location=model.device, weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     return saved["state"]

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field  # noqa: E402
 import torch  # noqa: E402
 
 from prompt.data.files import canonical_model_name, load_dataset  # noqa: E402
+from prompt.data.upstream import is_saved_hf_dataset  # noqa: E402
 from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.train import checkpoints  # noqa: E402
 from prompt.train.arguments import check_args, parse_args, prompt_config  # noqa: E402
@@ -202,7 +203,7 @@ def accumulate_gradients(args, model, records, generators, dataset_type, many_cu
 # data
 def load_training_data(args):
     """The dataset, checked against the flags, cut to --size."""
-    if os.path.isdir(args.dataset_path) and not args.use_chunked:
+    if os.path.isdir(args.dataset_path) and not args.use_chunked and not is_saved_hf_dataset(args.dataset_path):
         raise PPDError(f"--dataset_path {args.dataset_path!r} is a folder; pass --use_chunked to read its chunk files")
     if args.use_chunked and not os.path.isdir(args.dataset_path):
         raise PPDError(f"--use_chunked needs --dataset_path to be a folder of chunk files, got {args.dataset_path!r}")
