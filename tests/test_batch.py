@@ -197,9 +197,12 @@ def test_batch_benchmark_measures_every_method_and_records_the_best_per_size(tmp
     (tmp_path / "decoding.json").write_text(json.dumps({"float32": {"tree_length": 0}}))
     ppd.checkpoint_dir = str(tmp_path)
     prompts = distinct_prompts(11, (5, 9, 3))
-    methods = batching.build_methods(ppd, [2], 0, [0, 21], [0, 3], batch_tuned=False)
-    assert set(methods) == {"generate", "plain", "ppd_tuned", "ppd_0_lookup_3", "ppd_21_lookup_0", "ppd_21_lookup_3",
-                            "sequential"}
+    from prompt.evaluation.tune import available_tree_lengths
+
+    length = available_tree_lengths(ppd)[-1]
+    methods = batching.build_methods(ppd, [2], 0, [0, length], [0, 3], batch_tuned=False)
+    assert set(methods) == {"generate", "plain", "ppd_tuned", "ppd_0_lookup_3", f"ppd_{length}_lookup_0",
+                            f"ppd_{length}_lookup_3", "sequential"}
     results = batching.measure(methods, prompts, [1, 3], 12, 2, log=lambda _: None)
     for size, totals in results.items():
         assert all(t["rows"] == 2 * size for t in totals.values())
@@ -209,7 +212,8 @@ def test_batch_benchmark_measures_every_method_and_records_the_best_per_size(tmp
     text = batching.table(results, batching.kv_bytes_per_slot(model))
     assert text.count("(best)") == 2 and "| 3 | sequential |" in text
     chosen = batching.best_per_size(results)
-    assert set(chosen) == {1, 3} and all(config[:2] in {(0, 0), (0, 3), (21, 0), (21, 3)} for config in chosen.values())
+    assert set(chosen) == {1, 3}
+    assert all(config[:2] in {(0, 0), (0, 3), (length, 0), (length, 3)} for config in chosen.values())
     path = batching.record(ppd, "float32", chosen, "python -m prompt.evaluation.batching ...")
     recorded = json.loads(open(path).read())["float32"]
     assert recorded["tree_length"] == 0 and set(recorded["batch_sizes"]) == {"1", "3"}
