@@ -9,6 +9,7 @@ lengths from --min-length to --max-length in steps of --length-interval that the
 Use validation prompts (ShareGPT beyond the training slice), never an evaluation set.
 """
 import os
+import sys
 
 import torch
 
@@ -17,6 +18,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import write_json
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
+from prompt.evaluation.runner import UPSTREAM_QUESTION_FILES
 from prompt.evaluation.tune import (PLAIN, available_tree_lengths, check_tree_lengths, choose, config_name,
                                    measure_configs, parse_lengths, results_table)
 from prompt.inference.choice import tree_file
@@ -31,10 +33,16 @@ def main():
                         help="Prompt-token folder or Hub repo id (default: the default model's).")
     parser.add_argument("--base-model-path", default=None, help="Base model folder or Hub repo id (default: the checkpoint's).")
     add_device_flags(parser, dtype="bfloat16")
-    parser.add_argument("--bench-name", default="sharegpt", choices=BENCH_NAMES)
-    parser.add_argument("--question-file", required=True)
-    parser.add_argument("--question-begin", type=int, default=940)
-    parser.add_argument("--question-end", type=int, default=946)
+    parser.add_argument("--bench-name", default=None, choices=BENCH_NAMES,
+                        help="Format of --question-file (default sharegpt); without --question-file: mt_bench.")
+    parser.add_argument("--question-file", default=None,
+                        help="Validation prompts (e.g. ShareGPT beyond the training slice). Default, as upstream: "
+                             "data/mt_bench/question.jsonl under the working folder (an evaluation set: the tree "
+                             "choice is then tuned on it, as upstream does).")
+    parser.add_argument("--question-begin", type=int, default=None,
+                        help="Default 940 with --question-file (ShareGPT beyond the training slice), else 0.")
+    parser.add_argument("--question-end", type=int, default=None,
+                        help="Default 946 with --question-file, else the file's end.")
     parser.add_argument("--max-new-token", type=int, default=128)
     parser.add_argument("--choices", default=None, help='Tree lengths, e.g. "[10, 16, 24]".')
     parser.add_argument("--min-length", type=int, default=8)
@@ -61,6 +69,17 @@ def main():
     out_file = os.path.join(args.dir_path, args.file_name + ".json") if args.dir_path else None
     if out_file and os.path.exists(out_file):
         raise PPDError(f"{out_file!r} exists; choose another --file-name or remove it")
+    if args.question_file is None:  # upstream measures on its MT-Bench question file
+        args.bench_name = args.bench_name or "mt_bench"
+        args.question_file = UPSTREAM_QUESTION_FILES.get(args.bench_name)
+        if args.question_file is None or not os.path.isfile(args.question_file):
+            raise PPDError(f"no --question-file, and upstream's default "
+                           f"{args.question_file or 'question file for ' + args.bench_name} is not under the working "
+                           "folder: pass --question-file (validation prompts, e.g. ShareGPT)")
+        print(f"warning: measuring on {args.question_file}, an evaluation set, as upstream does", file=sys.stderr)
+    elif args.question_begin is None and args.question_end is None:
+        args.question_begin, args.question_end = 940, 946
+    args.bench_name = args.bench_name or "sharegpt"
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     if args.choices:

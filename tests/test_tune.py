@@ -52,6 +52,21 @@ def test_accept_length_reports_each_tree_and_the_best(tmp_path):
                            "--file-name", "sizes"), "exists")
 
 
+def test_accept_length_runs_upstreams_command_on_its_default_question_file(tmp_path):
+    """Upstream's README command names no question file: upstream's data/mt_bench/question.jsonl is read."""
+    flags = ["--dir-path", tmp_path / "out", "--file-name", "sizes", "--eval-file-name",
+             "gen_model_answer_prompt_decoding.py", "--n", "1", "--choices", "[10]", "--max-new-token", 8,
+             "--question-end", 1, "--dtype", "float32"]
+    assert_clear_error(run("accept_length.py", *flags, cwd=tmp_path), "--question-file")
+    (tmp_path / "data" / "mt_bench").mkdir(parents=True)
+    (tmp_path / "data" / "mt_bench" / "question.jsonl").write_text(
+        json.dumps({"question_id": 1, "category": "writing", "turns": ["Say hello."]}) + "\n")
+    proc = run("accept_length.py", *flags, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "evaluation set" in proc.stderr and "| tree 10 |" in proc.stdout
+    assert (tmp_path / "out" / "sizes.json").is_file()
+
+
 @needs_sharegpt
 def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
     from prompt.inference.decoding import Decoder
