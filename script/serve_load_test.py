@@ -6,7 +6,8 @@ Starts `script/serve.sh --with-plain` on free loopback ports (or uses --base-url
 each model: first one request per prompt, one at a time, as the reference answer (and token count); then
 CLIENTS concurrent clients each send REQUESTS streamed requests (temperature 0, distinct prompts), the
 models taking turns for ROUNDS rounds. Every
-streamed answer must equal its reference (no lost, mixed or truncated answers). Reports time to first token,
+streamed answer must equal its reference (no lost, mixed or truncated answers; checked in float32, where a row of a
+batch equals the request decoded alone). Reports time to first token,
 p50/p95 latency and aggregate tokens/s per model, and the PPD/plain ratios measured in the same run. Stops the
 server it started, also on failure or timeout; the whole run is bounded by --timeout.
 """
@@ -219,7 +220,12 @@ def main():
           f"{ppd['latency_p50'] / plain['latency_p50']:.2f}x, p95 {ppd['latency_p95'] / plain['latency_p95']:.2f}x, "
           f"aggregate tokens/s {ppd['tokens_per_s'] / plain['tokens_per_s']:.2f}x; "
           f"PPD answers equal to plain: {same}/{len(prompts)}")
-    bad = [r for r in reports if r["answered"] != r["sent"] or r["wrong"]]
+    exact = args.dtype == "float32"  # lower precisions: a batched forward rounds differently from a lone one
+    if not exact and any(r["wrong"] for r in reports):
+        print(f"note: in {args.dtype} an answer decoded as a row of a batch may part from the one-at-a-time reference "
+              "at a near-tie (batched forwards round differently); run with --dtype float32 to check that no answer "
+              "is mixed or truncated")
+    bad = [r for r in reports if r["answered"] != r["sent"] or (exact and r["wrong"])]
     if bad:
         print("error: lost or wrong answers: " + ", ".join(f"{r['model']} {r['sent'] - r['answered']} lost "
                                                           f"{r['wrong']} wrong" for r in bad), file=sys.stderr)
