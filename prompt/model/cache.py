@@ -49,6 +49,20 @@ def new_cache(model, prefix_length: int = 0):
     return cache
 
 
+def _stored_layers(cache):
+    """The layers that store keys and values (shared or uninitialized layers store nothing)."""
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if keys is not None and getattr(layer, "is_initialized", True) and keys.dim() >= 2:
+            yield layer
+
+
+def _set(layer, keys, values) -> None:
+    layer.keys, layer.values = keys, values
+    if hasattr(layer, "cumulative_length"):
+        layer.cumulative_length = keys.shape[-2]
+
+
 def keep_cache_entries(cache, start: int, kept_offsets, written: int) -> None:
     """After a step that wrote `written` new entries from slot `start` on: keep the entries at `start + kept_offsets`
     (in that order) in slots start, start+1, ..., and drop the rest of the new entries."""
@@ -58,21 +72,14 @@ def keep_cache_entries(cache, start: int, kept_offsets, written: int) -> None:
         raise PPDError(f"cannot keep {count} of {written} new cache entries")
     moved = kept_offsets != list(range(count))
     index = None
-    for layer in cache.layers:
-        keys = getattr(layer, "keys", None)
-        if keys is None or not getattr(layer, "is_initialized", True) or keys.dim() < 2:
-            continue  # layers that store nothing (shared key/values, uninitialized)
-        end = keys.shape[-2] - written + count
+    for layer in _stored_layers(cache):
+        end = layer.keys.shape[-2] - written + count
         if moved:
-            if index is None or index.device != keys.device:
-                index = torch.tensor(kept_offsets, device=keys.device) + start
+            if index is None or index.device != layer.keys.device:
+                index = torch.tensor(kept_offsets, device=layer.keys.device) + start
             layer.keys[..., start: start + count, :] = layer.keys[..., index, :]
             layer.values[..., start: start + count, :] = layer.values[..., index, :]
-        if count < written:
-            layer.keys = layer.keys[..., :end, :]
-            layer.values = layer.values[..., :end, :]
-        if hasattr(layer, "cumulative_length"):
-            layer.cumulative_length = layer.keys.shape[-2]
+        _set(layer, layer.keys[..., :end, :], layer.values[..., :end, :])
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -80,14 +87,6 @@ def keep_cache_entries(cache, start: int, kept_offsets, written: int) -> None:
 #
 # Row b's entries sit in slots [0, length_b) (its prefix slots, then its sequence); the cache is as long as its
 # longest row, and a shorter row's slots past its own length are stale (the decode loop's masks hide them).
-def _stored_layers(cache):
-    """The layers that store keys and values (shared or uninitialized layers store nothing)."""
-    for layer in cache.layers:
-        keys = getattr(layer, "keys", None)
-        if keys is not None and getattr(layer, "is_initialized", True) and keys.dim() >= 2:
-            yield layer
-
-
 def cache_slots(cache) -> int:
     """Slots of the cache (the longest row's length in a batch cache)."""
     for layer in _stored_layers(cache):
@@ -106,12 +105,6 @@ def _pad(tensor, front: int, back: int):
     if back:
         parts.append(tensor.new_zeros(shape[:-2] + [back, shape[-1]]))
     return torch.cat(parts, -2)
-
-
-def _set(layer, keys, values) -> None:
-    layer.keys, layer.values = keys, values
-    if hasattr(layer, "cumulative_length"):
-        layer.cumulative_length = keys.shape[-2]
 
 
 def pad_cache(cache, front: int = 0, back: int = 0):
