@@ -7,7 +7,7 @@ import torch
 
 from prompt import PPDError
 from prompt.inference.acceptance import (GreedyAcceptance, TypicalAcceptance, TypicalSampling, acceptance_rule,
-                                         typical_filtered_probs)
+                                         greedy_best, typical_filtered_probs)
 from prompt.inference.tree import DEFAULT_TREE_FILE, DynamicTree, build_tree_buffers, with_chains
 from prompt.model.layout import SpecialTokenLayout
 
@@ -93,6 +93,8 @@ def test_vectorised_greedy_equals_the_node_by_node_rule(seed):
     logits = torch.randn(tree.num_nodes, vocab, generator=torch.Generator().manual_seed(seed))
     best, next_token = GreedyAcceptance().verify(tree, tokens, logits)
     assert (int(best), int(next_token)) == reference_greedy(tree, tokens.tolist(), logits)
+    # the batch's host-side form of the rule picks the same node
+    assert greedy_best(tree, tokens.tolist(), logits.argmax(-1).tolist()) == int(best)
 
 
 def test_typical_filter_keeps_the_likely_tokens():

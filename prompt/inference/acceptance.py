@@ -60,6 +60,20 @@ def _deepest(tree, accepted: torch.Tensor, score: torch.Tensor | None = None) ->
     return torch.where(deepest, score, torch.full_like(score, -float("inf"))).argmax()
 
 
+def greedy_best(tree, tokens: list, targets: list) -> int:
+    """The greedy rule on the host: the deepest node whose path the base model's argmax `targets` (per node) follows
+    (ties: the first), as `GreedyAcceptance.verify` picks it on the device."""
+    parents, paths = tree.node_parent, tree.node_paths
+    accepted = [True] * len(tokens)
+    best, best_depth = 0, 0
+    for i in range(1, len(tokens)):
+        parent = parents[i]
+        accepted[i] = accepted[parent] and tokens[i] == targets[parent]
+        if accepted[i] and len(paths[i]) > best_depth:
+            best, best_depth = i, len(paths[i])
+    return best
+
+
 class GreedyAcceptance:
     name = "greedy"
 

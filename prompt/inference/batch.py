@@ -24,6 +24,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from prompt.errors import PPDError
+from prompt.inference.acceptance import greedy_best
 from prompt.model import backbone
 from prompt.model.cache import append_rows, cache_slots, move_row_entries, pad_cache, select_rows
 
@@ -111,20 +112,40 @@ class DecodeBatch:
         output, node_logits, all_logits = self._forward(steps)
         slots = cache_slots(self.cache) - output.last_hidden_state.shape[1]  # the cache before this step
         hidden = output.last_hidden_state
-        decisions = []
-        for b, (state, step) in enumerate(zip(rows, steps)):
-            nodes = step.tree.num_nodes
-            rule = state.rule or decoder.rule
-            best, next_token = rule.verify(step.tree, step.node_tokens, node_logits[b, :nodes], state.generator)
-            finite = torch.isfinite(hidden[b, :nodes]).all()
-            decisions.append(torch.stack([best, next_token, finite.long()]))
-        # the step's one transfer to the host: every row's node tokens and decisions
-        host = torch.cat([step.node_tokens for step in steps] + decisions).tolist()
+        width = node_logits.shape[1]
+        rules = [state.rule or decoder.rule for state in rows]
+        greedy = [rule.name == "greedy" for rule in rules]
+        # greedy rows are verified on the host from one argmax over the batch; other rules run per row
+        parts = [step.node_tokens for step in steps]
+        parts.append(torch.isfinite(hidden[:, :width]).all(-1).reshape(-1).long())
+        if any(greedy):
+            parts.append(node_logits.argmax(-1).reshape(-1))
+        for b, (rule, step) in enumerate(zip(rules, steps)):
+            if not greedy[b]:
+                nodes = step.tree.num_nodes
+                best, next_token = rule.verify(step.tree, step.node_tokens, node_logits[b, :nodes], rows[b].generator)
+                parts.append(torch.stack([best, next_token]))
+        host = torch.cat(parts).tolist()  # the step's one transfer to the host
         tokens_of, offset = [], 0
         for step in steps:
             tokens_of.append(host[offset: offset + step.tree.num_nodes])
             offset += step.tree.num_nodes
-        decided = [host[offset + 3 * b: offset + 3 * b + 3] for b in range(len(rows))]
+        finite_of = [host[offset + b * width: offset + (b + 1) * width] for b in range(len(rows))]
+        offset += len(rows) * width
+        targets_of = [None] * len(rows)
+        if any(greedy):
+            targets_of = [host[offset + b * width: offset + (b + 1) * width] for b in range(len(rows))]
+            offset += len(rows) * width
+        decided = []
+        for b, step in enumerate(steps):
+            nodes = step.tree.num_nodes
+            finite = all(finite_of[b][:nodes])
+            if greedy[b]:
+                best = greedy_best(step.tree, tokens_of[b], targets_of[b])
+                decided.append((best, targets_of[b][best], finite))
+            else:
+                decided.append((host[offset], host[offset + 1], finite))
+                offset += 2
 
         # keep each row's accepted entries after its sequence
         paths, redo, moves = [], [], ([], [], [])
@@ -136,9 +157,11 @@ class DecodeBatch:
             path = step.tree.accepted_path[best]
             paths.append(path)
             start = self.prefix_slots + state.past
-            moves[0].extend([b] * len(path))
-            moves[1].extend(range(start, start + len(path)))
-            moves[2].extend(slots + i for i in path)
+            for target, source in zip(range(start, start + len(path)), path):
+                if target != slots + source:  # entries already in place stay
+                    moves[0].append(b)
+                    moves[1].append(target)
+                    moves[2].append(slots + source)
         kept = max([self.prefix_slots + state.past + len(path)
                     for state, path in zip(rows, paths) if path is not None] or [self.prefix_slots])
         move_row_entries(self.cache, *(torch.tensor(m, dtype=torch.long) for m in moves), kept)
@@ -148,9 +171,11 @@ class DecodeBatch:
         for b, (state, step, path, (_, next_token, _)) in enumerate(zip(rows, steps, paths, decided)):
             if path is None:
                 continue
-            row_output = SimpleNamespace(
-                last_hidden_state=hidden[b: b + 1],
-                hidden_states=tuple(h[b: b + 1] for h in output.hidden_states) if output.hidden_states else None)
+            row_output = None  # what advance reads: only the special tokens' hidden states
+            if state.prompt_tokens and step.tree.special_rows[path[-1]]:
+                row_output = SimpleNamespace(
+                    last_hidden_state=hidden[b: b + 1],
+                    hidden_states=tuple(h[b: b + 1] for h in output.hidden_states) if output.hidden_states else None)
             decoder.advance(state, step, path, row_output, all_logits[b] if all_logits is not None else None)
             tokens = decoder.accepted(state, [tokens_of[b][i] for i in path], next_token)
             if tokens:
@@ -174,31 +199,41 @@ class DecodeBatch:
         inputs = max(tree.num_inputs for tree in trees)
         count, slots, prefix = len(rows), cache_slots(self.cache), self.prefix_slots
         embed = decoder.base.get_input_embeddings()
-        node_embeds = embed(torch.cat([step.node_tokens for step in steps])).split(
-            [tree.num_nodes for tree in trees])
-        per_row = []
-        for tree, nodes in zip(trees, node_embeds):
-            if tree.num_special_inputs:
-                nodes = torch.cat([nodes, model.prompt_embeds()[tree.special_prompt_index]])
-            per_row.append(nodes)
-        embeds = pad_sequence(per_row, batch_first=True)
-        if embeds.shape[1] < inputs:
-            embeds = torch.nn.functional.pad(embeds, (0, 0, 0, inputs - embeds.shape[1]))
+        node_embeds = embed(torch.cat([step.node_tokens for step in steps]))
+        same = all(tree is trees[0] for tree in trees)  # one tree for every row (plain steps): no per-row work
+        if same and not trees[0].num_special_inputs:
+            embeds = node_embeds.reshape(count, inputs, -1)
+        else:
+            per_row = []
+            for tree, nodes in zip(trees, node_embeds.split([tree.num_nodes for tree in trees])):
+                if tree.num_special_inputs:
+                    nodes = torch.cat([nodes, model.prompt_embeds()[tree.special_prompt_index]])
+                per_row.append(nodes)
+            embeds = pad_sequence(per_row, batch_first=True)
+            if embeds.shape[1] < inputs:
+                embeds = torch.nn.functional.pad(embeds, (0, 0, 0, inputs - embeds.shape[1]))
         past = torch.tensor([state.past for state in rows], device=device)
-        positions = pad_sequence([tree.positions for tree in trees], batch_first=True) + past[:, None]
+        if same:
+            positions = trees[0].positions[None] + past[:, None]
+        else:
+            positions = pad_sequence([tree.positions for tree in trees], batch_first=True) + past[:, None]
 
         # each row sees its own valid slots, then its own tree; padding inputs see only themselves
         columns = torch.arange(slots, device=device)
         history = (columns[None] >= prefix) & (columns[None] < prefix + past[:, None])  # [B, slots]
-        allowed = torch.zeros(count, inputs, slots + inputs, dtype=torch.bool, device=device)
+        allowed = torch.empty(count, inputs, slots + inputs, dtype=torch.bool, device=device)
         allowed[:, :, :slots] = history[:, None]
-        allowed[:, :, slots:] = torch.eye(inputs, dtype=torch.bool, device=device)
-        specials = torch.full((count, inputs), -1, device=device)
-        for b, tree in enumerate(trees):
-            n = tree.num_inputs
-            allowed[b, :n, slots: slots + n] = tree.allowed
-            specials[b, :n] = tree.special_of_inputs
-        if prefix:  # special token j sees its own prefix slots
+        if same:
+            allowed[:, :, slots:] = trees[0].allowed
+            specials = trees[0].special_of_inputs[None].expand(count, inputs)
+        else:
+            allowed[:, :, slots:] = torch.eye(inputs, dtype=torch.bool, device=device)
+            specials = torch.full((count, inputs), -1, device=device)
+            for b, tree in enumerate(trees):
+                n = tree.num_inputs
+                allowed[b, :n, slots: slots + n] = tree.allowed
+                specials[b, :n] = tree.special_of_inputs
+        if prefix and any(tree.num_special_inputs for tree in trees):  # special token j sees its own prefix slots
             allowed[:, :, :prefix] = model.layout.prefix_attention(specials.reshape(-1)).reshape(count, inputs, prefix)
         mask = backbone.additive_mask(allowed[:, None], embeds.dtype)
         needs_hidden = decoder.ppd and model.needs_hidden_states() and any(state.prompt_tokens for state in rows)

@@ -303,8 +303,12 @@ class Decoder:
         state.past += len(path)
         if state.prompt_tokens:
             rows = tree.special_rows[path[-1]]  # empty after a chain node: the next step recovers from the root
-            head = all_logits[rows][None] if all_logits is not None else None
-            state.special_logits = self.model.special_token_logits(self.model.special_hidden(output, rows), head)[0]
+            if not rows:  # no guesses to read (a plain step, or a chain won)
+                state.special_logits = state.special_logits[:0]
+            else:
+                head = all_logits[rows][None] if all_logits is not None else None
+                state.special_logits = self.model.special_token_logits(self.model.special_hidden(output, rows),
+                                                                       head)[0]
         state.result.chain_wins += int(path[-1] >= tree.num_prompt_nodes)
 
     def emit(self, state: SequenceState, tokens: list, next_token: int | None) -> list:

@@ -140,10 +140,13 @@ def select_rows(cache, rows, slots: int | None = None):
 def move_row_entries(cache, rows: torch.Tensor, targets: torch.Tensor, sources: torch.Tensor, slots: int) -> None:
     """The batch version of `keep_cache_entries`: entry (rows[i], sources[i]) moves to slot targets[i] (all sources
     are read before anything is written), then the cache is cut to `slots` slots. In place."""
+    moved = {}  # the indices on each device the layers sit on
     for layer in _stored_layers(cache):
-        device = layer.keys.device
-        r, t, s = rows.to(device), targets.to(device), sources.to(device)
-        if r.numel():
+        if rows.numel():
+            device = layer.keys.device
+            if device not in moved:
+                moved[device] = (rows.to(device), targets.to(device), sources.to(device))
+            r, t, s = moved[device]
             layer.keys[r, :, t] = layer.keys[r, :, s]
             layer.values[r, :, t] = layer.values[r, :, s]
         _set(layer, layer.keys[..., :slots, :], layer.values[..., :slots, :])
