@@ -16,6 +16,47 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from prompt.errors import PPDError
 
 
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` that appends new entries into spare capacity instead of concatenating.
+
+    transformers' dynamic layer copies its whole history at every forward (`torch.cat`), a cost that grows with the
+    batch and the context (at 8 sequences of the default model, tens of MB a step). This layer keeps its keys and
+    values as the leading slots of a larger buffer and writes each forward's entries after them; it copies only when
+    the buffer is full (to a quarter more, at least 64 slots more) or when its tensors were replaced by others (a
+    cut, a row selection). `keys`/`values` stay ordinary tensors (views of the buffer), so every cache function that
+    reads, cuts or writes them in place works unchanged. Entries past the current length are free space.
+    """
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys = self._append(self.keys, key_states, "_key_buffer")
+        self.values = self._append(self.values, value_states, "_value_buffer")
+        return self.keys, self.values
+
+    def _append(self, current, new, name):
+        buffer = getattr(self, name, None)
+        length = current.shape[-2] if current.dim() == new.dim() else 0
+        needed = length + new.shape[-2]
+        if not (buffer is not None and _leading_view(current, buffer) and needed <= buffer.shape[-2]):
+            shape = list(new.shape)
+            shape[-2] = needed + max(64, needed // 4)
+            buffer = new.new_empty(shape)
+            if length:
+                buffer[..., :length, :] = current
+            setattr(self, name, buffer)
+        buffer[..., length:needed, :] = new
+        return buffer[..., :needed, :]
+
+
+def _leading_view(tensor, buffer) -> bool:
+    """True when `tensor` is the leading slots of `buffer` (same rows, heads and layout)."""
+    return (tensor.dim() == buffer.dim() and tensor.data_ptr() == buffer.data_ptr()
+            and tensor.shape[:-2] == buffer.shape[:-2] and tensor.shape[-1] == buffer.shape[-1]
+            and tensor.stride() == buffer.stride() and tensor.dtype == buffer.dtype
+            and tensor.device == buffer.device)
+
+
 def full_history(cache):
     """Turn the cache's sliding-window layers into plain layers that keep every entry (in place; returns the cache).
 
@@ -27,7 +68,7 @@ def full_history(cache):
     for i, layer in enumerate(layers):
         if not isinstance(layer, DynamicSlidingWindowLayer):
             continue
-        plain = DynamicLayer()
+        plain = GrowingLayer()
         if layer.is_initialized and layer.keys is not None and layer.keys.numel():
             if layer.cumulative_length != layer.keys.shape[-2]:
                 raise PPDError("this cache already dropped entries behind its sliding window; "
@@ -45,6 +86,9 @@ def new_cache(model, prefix_length: int = 0):
     """
     config = getattr(model, "config", model)
     cache = full_history(DynamicCache(config=config))
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and not layer.is_initialized:
+            cache.layers[i] = GrowingLayer()
     cache.prefix_length = prefix_length
     return cache
 
