@@ -195,3 +195,15 @@ def test_only_prompt_embeddings_train():
     special, _ = ppd(torch.randint(3, 97, (2, 5)))
     special.sum().backward()
     assert ppd.prompt_embeddings.grad is not None and ppd.prompt_embeddings.grad.abs().sum() > 0
+
+
+def test_head_logits_of_a_slice_of_one_sequence_equal_the_head_of_each_row():
+    from prompt.model import backbone
+
+    model = tiny_llama(3)
+    hidden = torch.randn(1, 9, model.config.hidden_size)
+    sliced = hidden[:, 4:7]  # one sequence's rows: the batch stride is the longer sequence's
+    logits = backbone.head_logits(model, sliced)
+    assert logits.shape == (1, 3, model.config.vocab_size)
+    for i in range(3):
+        assert torch.allclose(logits[0, i], model.lm_head(hidden[0, 4 + i]), atol=1e-6)

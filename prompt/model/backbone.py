@@ -69,9 +69,18 @@ def body(model):
     return decoder
 
 
+def apply_head(head, hidden: torch.Tensor) -> torch.Tensor:
+    """`head(hidden)` with the leading dimensions flattened. torch's matmul does not fold a 3-D input of one sequence
+    sliced from a longer one ([1, n, H] with a batch stride of another length) into one matrix product when the weight
+    needs no gradient: it copies the whole weight for a batched product instead (about 0.2 s for the default model's
+    vocabulary head on this CPU, against 0.01 s for the same product in 2-D)."""
+    flat = head(hidden.reshape(-1, hidden.shape[-1]))
+    return flat.reshape(*hidden.shape[:-1], flat.shape[-1])
+
+
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """The model's own output head applied to final hidden states (with final logit soft-capping where configured)."""
-    logits = model.get_output_embeddings()(hidden)
+    logits = apply_head(model.get_output_embeddings(), hidden)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -242,7 +242,7 @@ class PromptDecoder(nn.Module):
         if head_logits is not None:
             logits = head_logits
         elif self.custom_lm_head is not None:
-            logits = self.custom_lm_head(hidden.to(self.custom_lm_head.weight.dtype))
+            logits = backbone.apply_head(self.custom_lm_head, hidden.to(self.custom_lm_head.weight.dtype))
         else:
             logits = backbone.head_logits(self.base_model, hidden)
         if v == 1:
