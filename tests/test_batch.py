@@ -187,6 +187,35 @@ def test_decoding_tuned_per_batch_size_is_used_by_running_batches(tmp_path):
         Decoder(ppd)
 
 
+def test_rows_of_a_batch_size_without_a_tree_prefill_plainly_and_rows_with_the_prefix_join_them(tmp_path):
+    import json
+
+    model, ppd = ppd_model(12, prefix=2)
+    (tmp_path / "decoding.json").write_text(json.dumps({"float32": {"batch_sizes": {"3": {"tree_length": 0}}}}))
+    ppd.checkpoint_dir = str(tmp_path)
+    prompts = distinct_prompts(12, (6, 9, 4, 11))
+    expected = [reference(model, torch.tensor([p]), 20) for p in prompts]
+    full = [p + e for p, e in zip(prompts, expected)]
+    decoder = BatchOracle(ppd, full, 12)
+    # filled at once for the size with no tree: no prompt tokens, no prefix slots
+    batch = decoder.batch(expected_rows=3)
+    states = [batch.add(p, 20) for p in prompts[:3]]
+    assert not any(s.prompt_tokens for s in states) and batch.prefix_slots == 0
+    # a row joining a smaller batch (the decoder's own tree): prompt tokens and the prefix; plain rows get zero
+    # prefix slots in front of theirs, and every row still decodes as alone
+    batch = decoder.batch(expected_rows=3)
+    first = batch.add(prompts[0], 20)
+    batch.step()
+    batch.expected_rows = 0
+    second = batch.add(prompts[1], 20)
+    assert not first.prompt_tokens and second.prompt_tokens
+    assert batch.prefix_slots == ppd.layout.prefix_length == first.prefix_slots > 0
+    while len(batch):
+        batch.step()
+    assert [first.result.token_ids, second.result.token_ids] == expected[:2]
+    assert second.result.accept_length > 1.3 and first.result.step_tokens == [1] * len(first.result.step_tokens)
+
+
 def test_batch_benchmark_measures_every_method_and_records_the_best_per_size(tmp_path):
     import json
 

@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.cache_utils import DynamicLayer
 
-from prompt.model.cache import (GrowingLayer, append_rows, cache_slots, keep_cache_entries, move_row_entries,
+from prompt.model.cache import (GrowingLayer, append_rows, cache_capacity, cache_slots, keep_cache_entries, move_row_entries,
                                 new_cache, pad_cache, select_rows)
 
 
@@ -89,7 +89,8 @@ def test_growing_layer_appends_in_place_until_full_and_new_caches_never_share_a_
     assert isinstance(cache.layers[0], GrowingLayer)
     cache.update(torch.ones(1, 2, 10, 4), torch.ones(1, 2, 10, 4), 0)
     start = cache.layers[0].keys.data_ptr()
-    for step in range(20):  # 20 more slots fit the first buffer (10 + 64 spare)
+    assert cache_capacity(cache) == 10 + 32
+    for step in range(20):  # 20 more slots fit the first buffer (10 + 32 spare)
         cache.update(torch.full((1, 2, 1, 4), float(step)), torch.zeros(1, 2, 1, 4), 0)
         assert cache.layers[0].keys.data_ptr() == start
     assert cache_slots(cache) == 30
@@ -97,6 +98,7 @@ def test_growing_layer_appends_in_place_until_full_and_new_caches_never_share_a_
     early = cache.layers[0].keys
     cache.update(torch.full((1, 2, 100, 4), 7.0), torch.zeros(1, 2, 100, 4), 0)  # beyond the spare slots: a new buffer
     assert cache.layers[0].keys.data_ptr() != start and cache_slots(cache) == 130
+    assert cache_capacity(cache) == 130 + 32  # an eighth of 130 is less than 32
     assert torch.equal(cache.layers[0].keys[..., :30, :], early)
     other = new_cache(config)
     other.update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), 0)

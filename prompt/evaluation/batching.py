@@ -13,9 +13,10 @@ interleaved and rotated over `--rounds` rounds so that machine noise hits them a
 - batch_tuned: the decoding recorded per batch size (decoding.json `batch_sizes`), where there is one;
 - sequential: the tuned decoding one prompt at a time (batch of one), whose tokens/s is the same at every B.
 Aggregate tokens/s counts each row's new tokens up to its stop token; accept length is new tokens per forward
-(prefill included). Memory per sequence: KV-cache bytes at the batch's peak between steps (stale slots of shorter
-rows included), divided by its rows; for generate and sequential, the longest row's prompt and new tokens. With --record the best candidate of each batch size is recorded (tune on
-prompts that are not evaluation sets, e.g. ShareGPT).
+(prefill included). Memory per sequence: KV-cache bytes allocated at the batch's peak between steps (stale slots
+of shorter rows and the growing cache's spare slots included), divided by its rows; for generate and sequential, the
+longest row's prompt and new tokens. With --record the best candidate of each batch size is recorded (tune on prompts
+that are not evaluation sets, e.g. ShareGPT).
 """
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class OurBatch:
             results = [self.decoder.generate(torch.tensor([p]), max_new_tokens) for p in prompts]
             slots = max(len(p) + r.new_tokens for p, r in zip(prompts, results))  # one sequence at a time
         else:
-            batch = self.decoder.batch(self.setting)
+            batch = self.decoder.batch(self.setting, expected_rows=len(prompts))
             states = [batch.add(p, max_new_tokens) for p in prompts]
             while len(batch):
                 batch.step()

@@ -529,7 +529,7 @@ def answer_batched(args, questions, decoder_for, formatter, totals: MethodTotals
     pending = [(q_index, question, choice) for q_index, question in enumerate(questions)
                for choice in range(args.num_choices)]
     pending.reverse()
-    batch = decoder_for(0.0).batch()
+    batch = decoder_for(0.0).batch(expected_rows=min(batch_size, len(pending)))
     active = {}  # id(row state) -> (state, q_index, _Choice)
     finished = {}  # q_index -> {choice index: row}
     progress = tqdm(total=len(questions), desc="batched", unit="question")

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pad_sequence
 from prompt.errors import PPDError
 from prompt.inference.acceptance import greedy_best
 from prompt.model import backbone
-from prompt.model.cache import append_rows, cache_slots, move_row_entries, pad_cache, select_rows
+from prompt.model.cache import append_rows, cache_capacity, cache_slots, move_row_entries, pad_cache, select_rows
 
 __all__ = ["DecodeBatch"]
 
@@ -37,16 +37,19 @@ class DecodeBatch:
     `add()` prefills a sequence and makes it a row; `step()` runs one step for every row and returns
     [(state, tokens emitted)]; rows that finish leave the batch. `setting`: a callable rows -> StepSetting (the
     tree and context sources for a batch of that many rows; None: the decoder's own); default: the decodings tuned
-    per batch size (`Decoder.batch_setting`).
+    per batch size (`Decoder.batch_setting`). `expected_rows`: how many rows the caller is about to add at once (a
+    batch filled before its first step); a row prefills with the prompt tokens only when the decoding for the batch
+    size it joins (at least `expected_rows`) has a tree, and decodes plainly for the rest of its life otherwise.
     """
 
-    def __init__(self, decoder, setting=None):
+    def __init__(self, decoder, setting=None, expected_rows: int = 0):
         self.decoder = decoder
         self.setting_for_rows = setting
-        self.peak_slots = 0  # the most cache slots held between steps, all rows together
+        self.expected_rows = expected_rows
+        self.peak_slots = 0  # the most cache slots allocated between steps, all rows together
         self.rows: list = []  # SequenceState per row, in cache row order
         self.cache = None
-        self.prefix_slots = decoder.model.layout.prefix_length if decoder.ppd else 0
+        self.prefix_slots = 0  # prefix slots before every row's sequence: the prefix's length once a row has it
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,14 +60,24 @@ class DecodeBatch:
         decoder = self.decoder
         input_ids = decoder._check_inputs(input_ids, max_new_tokens)
         generator = torch.Generator(device=decoder.device).manual_seed(seed) if seed is not None else None
+        setting = self._setting(max(len(self.rows) + 1, self.expected_rows))
+        prompt_tokens = None if setting is None else setting.tree is not None  # None: the decoder's own choice
         with torch.inference_mode():
             state = decoder.prefill(input_ids, max_new_tokens, generator, result, rule=rule,
-                                    stop_token_ids=stop_token_ids)
+                                    stop_token_ids=stop_token_ids, prompt_tokens=prompt_tokens)
             self._join(state)
         return state
 
+    def _setting(self, rows: int):
+        return (self.setting_for_rows or self.decoder.batch_setting)(rows)
+
     def _join(self, state) -> None:
         cache, state.cache = state.cache, None
+        if state.prefix_slots > self.prefix_slots and self.cache is not None:  # the first row with the prefix
+            pad_cache(self.cache, front=state.prefix_slots - self.prefix_slots)
+            for row in self.rows:
+                row.prefix_slots = state.prefix_slots
+        self.prefix_slots = max(self.prefix_slots, state.prefix_slots)
         if state.prefix_slots < self.prefix_slots:  # a row without the prefix: zeros that its mask never shows
             pad_cache(cache, front=self.prefix_slots - state.prefix_slots)
             state.prefix_slots = self.prefix_slots
@@ -85,7 +98,7 @@ class DecodeBatch:
             return
         self.rows = [self.rows[i] for i in keep]
         if not self.rows:
-            self.cache = None
+            self.cache, self.prefix_slots = None, 0
             return
         select_rows(self.cache, keep, max(self.prefix_slots + row.past for row in self.rows))
 
@@ -107,7 +120,7 @@ class DecodeBatch:
 
     def _verify_step(self) -> list:
         decoder, rows = self.decoder, self.rows
-        setting = (self.setting_for_rows or decoder.batch_setting)(len(rows))
+        setting = self._setting(len(rows))
         steps = [decoder.propose(state, setting) for state in rows]
         output, node_logits, all_logits = self._forward(steps)
         slots = cache_slots(self.cache) - output.last_hidden_state.shape[1]  # the cache before this step
@@ -165,7 +178,7 @@ class DecodeBatch:
         kept = max([self.prefix_slots + state.past + len(path)
                     for state, path in zip(rows, paths) if path is not None] or [self.prefix_slots])
         move_row_entries(self.cache, *(torch.tensor(m, dtype=torch.long) for m in moves), kept)
-        self.peak_slots = max(self.peak_slots, len(rows) * kept)
+        self.peak_slots = max(self.peak_slots, len(rows) * cache_capacity(self.cache))
 
         emitted = []
         for b, (state, step, path, (_, next_token, _)) in enumerate(zip(rows, steps, paths, decided)):
@@ -256,7 +269,7 @@ def generate_batch(decoder, prompts, max_new_tokens: int = 512, seed=None, setti
         prompts = list(prompts)
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise PPDError("generate_batch takes a non-empty list of prompts (token-id sequences)")
-    batch = DecodeBatch(decoder, setting)
+    batch = DecodeBatch(decoder, setting, expected_rows=len(prompts))
     states = [batch.add(prompt, max_new_tokens, seed=seed) for prompt in prompts]
     while len(batch):
         batch.step()

@@ -189,17 +189,18 @@ class Decoder:
     # ----------------------------------------------------------------------------------------------
     # the steps
     def prefill(self, input_ids: torch.Tensor, max_new_tokens: int, generator=None, result=None, rule=None,
-                stop_token_ids=None) -> SequenceState:
+                stop_token_ids=None, prompt_tokens: bool | None = None) -> SequenceState:
         """Run the prompt (with the prompt tokens appended when they fit the context) and return the new state.
 
-        `rule` and `stop_token_ids` override the decoder's for this sequence (a server's per-request settings)."""
+        `rule` and `stop_token_ids` override the decoder's for this sequence (a server's per-request settings);
+        `prompt_tokens=False` decodes this sequence plainly (a batch size whose decoding has no tree)."""
         result = result if result is not None else GenerationResult()
         rule = rule or self.rule
         stop_token_ids = self.stop_token_ids if stop_token_ids is None else frozenset(int(t) for t in stop_token_ids)
         start = time.perf_counter()
         length = input_ids.shape[1]
-        prompt_tokens = self.ppd and (self.max_positions is None
-                                      or length + self.model.config.num_special_tokens <= self.max_positions)
+        prompt_tokens = self.ppd and prompt_tokens is not False and (
+            self.max_positions is None or length + self.model.config.num_special_tokens <= self.max_positions)
         while True:
             state = self._prefill(input_ids, max_new_tokens, generator, result, start, prompt_tokens, rule)
             if state is not None:
@@ -465,11 +466,11 @@ class Decoder:
             pass
         return result
 
-    def batch(self, setting=None):
+    def batch(self, setting=None, expected_rows: int = 0):
         """A running batch (`prompt.inference.batch.DecodeBatch`) that sequences join and leave between steps."""
         from prompt.inference.batch import DecodeBatch
 
-        return DecodeBatch(self, setting)
+        return DecodeBatch(self, setting, expected_rows)
 
     def generate_batch(self, prompts, max_new_tokens: int = 512, seed=None) -> list:
         """Decode several prompts (token-id sequences of any lengths) together: one GenerationResult per prompt, in

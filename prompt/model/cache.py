@@ -22,7 +22,7 @@ class GrowingLayer(DynamicLayer):
     transformers' dynamic layer copies its whole history at every forward (`torch.cat`), a cost that grows with the
     batch and the context (at 8 sequences of the default model, tens of MB a step). This layer keeps its keys and
     values as the leading slots of a larger buffer and writes each forward's entries after them; it copies only when
-    the buffer is full (to a quarter more, at least 64 slots more) or when its tensors were replaced by others (a
+    the buffer is full (to an eighth more, at least 32 slots more) or when its tensors were replaced by others (a
     cut, a row selection). `keys`/`values` stay ordinary tensors (views of the buffer), so every cache function that
     reads, cuts or writes them in place works unchanged. Entries past the current length are free space.
     """
@@ -40,7 +40,7 @@ class GrowingLayer(DynamicLayer):
         needed = length + new.shape[-2]
         if not (buffer is not None and _leading_view(current, buffer) and needed <= buffer.shape[-2]):
             shape = list(new.shape)
-            shape[-2] = needed + max(64, needed // 4)
+            shape[-2] = needed + max(32, needed // 8)
             buffer = new.new_empty(shape)
             if length:
                 buffer[..., :length, :] = current
@@ -131,6 +131,16 @@ def keep_cache_entries(cache, start: int, kept_offsets, written: int) -> None:
 #
 # Row b's entries sit in slots [0, length_b) (its prefix slots, then its sequence); the cache is as long as its
 # longest row, and a shorter row's slots past its own length are stale (the decode loop's masks hide them).
+def cache_capacity(cache) -> int:
+    """Slots the cache has allocated (its growing layers' spare slots included): what its memory holds."""
+    for layer in _stored_layers(cache):
+        buffer = getattr(layer, "_key_buffer", None)
+        if buffer is not None and _leading_view(layer.keys, buffer):
+            return buffer.shape[-2]
+        return layer.keys.shape[-2]
+    return 0
+
+
 def cache_slots(cache) -> int:
     """Slots of the cache (the longest row's length in a batch cache)."""
     for layer in _stored_layers(cache):
