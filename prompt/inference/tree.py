@@ -259,8 +259,7 @@ class DynamicTree:
 
     def __init__(self, spec, layout: SpecialTokenLayout, device=None):
         trees = _validate_spec(spec, layout.num_special_tokens)
-        # upstream's tree length: candidate nodes plus their special tokens, over the largest tree
-        self.tree_length = max(tree_length([n for _, n in nodes]) for nodes in trees.values())
+        self.tree_length = _largest_tree_length(trees)  # upstream's measure
         self.buffers = {d: build_tree_buffers(nodes, layout, d).to(device) for d, nodes in trees.items()}
         self.depths = sorted(self.buffers)
         # no special-token logits to read (the last accepted node carried none): the root alone, with
@@ -283,10 +282,15 @@ def root_only_buffers(device=None) -> TreeBuffers:
     return build_tree_buffers([], SpecialTokenLayout(0), depth=0, root_special_tokens=0).to(device)
 
 
+def _largest_tree_length(trees: dict) -> int:
+    """Upstream's tree length of validated trees ({depth: [(path, n_special)]}): candidate nodes plus their special
+    tokens, over the largest tree."""
+    return max(tree_length([n for _, n in nodes]) for nodes in trees.values())
+
+
 def spec_tree_length(spec, num_special_tokens: int) -> int:
     """Upstream's tree length of `spec`: candidate nodes plus their special tokens, over its largest tree."""
-    trees = _validate_spec(spec, num_special_tokens)
-    return max(tree_length([n for _, n in nodes]) for nodes in trees.values())
+    return _largest_tree_length(_validate_spec(spec, num_special_tokens))
 
 
 def spec_input_length(spec, num_special_tokens: int, virtual_tokens: int = 1) -> int:
