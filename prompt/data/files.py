@@ -122,6 +122,11 @@ def check_chunk_folder_complete(path: str, records: int) -> None:
                        f"chunk files are missing or were replaced; {finish} (with --overwrite to rebuild it)")
 
 
+def _check_type(path: str, dataset_type: str, expected_types, kind: str = "a ") -> None:
+    if expected_types is not None and dataset_type not in expected_types:
+        raise PPDError(f"{path!r} is {kind}{dataset_type} dataset; expected {' or '.join(expected_types)}")
+
+
 def load_dataset(path: str, expected_types=None, num_special_tokens: int | None = None) -> DatasetFile:
     """Read a dataset file (or, for a folder, every `*.pt` chunk in it, in name order) and check what it was built for."""
     if os.path.isdir(path):
@@ -129,8 +134,7 @@ def load_dataset(path: str, expected_types=None, num_special_tokens: int | None 
 
         if is_saved_hf_dataset(path):
             dataset_type, n, records = hf_dataset_records(path, num_special_tokens)
-            if expected_types is not None and dataset_type not in expected_types:
-                raise PPDError(f"{path!r} is a {dataset_type} dataset; expected {' or '.join(expected_types)}")
+            _check_type(path, dataset_type, expected_types)
             return DatasetFile(dataset_type, n, "", 0, records, {"source": "saved datasets object"}, path)
         files = sorted(glob.glob(os.path.join(path, "*.pt")), key=lambda name: (len(name), name))
         if not files:
@@ -154,14 +158,12 @@ def load_dataset(path: str, expected_types=None, num_special_tokens: int | None 
         upstream = None if content is None or ours else upstream_records(content, path, num_special_tokens)
         if upstream is not None:
             dataset_type, n, records = upstream
-            if expected_types is not None and dataset_type not in expected_types:
-                raise PPDError(f"{path!r} is an upstream {dataset_type} dataset; expected {' or '.join(expected_types)}")
+            _check_type(path, dataset_type, expected_types, "an upstream ")
             return DatasetFile(dataset_type, n, "", 0, records, {"source": "upstream PPD dataset file"}, path)
     payload = _read_payload(path, content)
     dataset = DatasetFile(payload["dataset_type"], int(payload["num_special_tokens"]), payload["model_name_or_path"],
                           int(payload["model_max_length"]), payload["records"], payload.get("info", {}), path)
-    if expected_types is not None and dataset.dataset_type not in expected_types:
-        raise PPDError(f"{path!r} is a {dataset.dataset_type} dataset; expected {' or '.join(expected_types)}")
+    _check_type(path, dataset.dataset_type, expected_types)
     if num_special_tokens is not None and dataset.num_special_tokens != num_special_tokens:
         raise PPDError(f"{path!r} was built for num_special_tokens={dataset.num_special_tokens}, "
                        f"but --num_special_tokens is {num_special_tokens}")
