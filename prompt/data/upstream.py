@@ -11,6 +11,8 @@ The same rows saved as a Hugging Face `datasets` object (`save_to_disk`) load th
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from prompt.errors import PPDError
@@ -99,8 +101,6 @@ def upstream_records(content, path: str, num_special_tokens: int | None):
 
 def is_saved_hf_dataset(path: str) -> bool:
     """A folder written by `datasets.Dataset.save_to_disk`."""
-    import os
-
     return os.path.isfile(os.path.join(path, "state.json")) and os.path.isfile(os.path.join(path, "dataset_info.json"))
 
 
@@ -120,6 +120,8 @@ def hf_dataset_records(path: str, num_special_tokens: int | None):
     if missing:
         raise PPDError(f"saved datasets object {path!r} has no column {', '.join(sorted(missing))} (upstream's columns: "
                        f"input_ids, attention_mask, labels)")
-    columns = data.with_format("torch")
-    rows = {name: [columns[i][name] for i in range(len(columns))] for name in ("input_ids", "attention_mask", "labels")}
+    rows = {name: [] for name in ("input_ids", "attention_mask", "labels")}
+    for row in data.with_format("torch"):  # each row read once
+        for name, values in rows.items():
+            values.append(row[name])
     return upstream_records(rows, path, num_special_tokens)
