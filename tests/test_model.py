@@ -168,6 +168,33 @@ def test_prefix_tuning_round_trip_and_clear_errors(tmp_path):
         AutoPromptDecoder.from_pretrained(str(tmp_path / "out"), base_model=tiny_llama(0))
 
 
+def test_prefix_position_convention_survives_save_and_load(tmp_path):
+    """Prompt tokens trained at the anchor's next positions (the shipped tokens' convention) are saved as
+    prefix_tuning.pt and load with that convention; saving either convention over the other replaces its file."""
+    config = PromptConfig(num_special_tokens=2, use_prefix_tuning=True, prefix_virtual_tokens=3,
+                          base_model_name_or_path="unused", prompt_tuning_init="RANDOM")
+    upstream = PromptDecoder(tiny_llama(0), config)
+    nearby = PromptDecoder(tiny_llama(0), config)
+    with torch.no_grad():
+        nearby.prompt_embeddings.copy_(upstream.prompt_embeddings)
+        for ppd in (upstream, nearby):
+            ppd.prefix.values.normal_(generator=torch.Generator().manual_seed(3))
+    nearby.use_next_positions_for_prefix()
+    assert nearby.prefix_at_next_positions and not upstream.prefix_at_next_positions
+    ids = torch.randint(3, 97, (1, 6))
+    assert not torch.allclose(nearby(ids)[0], upstream(ids)[0], atol=1e-3)  # the convention changes the logits
+    out = tmp_path / "out"
+    upstream.save_pretrained(out)
+    nearby.save_pretrained(out)  # over the upstream-convention files
+    assert (out / "prefix_tuning.pt").is_file() and not (out / "prefix").exists()
+    again = AutoPromptDecoder.from_pretrained(str(out), base_model=tiny_llama(0))
+    assert again.prefix_at_next_positions and torch.allclose(again(ids)[0], nearby(ids)[0], atol=1e-5)
+    upstream.save_pretrained(out)  # and back
+    assert (out / "prefix" / "adapter_model.safetensors").is_file() and not (out / "prefix_tuning.pt").exists()
+    again = AutoPromptDecoder.from_pretrained(str(out), base_model=tiny_llama(0))
+    assert not again.prefix_at_next_positions and torch.allclose(again(ids)[0], upstream(ids)[0], atol=1e-5)
+
+
 def test_hidden_size_mismatch_is_a_clear_error(tmp_path):
     model = tiny_llama(0)
     write_checkpoint(tmp_path / "ppd", 48, "unused")

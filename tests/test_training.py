@@ -268,6 +268,28 @@ def test_every_trainer_and_dataset_type_trains(work, tmp_path, kind, trainer_typ
         assert loaded.prefix_length == 2 * N and not torch.allclose(loaded.prefix.keys, fresh.prefix.keys)
 
 
+def test_prefix_positions_flag_and_warm_start_keep_the_convention(work, tmp_path, capsys):
+    """--prefix_positions next trains the shipped tokens' convention (saved as prefix_tuning.pt); a warm start
+    from such tokens (--stage1_model_path) starts from their weights and keeps their convention."""
+    flags = ["--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--learning_rate", "3e-2",
+             "--use_prefix_tuning", "--prefix_virtual_tokens", "2"]
+    first, warm = str(tmp_path / "first"), str(tmp_path / "warm")
+    train(work["model"], work["self_distillation"], first, *flags, "--prefix_positions", "next")
+    assert os.path.isfile(os.path.join(first, "prefix_tuning.pt")) and not os.path.exists(os.path.join(first, "prefix"))
+    loaded = AutoPromptDecoder.from_pretrained(first)
+    assert loaded.prefix_at_next_positions
+    train(work["model"], work["self_distillation"], warm, *flags, "--stage1_model_path", first, "--max_steps", "1")
+    again = AutoPromptDecoder.from_pretrained(warm)
+    assert again.prefix_at_next_positions
+    assert not torch.equal(embeddings(warm), embeddings(first))
+    assert logged_losses(warm)[0] < logged_losses(first)[0]  # started from the trained tokens, not afresh
+    assert_one_error(capsys, lambda: train(work["model"], work["self_distillation"], str(tmp_path / "x"), *flags,
+                                           "--stage1_model_path", first, "--prefix_positions", "after_prefix"),
+                     "were trained with next")
+    assert_one_error(capsys, lambda: train(work["model"], work["self_distillation"], str(tmp_path / "y"),
+                                           "--prefix_positions", "next"), "needs --use_prefix_tuning")
+
+
 def test_resume_from_a_checkpoint_gives_the_same_result(work, tmp_path):
     full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
     flags = ["--num_train_epochs", "2", "--per_device_train_batch_size", "2", "--save_steps", "5"]

@@ -178,9 +178,36 @@ class PromptDecoder(nn.Module):
         for module, name in self._extra_modules():
             write_bytes(os.path.join(directory, name), torch_bytes(module.state_dict()))
         if self.prefix is not None:
-            self._save_prefix(os.path.join(directory, PREFIX_DIR))
+            self._save_prefix(directory)
 
-    def _save_prefix(self, folder: str) -> None:
+    @property
+    def prefix_at_next_positions(self) -> bool:
+        """Whether the special tokens sit at the anchor's next positions (our earlier prefix convention, saved as
+        `prefix_tuning.pt`) rather than after the prefix positions (upstream's, saved as the `prefix/` adapter)."""
+        return self.prefix is not None and self.layout.position_shift == 0
+
+    def use_next_positions_for_prefix(self) -> None:
+        """Place the special tokens at the anchor's next positions (the convention the shipped tokens were trained
+        with); `save_pretrained` then writes `prefix_tuning.pt`, which loads with the same convention."""
+        self.layout = SpecialTokenLayout.from_config(self.config, upstream_prefix_positions=False)
+
+    def _save_prefix(self, directory: str) -> None:
+        """Save the prefix in the file whose loading keeps this model's position convention, and remove the other
+        convention's file of this checkpoint (it would otherwise be loaded in its place)."""
+        adapter = os.path.join(directory, PREFIX_DIR)
+        if self.prefix_at_next_positions:
+            write_bytes(os.path.join(directory, PREFIX_NAME), torch_bytes(self.prefix.state_dict()))
+            for name in (WEIGHTS_NAME, "adapter_config.json"):
+                if os.path.isfile(os.path.join(adapter, name)):
+                    os.remove(os.path.join(adapter, name))
+            if os.path.isdir(adapter) and not os.listdir(adapter):
+                os.rmdir(adapter)
+        else:
+            self._save_prefix_adapter(adapter)
+            if os.path.isfile(os.path.join(directory, PREFIX_NAME)):
+                os.remove(os.path.join(directory, PREFIX_NAME))
+
+    def _save_prefix_adapter(self, folder: str) -> None:
         """The prefix as upstream saves it: a peft PrefixTuning adapter (`adapter_config.json`, and
         `adapter_model.safetensors` whose `prompt_embeddings` is [P*N, 2*layers*kv_dim], peft's layout)."""
         from peft import PrefixTuningConfig
@@ -209,7 +236,7 @@ class PromptDecoder(nn.Module):
         else:
             _load_extra(self.prefix, os.path.join(folder, PREFIX_NAME), required=True,
                         missing=f"a prefix ({PREFIX_DIR}/ or {PREFIX_NAME})")
-            self.layout = SpecialTokenLayout.from_config(self.config, upstream_prefix_positions=False)
+            self.use_next_positions_for_prefix()
 
     def _extra_modules(self) -> list:
         """(module, file name) of the trained parts beside the prompt embeddings that this model has."""

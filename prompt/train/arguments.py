@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_bool(model, "--use_prefix_tuning", False, "Also train prefix keys and values in every layer, seen only by "
                                                   "the special tokens (--prefix_virtual_tokens per special token).")
     model.add_argument("--prefix_virtual_tokens", type=int, default=10)
+    model.add_argument("--prefix_positions", choices=("after_prefix", "next"), default=None,
+                       help="With prefix tuning: the special tokens' positions, after the prefix positions (upstream's; "
+                            "saved as the prefix/ adapter) or the anchor's next positions (the shipped tokens'; saved as "
+                            "prefix_tuning.pt). Default: after_prefix, or with --stage1_model_path its tokens' own.")
     model.add_argument("--num_exits", type=int, default=1)
     model.add_argument("--prompt_tuning_init", default="RANDOM", choices=("RANDOM", "TEXT"),
                        help="Initial prompt embeddings: random (scaled to the embedding table) or from text.")
@@ -136,6 +140,8 @@ def check_args(args) -> None:
         raise PPDError("--threads must be >= 1")
     if args.cuts_per_sequence < 0:
         raise PPDError("--cuts_per_sequence must be >= 0 (0 = all)")
+    if args.prefix_positions is not None and not args.use_prefix_tuning:
+        raise PPDError("--prefix_positions needs --use_prefix_tuning")
     if args.use_prefix_tuning and args.prefix_virtual_tokens < 1:
         raise PPDError("--prefix_virtual_tokens must be >= 1 with --use_prefix_tuning")
     if args.evaluation_strategy != "no":

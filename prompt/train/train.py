@@ -276,8 +276,14 @@ def load_model(args, config, device):
     torch.manual_seed(args.seed)
     if args.stage1_model_path:
         model = AutoPromptDecoder.from_pretrained(args.stage1_model_path, base_model=base, tokenizer=tokenizer, config=config)
+        own = "next" if model.prefix_at_next_positions else "after_prefix"
+        if model.prefix is not None and args.prefix_positions not in (None, own):
+            raise PPDError(f"--prefix_positions {args.prefix_positions}: the prompt tokens of --stage1_model_path "
+                           f"{args.stage1_model_path!r} were trained with {own}")
     else:
         model = PromptDecoder(base, config, tokenizer=tokenizer)
+        if args.prefix_positions == "next":
+            model.use_next_positions_for_prefix()
     model.eval()  # no dropout; gradients still reach the trainable parameters
     if args.gradient_checkpointing:
         set_layers_training_without_dropout(base)
