@@ -8,7 +8,8 @@ construction.
 For n special tokens of V virtual tokens each, appended after a token (the anchor) at position p:
 - input r (0 <= r < n*V) belongs to special token r // V and sits at position p + 1 + shift + r // V, where the
   shift is 0, or with prefix tuning upstream's P (its training puts the special tokens after the P prefix
-  positions); checkpoints saved before this layout followed upstream (`prefix_tuning.pt`) were trained with 0;
+  positions); `prefix_tuning.pt` checkpoints (the shipped tokens, and training with `--prefix_positions next`)
+  use 0;
 - it sees whatever the anchor sees, the anchor itself, and the virtual tokens that the `vt_attention`
   pattern allows among the n*V (the pattern is prefix-closed, so fewer special tokens use its top-left block);
 - with prefix tuning, special token j also sees its own P prefix slots at the front of the cache.
