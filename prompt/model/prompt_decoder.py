@@ -192,20 +192,21 @@ class PromptDecoder(nn.Module):
         self.layout = SpecialTokenLayout.from_config(self.config, upstream_prefix_positions=False)
 
     def _save_prefix(self, directory: str) -> None:
-        """Save the prefix in the file whose loading keeps this model's position convention, and remove the other
-        convention's file of this checkpoint (it would otherwise be loaded in its place)."""
+        """Save the prefix in the file whose loading keeps this model's position convention, after removing the
+        other convention's file of this checkpoint (it would otherwise be loaded in its place; removed first, a kill
+        in between leaves a checkpoint that refuses to load rather than one that loads the wrong prefix)."""
         adapter = os.path.join(directory, PREFIX_DIR)
         if self.prefix_at_next_positions:
-            write_bytes(os.path.join(directory, PREFIX_NAME), torch_bytes(self.prefix.state_dict()))
             for name in (WEIGHTS_NAME, "adapter_config.json"):
                 if os.path.isfile(os.path.join(adapter, name)):
                     os.remove(os.path.join(adapter, name))
             if os.path.isdir(adapter) and not os.listdir(adapter):
                 os.rmdir(adapter)
+            write_bytes(os.path.join(directory, PREFIX_NAME), torch_bytes(self.prefix.state_dict()))
         else:
-            self._save_prefix_adapter(adapter)
             if os.path.isfile(os.path.join(directory, PREFIX_NAME)):
                 os.remove(os.path.join(directory, PREFIX_NAME))
+            self._save_prefix_adapter(adapter)
 
     def _save_prefix_adapter(self, folder: str) -> None:
         """The prefix as upstream saves it: a peft PrefixTuning adapter (`adapter_config.json`, and
