@@ -119,3 +119,37 @@ def test_benchmark_headline_takes_each_side_at_its_fastest_in_any_dtype():
         "fastest (generate, float32, 25.0 tokens/s)",
         "- gsm8k: ours at its fastest (tuned, bfloat16, 45.0 tokens/s) is 1.25x transformers prompt lookup at its "
         "fastest (generate_lookup3, float32, 36.0 tokens/s)"]
+
+
+class SlowingDecoder(CountingDecoder):
+    """Each answer slower or faster as scripted, and a source that remembers the answers it has seen."""
+
+    def __init__(self, times):
+        super().__init__()
+        self.times = list(times)
+        self.sources = [RememberingSource()]
+
+    def generate(self, input_ids, max_new_tokens, seed=None):
+        self.calls.append((input_ids.shape[1], max_new_tokens))
+        self.sources[0].seen.append(input_ids.shape[1])
+        return GenerationResult(token_ids=[4] * max_new_tokens, forward_passes=max_new_tokens,
+                                wall_time=self.times.pop(0))
+
+
+class RememberingSource:
+    def __init__(self):
+        self.seen = []
+
+    def forget(self):
+        self.seen = []
+
+
+def test_rounds_keep_each_methods_fastest_answer_and_replay_the_sources_state():
+    """--rounds: the fastest round of each question counts, and every round of a question starts from the state the
+    context sources had before its first round (a repeat never sees the answer it repeats)."""
+    # warm-up, then 2 questions x 3 rounds: 2.0/0.5/1.0 s, then 3.0/4.0/2.5 s
+    decoder = SlowingDecoder([0.1, 2.0, 0.5, 1.0, 3.0, 4.0, 2.5])
+    totals = compare({"generate": decoder}, Formatter(), ["one", "three"], 20, warmup=1, progress=False, rounds=3)
+    assert totals["generate"].per_question == [(20, 0.5), (20, 2.5)]
+    # the source was emptied after the warm-up; each round of a question saw only the earlier questions' answers
+    assert decoder.sources[0].seen == [2, 2]  # question 1's last round, then question 2's last round
