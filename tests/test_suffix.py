@@ -91,6 +91,24 @@ def test_suffix_history_holds_earlier_answers_from_the_next_sequence_on():
     assert not source.history.answers and not source.propose([70, 71, 60, 61])
 
 
+def test_a_copied_suffix_source_replays_the_same_state_independently():
+    """A deep copy (what a benchmark's rounds restore) proposes what the original would, from its own history."""
+    import copy
+
+    source = SuffixCandidates(spec_factor=8, min_probability=0.0)
+    first = [50, 51, 52]
+    source.propose(first)
+    first += [60, 61, 62, 63, 64]  # the same list, growing, as the decode loop passes it
+    source.propose(first)
+    saved = copy.deepcopy(source)
+    assert source.propose([70, 71, 60, 61]).tokens == (62, 63, 64)
+    again = copy.deepcopy(saved)
+    assert again.propose([70, 71, 60, 61]).tokens == (62, 63, 64)
+    assert not saved.history.answers  # the copies moved on, the saved state did not
+    saved.forget()
+    assert again.history.answers == [[52, 60, 61, 62, 63, 64]]
+
+
 class DecoyTree:
     """A source that knows the reference continuation and proposes it as the second branch of a tree, behind a
     wrong first branch, with random errors deeper down: branches other than the first must win."""

@@ -204,6 +204,14 @@ class SuffixCandidates:
         self._sequences: list = []  # most recent last
         self._lock = threading.Lock()  # one Decoder may serve several threads (a web server's pool)
 
+    def __getstate__(self) -> dict:  # copies (a benchmark's rounds replay a saved state) get a lock of their own
+        with self._lock:
+            return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def forget(self) -> None:
         """Drop the history and every sequence seen so far."""
         with self._lock:
