@@ -78,7 +78,7 @@ def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
     (folder / "decoding.json").unlink(missing_ok=True)
     args = ["prompt.evaluation.tune", "--model-path", folder, "--dtype", "float32", "--question-file", SHAREGPT,
             "--question-begin", 940, "--question-end", 941, "--max-new-token", 8, "--tree-lengths", 10,
-            "--lookup-lengths", "0,4", "--suffix-nodes", "0,6", "--latency-lengths", "1,8"]
+            "--lookup-lengths", "0,4", "--suffix-nodes", "0,6", "--latency-lengths", "1,8", "--rounds", 2]
     proc = run_module(*args)
     assert proc.returncode == 0, proc.stderr
     recorded = json.loads((folder / "decoding.json").read_text())["float32"]
@@ -103,6 +103,7 @@ def test_tune_records_a_choice_per_dtype_and_decoders_use_it(tmp_path):
     assert (folder / "tuning_float32_trees.png").is_file() and (folder / "tuning_float32_latency.png").is_file()
     assert_clear_error(run_module(*args), "already records a float32 decoding")
     assert_clear_error(run_module(*args[:-4], "--tree-lengths", 1), "no tree of length 1")
+    assert_clear_error(run_module(*args[:-2], "--rounds", 0), "--rounds must be >= 1")
 
     # tuned at a temperature: recorded as the exact-sampling entry inside float32's, which stays as it was
     proc = run_module(*args[:-6], "--tree-lengths", 10, "--lookup-lengths", 0, "--temperature", 0.7)

@@ -109,10 +109,10 @@ def available_tree_lengths(model) -> list[int]:
 
 
 def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, warmup: int = 1, progress: bool = True,
-                    temperature: float = 0.0, sampling: str | None = None):
+                    temperature: float = 0.0, sampling: str | None = None, rounds: int = 1):
     """Run the decode loop with each (tree length, lookup tokens, suffix nodes) on every prompt, in the comparison
-    harness (interleaved and rotated; seeded per prompt when sampling at `temperature` with the rule `sampling`).
-    Returns {config: MethodTotals}."""
+    harness (interleaved and rotated; seeded per prompt when sampling at `temperature` with the rule `sampling`;
+    each configuration's fastest of `rounds` answers per prompt). Returns {config: MethodTotals}."""
     stops = formatter.stops(model)
     rule = {"temperature": temperature, "sampling": sampling}
     decoders = {}
@@ -122,7 +122,7 @@ def measure_configs(model, formatter, prompts, configs, max_new_tokens: int, war
                                                           tree_length=tree_length or None,
                                                           prompt_lookup_num_tokens=lookup, sources=sources,
                                                           stop_token_ids=stops, **rule)
-    return compare(decoders, formatter, prompts, max_new_tokens, warmup, progress)
+    return compare(decoders, formatter, prompts, max_new_tokens, warmup, progress, rounds=rounds)
 
 
 def config_name(config, plain: str = "plain greedy") -> str:
@@ -282,6 +282,9 @@ def main(argv=None):
     parser.add_argument("--report-dir", default=None, help="Where the measurements (JSON) and plots go (default: beside the output).")
     parser.add_argument("--overwrite", action="store_true", help="Replace this dtype's recorded decoding.")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Answer each prompt this many times per configuration (interleaved) and count each "
+                             "configuration's fastest: a steadier choice on a machine shared with other work.")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="Above 0: tune sampling at this temperature, recorded as the --sampling rule's entry.")
     parser.add_argument("--sampling", default=None, choices=[r for r in ACCEPTANCE_RULES if r != "greedy"],
@@ -290,8 +293,8 @@ def main(argv=None):
     rule = acceptance_rule(args.sampling, args.temperature).name  # bad values: one error before loading
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.max_new_token < 1:
-        raise PPDError("--max-new-token must be >= 1")
+    if args.max_new_token < 1 or args.rounds < 1:
+        raise PPDError("--max-new-token and --rounds must be >= 1")
     if args.bench_name in ("mt_bench", "alpaca_eval", "humaneval", "gsm8k"):
         print(f"warning: tuning on the evaluation set {args.bench_name} makes its benchmark figures optimistic",
               file=sys.stderr)
@@ -317,7 +320,7 @@ def main(argv=None):
     configs = [(t, k, n) for t in tree_lengths for k in lookup_lengths for n in suffix_nodes]
     formatter = ChatFormatter(model.tokenizer)
     totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token,
-                             temperature=args.temperature, sampling=args.sampling)
+                             temperature=args.temperature, sampling=args.sampling, rounds=args.rounds)
     plain_name = "plain greedy" if rule == "greedy" else "plain sampling"
     n, v = model.config.num_special_tokens, model.config.virtual_tokens_per_special_token
     inputs = {length: spec_input_length(spec, n, v) for length, spec in tree_specs(model).items()}
