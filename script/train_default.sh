@@ -32,27 +32,23 @@ DEST=prompt/weights/smollm2-135m-instruct
 THREAD_FLAGS=(--threads "${THREADS:-2}")
 mkdir -p "$WORK"
 
+# replies NAME DATA_PATH...: the base model's own greedy replies to those prompts, as $WORK/NAME_3_self_distillation_1024.pt
+# (skipped when that file exists)
+replies() {
+  local name=$1
+  shift
+  [ -f "$WORK/${name}_3_self_distillation_1024.pt" ] && return 0
+  "$PYTHON" generate_dataset.py --dataset_type self_distillation --model_name_or_path "$MODEL" \
+      --data_path "$@" --save_path "$WORK/$name" \
+      --num_special_tokens 3 --model_max_length 1024 --max_new_tokens 128 --batch_size 32 --dtype bfloat16 \
+      ${THREAD_FLAGS[@]+"${THREAD_FLAGS[@]}"}
+}
 TRAIN_SET=$WORK/train_3_self_distillation_1024.pt
-HELDOUT_SET=$WORK/heldout_3_self_distillation_1024.pt
-if [ ! -f "$TRAIN_SET" ]; then
-  "$PYTHON" generate_dataset.py --dataset_type self_distillation --model_name_or_path "$MODEL" \
-      --data_path "$SHAREGPT:0:300" "$GSM8K:0:84" --save_path "$WORK/train" \
-      --num_special_tokens 3 --model_max_length 1024 --max_new_tokens 128 --batch_size 32 --dtype bfloat16 \
-      ${THREAD_FLAGS[@]+"${THREAD_FLAGS[@]}"}
-fi
 LARGE_SET=$WORK/large_3_self_distillation_1024.pt
-if [ ! -f "$LARGE_SET" ]; then
-  "$PYTHON" generate_dataset.py --dataset_type self_distillation --model_name_or_path "$MODEL" \
-      --data_path "$SHAREGPT:0:600" "$GSM8K:0:200" --save_path "$WORK/large" \
-      --num_special_tokens 3 --model_max_length 1024 --max_new_tokens 128 --batch_size 32 --dtype bfloat16 \
-      ${THREAD_FLAGS[@]+"${THREAD_FLAGS[@]}"}
-fi
-if [ ! -f "$HELDOUT_SET" ]; then
-  "$PYTHON" generate_dataset.py --dataset_type self_distillation --model_name_or_path "$MODEL" \
-      --data_path "$SHAREGPT:900:940" --save_path "$WORK/heldout" \
-      --num_special_tokens 3 --model_max_length 1024 --max_new_tokens 128 --batch_size 32 --dtype bfloat16 \
-      ${THREAD_FLAGS[@]+"${THREAD_FLAGS[@]}"}
-fi
+HELDOUT_SET=$WORK/heldout_3_self_distillation_1024.pt
+replies train "$SHAREGPT:0:300" "$GSM8K:0:84"
+replies large "$SHAREGPT:0:600" "$GSM8K:0:200"
+replies heldout "$SHAREGPT:900:940"
 
 # train STAGE_DIR DATASET MINUTES LEARNING_RATE SEED [extra flags]: one stage, evaluated on the held-out replies
 train() {
