@@ -161,7 +161,7 @@ def compare(decoders: dict, formatter: ChatFormatter, prompts: list, max_new_tok
             probes.append(probe())
         names = list(decoders)
         names = names[i % len(names):] + names[: i % len(names)]  # rotate the order against drift
-        states = {name: _source_states(decoders[name]) for name in names} if rounds > 1 else {}
+        states = {name: _source_states(getattr(decoders[name], "sources", ())) for name in names} if rounds > 1 else {}
         results = {}
         for round_ in range(rounds):
             for name in names:
@@ -186,15 +186,15 @@ def _seconds(results: list) -> float:
     return sum(r.wall_time for r in results)
 
 
-def _source_states(decoder) -> list:
-    """Copies of the decoder's context sources that remember earlier answers (the suffix tree's history)."""
-    return [copy.deepcopy(source) if hasattr(source, "forget") else source for source in getattr(decoder, "sources", ())]
+def _source_states(sources) -> list:
+    """`sources` with a copy of each that remembers earlier answers (the suffix tree's history; the others as they are)."""
+    return [copy.deepcopy(source) if hasattr(source, "forget") else source for source in sources]
 
 
 def _restore_source_states(decoder, states: list) -> None:
     """Put back the sources `_source_states` copied (fresh copies: the saved ones serve later rounds too)."""
     if states:
-        decoder.sources[:] = [copy.deepcopy(source) if hasattr(source, "forget") else source for source in states]
+        decoder.sources[:] = _source_states(states)
 
 
 def _reference_probe(decoder, formatter: ChatFormatter, prompt: str, tokens: int = 12):
