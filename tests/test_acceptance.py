@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prompt import PPDError
-from prompt.inference.acceptance import (GreedyAcceptance, TypicalAcceptance, TypicalSampling, acceptance_rule,
+from prompt.inference.acceptance import (GreedyAcceptance, TypicalAcceptance, TypicalSampling, acceptance_rule, draw,
                                          greedy_best, typical_filtered_probs)
 from prompt.inference.tree import DEFAULT_TREE_FILE, DynamicTree, build_tree_buffers, with_chains
 from prompt.model.layout import SpecialTokenLayout
@@ -95,6 +95,25 @@ def test_vectorised_greedy_equals_the_node_by_node_rule(seed):
     assert (int(best), int(next_token)) == reference_greedy(tree, tokens.tolist(), logits)
     # the batch's host-side form of the rule picks the same node
     assert greedy_best(tree, tokens.tolist(), logits.argmax(-1).tolist()) == int(best)
+
+
+def test_draw_samples_each_row_by_its_probabilities():
+    """The inverse-CDF draw that replaces torch.multinomial: frequencies within sampling noise of the probabilities
+    (unnormalised rows too), zero-probability tokens never drawn (also at the ends), seeded draws repeat."""
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0],  # zeros first, between and last
+                          [2.0, 0.0, 0.0, 0.0, 0.0, 6.0]])  # unnormalised: 0.25 / 0.75
+    n = 40_000
+    samples = draw(probs[:, None, :].expand(2, n, 6), torch.Generator().manual_seed(0))
+    assert samples.shape == (2, n)
+    for row, expected in zip(samples, probs / probs.sum(-1, keepdim=True)):
+        counts = torch.bincount(row, minlength=6).double()
+        assert (counts[expected == 0] == 0).all()
+        # chi-square with 2 and 1 degrees of freedom: 13.8 and 10.8 are the 0.1% points
+        observed, mass = counts[expected > 0], expected[expected > 0].double() * n
+        assert float(((observed - mass) ** 2 / mass).sum()) < 13.8
+    one = torch.tensor([0.1, 0.0, 0.9])
+    assert draw(one).shape == () and int(draw(torch.tensor([0.0, 0.0, 1.0]))) == 2
+    assert torch.equal(draw(probs, torch.Generator().manual_seed(3)), draw(probs, torch.Generator().manual_seed(3)))
 
 
 def test_typical_filter_keeps_the_likely_tokens():
