@@ -182,6 +182,11 @@ def test_decoding_tuned_per_batch_size_is_used_by_running_batches(tmp_path):
     assert [r.token_ids for r in alone] == expected[:2] and max(r.accept_length for r in alone) > 1.3
     explicit = BatchOracle(ppd, full, 10, tree_spec=select_tree_spec(None, 3)).generate_batch(prompts, 16)
     assert max(r.accept_length for r in explicit) > 1.3, "an explicit tree is not overridden"
+    # a size-1 entry (earlier versions recorded one) is ignored: one row keeps the decoder's own tree
+    (tmp_path / "decoding.json").write_text(json.dumps({"float32": {"batch_sizes": {"1": {"tree_length": 0}}}}))
+    assert Decoder(ppd).batch_setting(1) is None
+    one = BatchOracle(ppd, full, 10).generate_batch(prompts[:1], 16)
+    assert one[0].token_ids == expected[0] and one[0].accept_length > 1.3
     (tmp_path / "decoding.json").write_text(json.dumps({"float32": {"batch_sizes": {"x": {}}}}))
     with pytest.raises(PPDError, match="batch size"):
         Decoder(ppd)
@@ -245,6 +250,8 @@ def test_batch_benchmark_measures_every_method_and_records_the_best_per_size(tmp
     assert all(config[:2] in {(0, 0), (0, 3), (length, 0), (length, 3)} for config in chosen.values())
     path = batching.record(ppd, "float32", chosen, "python -m prompt.evaluation.batching ...")
     recorded = json.loads(open(path).read())["float32"]
-    assert recorded["tree_length"] == 0 and set(recorded["batch_sizes"]) == {"1", "3"}
+    # one row decodes as one sequence: size 1 is measured but not recorded
+    assert recorded["tree_length"] == 0 and set(recorded["batch_sizes"]) == {"3"}
     assert Decoder(ppd).batch_setting(5) is not None  # a batch of 5 uses the size-3 choice
+    assert Decoder(ppd).batch_setting(2) is None
     assert batching.new_tokens([4, 2, 7], [2]) == 2 and batching.new_tokens([4, 5], [2]) == 2

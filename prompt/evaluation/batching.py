@@ -15,8 +15,8 @@ interleaved and rotated over `--rounds` rounds so that machine noise hits them a
 Aggregate tokens/s counts each row's new tokens up to its stop token; accept length is new tokens per forward
 (prefill included). Memory per sequence: KV-cache bytes allocated at the batch's peak between steps (stale slots
 of shorter rows and the growing cache's spare slots included), divided by its rows; for generate and sequential, the
-longest row's prompt and new tokens. With --record the best candidate of each batch size is recorded (tune on prompts
-that are not evaluation sets, e.g. ShareGPT).
+longest row's prompt and new tokens. With --record the best candidate of each batch size from 2 is recorded (tune on
+prompts that are not evaluation sets, e.g. ShareGPT); a batch of one row decodes with the single-sequence decoding.
 """
 from __future__ import annotations
 
@@ -203,10 +203,11 @@ def record(model, dtype: str, chosen: dict, command: str) -> str:
     data = read_json(path, "tuned decoding file")
     if dtype not in data:
         raise PPDError(f"{path} has no {dtype} entry: run prompt.evaluation.tune --dtype {dtype} first")
+    # sizes from 2: a batch of one row decodes as one sequence, with the decoding `tune` chose on more prompts
     data[dtype][BATCH_SIZES_KEY] = {
         str(size): {"tree_length": length, "prompt_lookup_num_tokens": lookup, "tokens_per_second": round(speed, 2),
                     "command": command, "machine": machine_name(), "date": time.strftime("%Y-%m-%d")}
-        for size, (length, lookup, speed) in sorted(chosen.items())}
+        for size, (length, lookup, speed) in sorted(chosen.items()) if size > 1}
     write_json(path, data, sort_keys=True)
     return path
 
@@ -229,8 +230,8 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--record", action="store_true", help="Record the best candidate per batch size into the "
-                        "checkpoint's decoding.json (tune on prompts that are not evaluation sets).")
+    parser.add_argument("--record", action="store_true", help="Record the best candidate per batch size (from 2) into "
+                        "the checkpoint's decoding.json (tune on prompts that are not evaluation sets).")
     parser.add_argument("--output", default=None, help="Also write the markdown table here.")
     args = parser.parse_args(argv)
     sizes = parse_lengths(args.batch_sizes, "--batch-sizes")

@@ -210,7 +210,9 @@ BATCH_SIZES_KEY = "batch_sizes"
 def tuned_batch_decodings(model) -> dict:
     """The decodings `prompt.evaluation.batching --record` chose per batch size for `model`'s dtype:
     {batch size: DecodingChoice} (the dtype entry's `"batch_sizes": {"8": {"tree_length", "prompt_lookup_num_tokens"}}`;
-    {} without). A running batch of n rows uses the entry of the largest recorded size <= n."""
+    {} without). A running batch of n rows uses the entry of the largest recorded size <= n. A batch of one row is one
+    sequence and decodes with the single-sequence decoding, which `prompt.evaluation.tune` chose on more prompts
+    and tokens than the batch tuner's one prompt: an entry for size 1 (earlier versions recorded one) is ignored."""
     if not hasattr(model, "prompt_embeddings"):
         return {}
     entry = tuned_decoding(model, str(model.dtype).replace("torch.", ""))
@@ -225,5 +227,6 @@ def tuned_batch_decodings(model) -> dict:
         length = _count(choice.get("tree_length", 0), f"tree_length in {where}")
         lookup = _count(choice.get("prompt_lookup_num_tokens", 0), f"prompt_lookup_num_tokens in {where}")
         spec = _tree_of_length(model, trees_for(model)[0], length)[0] if length else None
-        choices[int(size)] = DecodingChoice(spec, lookup)
+        if int(size) > 1:
+            choices[int(size)] = DecodingChoice(spec, lookup)
     return choices
