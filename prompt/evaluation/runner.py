@@ -82,6 +82,7 @@ class MethodTotals:
     tokens: int = 0
     seconds: float = 0.0
     passes: int = 0
+    inputs: int = 0  # inputs of the verify forwards after each prefill (our loop only)
     chain_wins: int = 0
     identical: int = 0  # answers equal to a reference method's (the caller decides which)
     answers: int = 0
@@ -94,6 +95,7 @@ class MethodTotals:
         self.tokens += result.new_tokens
         self.seconds += result.wall_time
         self.passes += result.forward_passes
+        self.inputs += result.forward_inputs
         self.steps += result.decoding_steps if result.forward_passes else 0
         self.chain_wins += result.chain_wins
         self.identical += int(identical)
@@ -115,9 +117,15 @@ class MethodTotals:
         """Upstream's accept length: new tokens per decoding step, the prefill not counted; None where uncounted."""
         return self.tokens / self.steps if self.passes and self.steps else None
 
+    @property
+    def inputs_per_step(self) -> float | None:
+        """Mean inputs of a verify forward after a prefill; None where the forwards were not counted."""
+        forwards = self.passes - self.answers
+        return self.inputs / forwards if self.passes and forwards > 0 else None
+
     def merge(self, other: "MethodTotals") -> None:
         """Add another run's totals (a worker's) to these."""
-        for name in ("tokens", "seconds", "passes", "steps", "chain_wins", "identical", "answers"):
+        for name in ("tokens", "seconds", "passes", "inputs", "steps", "chain_wins", "identical", "answers"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("outputs", "step_tokens", "per_question"):
             getattr(self, name).extend(getattr(other, name))
@@ -128,7 +136,7 @@ class MethodTotals:
         return {"tokens": self.tokens, "seconds": round(self.seconds, 3), "passes": self.passes, "steps": self.steps,
                 "chain_wins": self.chain_wins, "answers": self.answers, "identical": self.identical,
                 "tokens_per_second": self.tokens_per_second, "accept_length": self.accept_length,
-                "accept_length_upstream": self.accept_length_upstream}
+                "accept_length_upstream": self.accept_length_upstream, "inputs_per_step": self.inputs_per_step}
 
     def summary(self, label: str) -> str:
         text = (f"{label}: {self.tokens} new tokens in {self.seconds:.1f} s = "

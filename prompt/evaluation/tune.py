@@ -24,9 +24,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
@@ -37,15 +35,16 @@ from prompt.evaluation.compare import compare
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.inference.acceptance import ACCEPTANCE_RULES, acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
-from prompt.inference.choice import ACCURACIES_NAME, BATCH_SIZES_KEY, DECODING_NAME, checkpoint_file, trees_for
+from prompt.inference.choice import (ACCEPTANCE_NAME, ACCURACIES_NAME, BATCH_SIZES_KEY, DECODING_NAME, checkpoint_file,
+                                     profile_dtypes, trees_for)
+from prompt.inference.cost_profile import (describe_machine, fingerprint, fingerprint_key, forward_latency,
+                                           measure_profile, save_profile)
 from prompt.inference.decoding import Decoder
 from prompt.inference.sparse_tree_builder import predicted_accept_length
 from prompt.inference.tree import spec_input_length, specs_by_length
 from prompt.jsonio import atomic_write, read_json, write_json
-from prompt.model import backbone
-from prompt.model.cache import keep_cache_entries, new_cache
 from prompt.model.defaults import load_prompt_decoder
-from prompt.model.devices import add_device_flags, device_kwargs, synchronize
+from prompt.model.devices import add_device_flags, device_kwargs
 
 PLAIN = (0, 0, 0)  # (tree length, prompt lookup tokens, suffix tree nodes): plain decoding (greedy, or sampling)
 
@@ -63,37 +62,6 @@ def machine_name() -> str:
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
     return f"{name}, {torch.get_num_threads()} threads"
-
-
-def forward_latency(base, input_lengths, prefix_length: int = 300, repeats: int = 7, seed: int = 0) -> dict[int, float]:
-    """Median milliseconds of a decode-step forward over n new inputs after `prefix_length` cached tokens,
-    with a 4D mask as a tree forward uses and the lm head over every input, for each n."""
-    device = base.get_input_embeddings().weight.device
-    generator = torch.Generator().manual_seed(seed)
-    vocab = base.config.vocab_size
-    prefix = torch.randint(0, vocab, (1, prefix_length), generator=generator).to(device)
-    times = {n: [] for n in input_lengths}
-    with torch.inference_mode():
-        cache = new_cache(base)
-        backbone.run_body(base, base.get_input_embeddings()(prefix), None, None, cache)
-        for repeat in range(repeats + 1):  # the first round warms up
-            for n in input_lengths:
-                ids = torch.randint(0, vocab, (1, n), generator=generator).to(device)
-                embeds = base.get_input_embeddings()(ids)
-                allowed = torch.ones(n, prefix_length + n, dtype=torch.bool)
-                allowed[:, prefix_length:] = torch.tril(torch.ones(n, n, dtype=torch.bool))
-                mask = backbone.additive_mask(allowed.to(device), embeds.dtype) if n > 1 else None
-                positions = (prefix_length + torch.arange(n))[None].to(device)
-                synchronize(device)
-                start = time.perf_counter()
-                out = backbone.run_body(base, embeds, mask, positions, cache)
-                backbone.head_logits(base, out.last_hidden_state[0]).argmax(-1).tolist()
-                synchronize(device)
-                elapsed = time.perf_counter() - start
-                keep_cache_entries(cache, prefix_length, [], n)
-                if repeat:
-                    times[n].append(elapsed * 1000)
-    return {n: statistics.median(t) for n, t in times.items()}
 
 
 def tree_specs(model) -> dict:
@@ -262,6 +230,51 @@ def check_tree_lengths(model, lengths) -> None:
                        f"{', '.join(map(str, available)) or 'none'} (build more with prompt.inference.sparse_tree_builder)")
 
 
+def quick_profile(args) -> None:
+    """`--quick`: measure and store this machine's cost profile for each dtype asked for (replacing a stored one)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = device_kwargs(args)["device"]
+    dtypes = [args.dtype] if args.dtype else profile_dtypes(device)
+    for dtype in dtypes:
+        model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path,
+                                    **{**device_kwargs(args), "dtype": dtype})
+        base = model.base_model
+        print(f"measuring the cost profile of {dtype} on {describe_machine(fingerprint(base.device))} ...")
+        profile = measure_profile(base, dtype)
+        path = save_profile(profile)
+        one = profile.latency_ms[1]
+        print(f"{dtype}: " + " ".join(f"{n}:{ms / one:.2f}x" for n, ms in profile.latency_ms.items()) +
+              f" of one input ({one:.1f} ms); measured in {profile.seconds:.0f} s, stored in {path}")
+
+
+def tune_acceptance(args, model, questions, output, rule, tree_lengths, lookup_lengths, suffix_nodes, argv) -> None:
+    """`--acceptance`: run every configuration on the validation prompts and record, per configuration, its accept
+    length and the mean inputs of its verify forwards (what the checkpoint's prompt tokens and the context sources
+    give, whatever the machine) as the rule's entry of acceptance.json."""
+    data = read_json(output, "acceptance file") if os.path.isfile(output) else {}
+    if not isinstance(data, dict):
+        raise PPDError(f"{output!r} is not an acceptance file (expected a JSON object)")
+    if rule in data and not args.overwrite:
+        raise PPDError(f"{output!r} already records the {rule} acceptance; pass --overwrite to replace it")
+    configs = [(t, k, n) for t in tree_lengths for k in lookup_lengths for n in suffix_nodes]
+    formatter = ChatFormatter(model.tokenizer)
+    totals = measure_configs(model, formatter, [q["turns"][0] for q in questions], configs, args.max_new_token,
+                             temperature=args.temperature, sampling=args.sampling, rounds=1)
+    rows = [{"tree_length": c[0], "prompt_lookup_num_tokens": c[1], "suffix_nodes": c[2],
+             "accept_length": round(t.accept_length or 1.0, 4), "inputs_per_step": round(t.inputs_per_step or 1.0, 3)}
+            for c, t in totals.items()]
+    for row in rows:
+        print(f"{config_name((row['tree_length'], row['prompt_lookup_num_tokens'], row['suffix_nodes'])):34s} "
+              f"accept {row['accept_length']:.3f}  inputs/step {row['inputs_per_step']:.1f}")
+    command = "python -m prompt.evaluation.tune " + " ".join(argv if argv is not None else sys.argv[1:])
+    data[rule] = {"configs": rows, "dtype": args.dtype, "temperature": args.temperature,
+                  "prompts": f"{args.bench_name} {args.question_begin}:{args.question_end}",
+                  "max_new_tokens": args.max_new_token, "date": datetime.date.today().isoformat(), "command": command}
+    write_json(output, data, sort_keys=True)
+    print(f"recorded the {rule} acceptance of {len(rows)} configurations in {output}")
+
+
 @cli_entry
 def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
@@ -270,7 +283,7 @@ def main(argv=None):
     add_device_flags(parser, dtype="bfloat16")
     parser.add_argument("--bench-name", default="sharegpt", choices=BENCH_NAMES,
                         help="Validation prompts' format (never tune on an evaluation set).")
-    parser.add_argument("--question-file", required=True)
+    parser.add_argument("--question-file", default=None, help="Validation prompts (required unless --quick).")
     parser.add_argument("--question-begin", type=int, default=940)
     parser.add_argument("--question-end", type=int, default=946)
     parser.add_argument("--max-new-token", type=int, default=128)
@@ -289,7 +302,18 @@ def main(argv=None):
                         help="Above 0: tune sampling at this temperature, recorded as the --sampling rule's entry.")
     parser.add_argument("--sampling", default=None, choices=[r for r in ACCEPTANCE_RULES if r != "greedy"],
                         help="Acceptance rule tuned at --temperature (default exact).")
+    parser.add_argument("--quick", action="store_true",
+                        help="Only measure this machine's cost profile (forward cost against inputs, for --dtype, "
+                             "default every dtype the device may choose) and store it in $PPD_CACHE_DIR.")
+    parser.add_argument("--acceptance", action="store_true",
+                        help=f"Record what the prompt tokens accept per configuration (accept length, inputs per "
+                             f"step) in the checkpoint's {ACCEPTANCE_NAME} instead of choosing by speed: a property "
+                             f"of the checkpoint, combined with each machine's cost profile (best in float32).")
+    parser.set_defaults(dtype=None)
     args = parser.parse_args(argv)
+    if args.quick:
+        return quick_profile(args)
+    args.dtype = args.dtype or "bfloat16"
     rule = acceptance_rule(args.sampling, args.temperature).name  # bad values: one error before loading
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -302,13 +326,18 @@ def main(argv=None):
     lookup_lengths = sorted(set(parse_lengths(args.lookup_lengths, "--lookup-lengths")) | {0})
     suffix_nodes = sorted(set(parse_lengths(args.suffix_nodes, "--suffix-nodes")) | {0})
     latency_lengths = sorted(set(parse_lengths(args.latency_lengths, "--latency-lengths")) | {1})
+    if not args.question_file:
+        raise PPDError("--question-file is required (validation prompts; --quick measures the cost profile alone)")
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     check_tree_lengths(model, tree_lengths)
     folder = model.checkpoint_dir or args.model_path
-    output = args.output_file or (os.path.join(folder, DECODING_NAME) if folder else None)
+    output = args.output_file or (os.path.join(folder, ACCEPTANCE_NAME if args.acceptance else DECODING_NAME)
+                                  if folder else None)
     if output is None:
         raise PPDError("the prompt tokens come from no folder: pass --output-file")
+    if args.acceptance:
+        return tune_acceptance(args, model, questions, output, rule, tree_lengths, lookup_lengths, suffix_nodes, argv)
     recorded_decodings(output, args.dtype, args.overwrite, rule)  # fail before measuring, not after
     report_dir = args.report_dir or os.path.dirname(os.path.abspath(output))
     os.makedirs(report_dir, exist_ok=True)
@@ -338,7 +367,8 @@ def main(argv=None):
              "accept_length": round(totals[best].accept_length, 3),
              f"speed_vs_{plain_name.replace(' ', '_')}": round(ratio, 3),
              "tokens_per_second": round(totals[best].tokens_per_second, 2),
-             "machine": machine, "date": datetime.date.today().isoformat(), "command": command}
+             "machine": machine, "fingerprint": fingerprint_key(fingerprint(model.base_model.device)),
+             "date": datetime.date.today().isoformat(), "command": command}
     if rule != "greedy":
         entry["temperature"] = args.temperature
     record_choice(output, args.dtype, entry, args.overwrite, rule)

@@ -45,6 +45,15 @@ from prompt.model.devices import resolve_device
 TREES_NAME = "trees.json"
 DECODING_NAME = "decoding.json"
 ACCURACIES_NAME = "accuracies.json"
+ACCEPTANCE_NAME = "acceptance.json"
+
+
+def profile_dtypes(device=None) -> list[str]:
+    """The dtypes a decoding may run in on `device` when the user fixes none: float32 and bfloat16 on a CPU, float16
+    and bfloat16 on a GPU (bfloat16 where it is supported)."""
+    if resolve_device(device) == "cpu":
+        return ["float32", "bfloat16"]
+    return ["float16"] + (["bfloat16"] if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else [])
 
 
 def checkpoint_file(model, name: str) -> str | None:
