@@ -88,6 +88,25 @@ def test_category_temperatures_are_fastchats():
     assert question_temperature({"category": "writing"}, 0.0) == 0.0  # --temperature wins
 
 
+def test_per_category_temperatures_are_named_and_sampling_is_said(tmp_path, capsys):
+    """Without --temperature, MT-Bench's writing questions are sampled (FastChat's 0.7): the run says so, so that no
+    one takes its answers for greedy ones (a server at temperature 0 answers those questions differently)."""
+    from prompt.evaluation.runner import check_args, temperatures_in_use
+
+    questions = [{"question_id": 1, "category": "writing", "turns": ["a"]},
+                 {"question_id": 2, "category": "math", "turns": ["b"]},
+                 {"question_id": 3, "category": "roleplay", "turns": ["c"]}]
+    assert temperatures_in_use(questions, None) == {0.0: ["math"], 0.7: ["roleplay", "writing"]}
+    assert temperatures_in_use(questions, 0.0) == {0.0: ["math", "roleplay", "writing"]}
+    path = write_questions(tmp_path / "q.jsonl", questions)
+    for flags, said in (([], True), (["--temperature", "0"], False)):
+        args = parser().parse_args(["--question-file", str(path), "--answer-file", str(tmp_path / "a.jsonl"), *flags])
+        check_args(args)
+        out = capsys.readouterr().out
+        assert ("0.7 for roleplay, writing" in out and "sampled, not greedy" in out) == said, out
+        assert args.question_temperatures == temperatures_in_use(questions, args.temperature)
+
+
 # --------------------------------------------------------------------------------------------------
 # behaviour
 def test_per_category_temperature_picks_each_questions_decoder(tmp_path, tiny_chat):

@@ -236,6 +236,14 @@ def question_temperature(question: dict, temperature: float | None) -> float:
     return float(fastchat_temperatures().get(question.get("category"), 0.0))
 
 
+def temperatures_in_use(questions, temperature: float | None) -> dict:
+    """{temperature: sorted categories} over `questions`, each at `question_temperature`, lowest temperature first."""
+    used = {}
+    for question in questions:
+        used.setdefault(question_temperature(question, temperature), set()).add(str(question.get("category") or ""))
+    return {t: sorted(used[t]) for t in sorted(used)}
+
+
 def default_answer_file(args) -> str:
     """Upstream's answer file name: the model id and the sampling flags as given (temperature None: per category)."""
     name = (f"{args.model_id}-temperature-{args.temperature}-posterior_threshold-{args.posterior_threshold}"
@@ -317,8 +325,13 @@ def check_args(args) -> list[dict]:
     args.answer_file = args.answer_file or default_answer_file(args)
     print(f"Output to {args.answer_file}")
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
+    args.question_temperatures = temperatures_in_use(questions, args.temperature)
     if args.temperature is None and any(q.get("category") in fastchat_temperatures() for q in questions):
-        print("temperature: FastChat's for each question's category (--temperature sets one for all)")
+        used = "; ".join(f"{t:g} for {', '.join(c or '(none)' for c in cats)}"
+                         for t, cats in args.question_temperatures.items())
+        print(f"temperature: FastChat's for each question's category (--temperature sets one for all): {used}"
+              + ("; answers above 0 are sampled, not greedy (--temperature 0: greedy for all)"
+                 if any(t > 0 for t in args.question_temperatures) else ""))
     args.answers = AnswerFile.open(args.answer_file)
     todo = [q for q in questions if not args.answers.is_answered(q["question_id"], args.model_id)]
     if len(todo) < len(questions):
