@@ -118,7 +118,8 @@ class PPDWorker:
         self.concurrency, self.max_queue = concurrency, max_queue
         base = getattr(model, "base_model", model)
         self.context_length = context_length or getattr(base.config, "max_position_embeddings", None) or 2048
-        self.eos_ids = stop_token_ids_for(tokenizer)
+        # as the answer scripts stop (ChatFormatter.stops): the tokenizer's EOS and the model's generation-config EOS
+        self.eos_ids = stop_token_ids_for(tokenizer, model=model)
         self._slots = threading.Semaphore(concurrency)
         self._lock = threading.Lock()
         self.pending = 0  # admitted requests: decoding or waiting for a slot
