@@ -234,6 +234,61 @@ def test_baseline_accepts_tree_length_without_effect(tmp_path, tiny_model_folder
     assert "no effect" in proc.stderr and outputs[0] == outputs[1]
 
 
+def test_plain_model_path_of_a_ppd_checkpoint_is_its_base_model(tmp_path, tiny_chat, tiny_model_folder):
+    from prompt.errors import PPDError
+    from prompt.model import PromptConfig, PromptDecoder
+    from prompt.model.loading import plain_model_path
+
+    model, _ = tiny_chat
+    checkpoint = tmp_path / "ppd"
+    PromptDecoder(model, PromptConfig(num_special_tokens=3, base_model_name_or_path=str(tiny_model_folder))
+                  ).save_pretrained(checkpoint)
+    assert plain_model_path(str(checkpoint)) == str(tiny_model_folder)
+    assert plain_model_path(str(tiny_model_folder)) == str(tiny_model_folder)
+    assert plain_model_path(None) is None
+    orphan = tmp_path / "orphan"
+    PromptDecoder(model, PromptConfig(num_special_tokens=3)).save_pretrained(orphan)
+    with pytest.raises(PPDError, match="base_model_name_or_path"):
+        plain_model_path(str(orphan))
+
+
+def test_baseline_on_a_ppd_checkpoint_is_its_base_models_greedy_at_every_temperature(tmp_path, tiny_chat,
+                                                                                       tiny_model_folder):
+    """Upstream's baseline takes the PPD checkpoint as --model-path and decodes its base model by argmax whatever the
+    temperature; --sampling exact samples at the question's temperature instead."""
+    from prompt.evaluation.chat import ChatFormatter
+    from prompt.inference.decoding import Decoder
+    from prompt.model import PromptConfig, PromptDecoder
+
+    model, tokenizer = tiny_chat
+    checkpoint = tmp_path / "ppd"
+    PromptDecoder(model, PromptConfig(num_special_tokens=3, base_model_name_or_path=str(tiny_model_folder))
+                  ).save_pretrained(checkpoint)
+    questions = write_questions(tmp_path / "q.jsonl", [{"question_id": 1, "category": "writing",
+                                                         "turns": ["hello there"]}])
+    formatter = ChatFormatter(tokenizer, "tiny")
+    ids = formatter.input_ids(["hello there"])
+    n = 12
+
+    def text(result):
+        return tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+
+    greedy = text(Decoder(model, stop_token_ids=formatter.stops(model)).generate(ids, n))
+    sampled = text(Decoder(model, temperature=0.7, stop_token_ids=formatter.stops(model)).generate(ids, n, seed=0))
+    assert greedy != sampled  # the seeded sample is another answer: the runs below tell which one they gave
+    answers = {}
+    for name, extra in (("default", []), ("temperature", ["--temperature", "0.7"]),
+                        ("exact", ["--temperature", "0.7", "--sampling", "exact"])):
+        answers[name] = tmp_path / f"{name}.jsonl"
+        proc = run("gen_model_answer_baseline.py", "--model-path", checkpoint, "--question-file", questions,
+                   "--answer-file", answers[name], "--max-new-token", n, "--warmup", 0, "--threads", 1, *extra)
+        assert proc.returncode == 0, proc.stderr
+        assert "is a PPD checkpoint: the baseline decodes its base model" in proc.stderr
+        answers[name] = rows(answers[name])[0]["choices"][0]["turns"][0]
+    assert answers["default"] == greedy and answers["temperature"] == greedy  # category 0.7, then --temperature 0.7
+    assert answers["exact"] == sampled
+
+
 def test_num_gpus_total_runs_two_ray_workers_on_cpu(tmp_path, tiny_chat, tiny_model_folder):
     """One ray run (about a minute on 2 busy cores: ray's start and two workers importing torch)."""
     from prompt.evaluation.chat import ChatFormatter

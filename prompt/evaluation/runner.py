@@ -329,9 +329,11 @@ def check_args(args) -> list[dict]:
     if args.temperature is None and any(q.get("category") in fastchat_temperatures() for q in questions):
         used = "; ".join(f"{t:g} for {', '.join(c or '(none)' for c in cats)}"
                          for t, cats in args.question_temperatures.items())
-        print(f"temperature: FastChat's for each question's category (--temperature sets one for all): {used}"
-              + ("; answers above 0 are sampled, not greedy (--temperature 0: greedy for all)"
-                 if any(t > 0 for t in args.question_temperatures) else ""))
+        greedy_anyway = getattr(args, "greedy_at_every_temperature", False)  # the baseline, as upstream's
+        note = ("" if not any(t > 0 for t in args.question_temperatures) else
+                "; the baseline decodes greedily at every one all the same, as upstream's (--sampling exact samples)"
+                if greedy_anyway else "; answers above 0 are sampled, not greedy (--temperature 0: greedy for all)")
+        print(f"temperature: FastChat's for each question's category (--temperature sets one for all): {used}{note}")
     args.answers = AnswerFile.open(args.answer_file)
     todo = [q for q in questions if not args.answers.is_answered(q["question_id"], args.model_id)]
     if len(todo) < len(questions):
