@@ -332,6 +332,19 @@ def test_chatml_conversation_formats_like_the_tokenizer(offline):
                                                                                 add_generation_prompt=True)
 
 
+def test_a_conversation_template_unlike_the_chat_template_is_warned_about(offline):
+    from webui_helpers import tiny_chat_tokenizer
+
+    from prompt.serve.worker import conversation_for
+
+    conv, warning = conversation_for(offline["tokenizer"], "smollm2-135m-instruct")
+    assert conv.name == "chatml" and warning is None  # built from the tokenizer's own template
+    conv, warning = conversation_for(offline["tokenizer"], "smollm2-135m-instruct", "vicuna_v1.1")
+    assert "vicuna_v1.1" in warning and "answer scripts" in warning
+    conv, warning = conversation_for(tiny_chat_tokenizer(), "vicuna-7b")  # FastChat's choice by the model's name
+    assert conv.name == "vicuna_v1.1" and warning
+
+
 def test_held_back_keeps_what_could_begin_a_stop_string():
     assert held_back("Hello wor", ["world"]) == 3
     assert held_back("Hello", ["world"]) == 0
