@@ -264,29 +264,30 @@ def test_baseline_on_a_ppd_checkpoint_is_its_base_models_greedy_at_every_tempera
     checkpoint = tmp_path / "ppd"
     PromptDecoder(model, PromptConfig(num_special_tokens=3, base_model_name_or_path=str(tiny_model_folder))
                   ).save_pretrained(checkpoint)
-    questions = write_questions(tmp_path / "q.jsonl", [{"question_id": 1, "category": "writing",
-                                                         "turns": ["hello there"]}])
+    questions = write_questions(tmp_path / "q.jsonl", [
+        {"question_id": 1, "category": "writing", "turns": ["hello there"]},
+        {"question_id": 2, "category": "math", "turns": ["what is it"]}])
     formatter = ChatFormatter(tokenizer, "tiny")
-    ids = formatter.input_ids(["hello there"])
     n = 12
 
-    def text(result):
+    def answer(turn, temperature=0.0, seed=None):
+        decoder = Decoder(model, temperature=temperature, stop_token_ids=formatter.stops(model))
+        result = decoder.generate(formatter.input_ids([turn]), n, seed=seed)
         return tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
 
-    greedy = text(Decoder(model, stop_token_ids=formatter.stops(model)).generate(ids, n))
-    sampled = text(Decoder(model, temperature=0.7, stop_token_ids=formatter.stops(model)).generate(ids, n, seed=0))
-    assert greedy != sampled  # the seeded sample is another answer: the runs below tell which one they gave
+    greedy = [answer("hello there"), answer("what is it")]
+    sampled = answer("hello there", 0.7, seed=0)  # the runner's seed for the first question's first choice
+    assert greedy[0] != sampled  # the seeded sample is another answer: the runs below tell which one they gave
     answers = {}
-    for name, extra in (("default", []), ("temperature", ["--temperature", "0.7"]),
-                        ("exact", ["--temperature", "0.7", "--sampling", "exact"])):
-        answers[name] = tmp_path / f"{name}.jsonl"
+    for name, extra in (("default", []), ("temperature", ["--temperature", "0.7"]), ("exact", ["--sampling", "exact"])):
+        path = tmp_path / f"{name}.jsonl"
         proc = run("gen_model_answer_baseline.py", "--model-path", checkpoint, "--question-file", questions,
-                   "--answer-file", answers[name], "--max-new-token", n, "--warmup", 0, "--threads", 1, *extra)
+                   "--answer-file", path, "--max-new-token", n, "--warmup", 0, "--threads", 1, *extra)
         assert proc.returncode == 0, proc.stderr
         assert "is a PPD checkpoint: the baseline decodes its base model" in proc.stderr
-        answers[name] = rows(answers[name])[0]["choices"][0]["turns"][0]
+        answers[name] = [row["choices"][0]["turns"][0] for row in rows(path)]
     assert answers["default"] == greedy and answers["temperature"] == greedy  # category 0.7, then --temperature 0.7
-    assert answers["exact"] == sampled
+    assert answers["exact"] == [sampled, greedy[1]]  # writing sampled at its 0.7, math greedy at its 0
 
 
 def test_num_gpus_total_runs_two_ray_workers_on_cpu(tmp_path, tiny_chat, tiny_model_folder):

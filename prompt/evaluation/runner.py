@@ -593,6 +593,8 @@ def make_decoder(model, formatter: ChatFormatter, args, temperature: float | Non
     """The decoder of the flags at `temperature` (default: --temperature, else 0)."""
     if temperature is None:
         temperature = args.temperature or 0.0
+    sampled = temperature > 0  # at 0 greedy whatever --sampling names (as upstream): a category at 0 among sampled ones
     return Decoder(model, temperature=temperature, posterior_threshold=args.posterior_threshold,
-                   posterior_alpha=args.posterior_alpha, sampling=args.sampling, top_p=args.top_p, top_k=args.top_k,
+                   posterior_alpha=args.posterior_alpha, sampling=args.sampling if sampled else None,
+                   top_p=args.top_p if sampled else None, top_k=args.top_k if sampled else None,
                    stop_token_ids=formatter.stops(model), **kwargs)
