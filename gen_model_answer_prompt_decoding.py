@@ -23,7 +23,13 @@ def setup(args):
         print(f"tree: {choice.tree_source}", file=sys.stderr)
     decoders = PerTemperature(lambda temperature: make_decoder(
         model, formatter, args, temperature, prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, **tree))
-    print(f"decoding: {decoders(args.temperature or 0.0).describe()}")
+    # the decoding of every temperature the questions are answered at (MT-Bench's categories differ without
+    # --temperature): a sampled category is named as such, never as greedy
+    used = getattr(args, "question_temperatures", None) or {args.temperature or 0.0: []}
+    for temperature, categories in used.items():
+        named = ", ".join(c or "(none)" for c in categories)
+        where = f" at temperature {temperature:g} ({named})" if len(used) > 1 else ""
+        print(f"decoding{where}: {decoders(temperature).describe()}")
     return decoders, formatter, "ppd"
 
 

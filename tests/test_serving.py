@@ -111,8 +111,88 @@ def offline():
         ids = tokenizer(prompt, return_tensors="pt").input_ids
         return tokenizer.decode(decoder.generate(ids, max_new_tokens).token_ids, skip_special_tokens=True)
 
-    return {"chat": chat, "complete": complete, "tokenizer": tokenizer,
+    return {"chat": chat, "complete": complete, "tokenizer": tokenizer, "model": model, "decoder": decoder,
             "ids": lambda messages: chat_template_ids(tokenizer, messages)}
+
+
+# Questions as a user would send them; the writing one is sampled at 0.7 by the answer script unless --temperature 0
+# (FastChat's category temperature), which is how the script's and the server's answers once seemed to disagree.
+SCRIPT_QUESTIONS = [
+    {"question_id": 1, "category": "writing", "turns": [
+        "Compose a short travel blog post about a recent trip to Hawaii.",
+        "Rewrite your previous response. Start every sentence with the letter A."]},
+    {"question_id": 2, "category": "reasoning", "turns": [
+        "If a train leaves at 3 pm and travels for 2 hours, when does it arrive? Explain briefly."]},
+]
+SCRIPT_TOKENS = 40
+
+
+@pytest.fixture(scope="module")
+def script_answers(tmp_path_factory):
+    """The answer script's rows for SCRIPT_QUESTIONS: the default model in float32, greedy (--temperature 0)."""
+    folder = tmp_path_factory.mktemp("answer-script")
+    questions, answers = folder / "question.jsonl", folder / "answers.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in SCRIPT_QUESTIONS))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "gen_model_answer_prompt_decoding.py"), "--dtype",
+                           "float32", "--temperature", "0", "--question-file", str(questions), "--answer-file",
+                           str(answers), "--max-new-token", str(SCRIPT_TOKENS), "--warmup", "0", "--threads", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr
+    assert "greedy" in proc.stdout and "sampl" not in proc.stdout.split("decoding", 1)[1], proc.stdout
+    rows = {row["question_id"]: row for row in map(json.loads, answers.read_text().splitlines())}
+    return [(q, rows[q["question_id"]]["choices"][0]["turns"]) for q in SCRIPT_QUESTIONS]
+
+
+def test_server_answers_as_the_answer_script_at_temperature_0(stack, script_answers, offline):
+    """Through the openai client, chat completions (streamed and not, multi-turn with the script's own earlier answer)
+    and completions on the chat-formatted text give the answer file's answers (the script strips them, as FastChat)."""
+    client, tokenizer = stack["client"], offline["tokenizer"]
+    for question, expected_turns in script_answers:
+        messages = []
+        for turn, expected in zip(question["turns"], expected_turns):
+            messages.append({"role": "user", "content": turn})
+            assert expected, "the script wrote an empty answer"
+            response = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=SCRIPT_TOKENS,
+                                                      temperature=0)
+            assert response.choices[0].message.content.strip() == expected, (question["question_id"], turn)
+            if len(messages) == 1:
+                stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=SCRIPT_TOKENS,
+                                                        temperature=0, stream=True)
+                assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).strip() == expected
+                text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+                completion = client.completions.create(model=MODEL, prompt=text, max_tokens=SCRIPT_TOKENS,
+                                                       temperature=0)
+                assert completion.choices[0].text.strip() == expected
+            messages.append({"role": "assistant", "content": expected})
+
+
+def test_decoding_paths_agree_with_transformers_generate_on_the_chat_template(offline):
+    """Decoder.generate (PPD and plain), generate_batch and transformers' greedy generate on the base model give the
+    same tokens for one conversation under the tokenizer's chat template (float32, temperature 0)."""
+    from prompt.inference.decoding import Decoder
+
+    model, tokenizer, decoder = offline["model"], offline["tokenizer"], offline["decoder"]
+    messages = [{"role": "system", "content": "You are concise."},
+                {"role": "user", "content": "Name three uses of copper and say why it is chosen for each."}]
+    ids = offline["ids"](messages)
+    assert ids[0].tolist() == tokenizer(tokenizer.apply_chat_template(messages, tokenize=False,
+                                                                      add_generation_prompt=True)).input_ids
+    n = 48
+    ppd = decoder.generate(ids, n).token_ids  # the tuned decoding for float32 (the worker's and the script's)
+    tree = Decoder(model, tree_length=16, stop_token_ids=[tokenizer.eos_token_id])  # the prompt tokens' tree
+    assert tree.ppd
+    other = offline["ids"]([{"role": "user", "content": "Hi!"}])
+    batch = decoder.generate_batch([ids[0], other[0]], n)
+    plain = Decoder(model, tree_length=0, prompt_lookup_num_tokens=0,
+                    stop_token_ids=[tokenizer.eos_token_id]).generate(ids, n).token_ids
+    with torch.inference_mode():
+        out = model.base_model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.eos_token_id, attention_mask=torch.ones_like(ids))
+    reference = out[0, ids.shape[1]:].tolist()
+    assert len(reference) > 8
+    assert ppd == reference and plain == reference and batch[0].token_ids == reference
+    assert tree.generate(ids, n).token_ids == reference
+    assert batch[1].token_ids == decoder.generate(other, n).token_ids
 
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
@@ -250,6 +330,19 @@ def test_chatml_conversation_formats_like_the_tokenizer(offline):
                      [*QUESTION, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "Why?"}]):
         assert format_messages(conv, messages) == tokenizer.apply_chat_template(messages, tokenize=False,
                                                                                 add_generation_prompt=True)
+
+
+def test_a_conversation_template_unlike_the_chat_template_is_warned_about(offline):
+    from webui_helpers import tiny_chat_tokenizer
+
+    from prompt.serve.worker import conversation_for
+
+    conv, warning = conversation_for(offline["tokenizer"], "smollm2-135m-instruct")
+    assert conv.name == "chatml" and warning is None  # built from the tokenizer's own template
+    conv, warning = conversation_for(offline["tokenizer"], "smollm2-135m-instruct", "vicuna_v1.1")
+    assert "vicuna_v1.1" in warning and "answer scripts" in warning
+    conv, warning = conversation_for(tiny_chat_tokenizer(), "vicuna-7b")  # FastChat's choice by the model's name
+    assert conv.name == "vicuna_v1.1" and warning
 
 
 def test_held_back_keeps_what_could_begin_a_stop_string():

@@ -143,3 +143,47 @@ def test_malformed_upstream_prefix_is_a_clear_error(tmp_path):
     config.write_text("{")
     with pytest.raises(PPDError, match="peft adapter config"):
         AutoPromptDecoder.from_pretrained(str(tmp_path / "up"), base_model=tiny_llama(0))
+
+
+def test_from_pretrained_takes_upstreams_keywords_and_ppd_generate_decodes_greedily(tmp_path):
+    """Upstream's tutorial loads with `low_cpu_mem_usage=True, torch_dtype=...`; its web UI streams with
+    `model.ppd_generate(input_ids, temperature=..., max_steps=...)`, the whole sequence after each step."""
+    from webui_helpers import tiny_chat_tokenizer
+
+    from prompt.model.stops import stop_token_ids_for, truncate_at_stop
+
+    folder = tmp_path / "ppd-vicuna-7b-v1.3"
+    base, _ = upstream_checkpoint(folder, seed=1)
+    base.save_pretrained(tmp_path / "base")
+    tiny_chat_tokenizer().save_pretrained(tmp_path / "base")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "base")}))
+
+    ppd = AutoPromptDecoder.from_pretrained(str(folder), low_cpu_mem_usage=True, torch_dtype=torch.float32,
+                                            device_map="cpu")
+    assert ppd.base_model.dtype == torch.float32 and ppd.base_model.device.type == "cpu"
+    half = AutoPromptDecoder.from_pretrained(str(folder), torch_dtype=torch.bfloat16, device_map={"": "cpu"})
+    assert half.base_model.dtype == torch.bfloat16
+    assert AutoPromptDecoder.from_pretrained(str(folder), dtype="bfloat16", torch_dtype=torch.bfloat16).base_model.dtype \
+        == torch.bfloat16
+    for kwargs, words in (({"dtype": "float32", "torch_dtype": torch.bfloat16}, "disagree"),
+                          ({"device_map": {"model.layers.0": "cpu"}}, "device_map"),
+                          ({"trust_remote_code": True}, "does not take trust_remote_code")):
+        with pytest.raises(PPDError, match=words):
+            AutoPromptDecoder.from_pretrained(str(folder), **kwargs)
+
+    ids = torch.randint(3, 97, (1, 6), generator=torch.Generator().manual_seed(7))
+    L, n = ids.shape[1], 24
+    outputs = list(ppd.ppd_generate(ids, max_new_tokens=n))
+    assert all(isinstance(o, torch.Tensor) and o.shape[0] == 1 and torch.equal(o[:, :L], ids) for o in outputs)
+    assert all(a.shape[1] < b.shape[1] and torch.equal(b[:, :a.shape[1]], a) for a, b in zip(outputs, outputs[1:]))
+    expected = truncate_at_stop(reference(base, ids, n), stop_token_ids_for(ppd.tokenizer, model=ppd))
+    assert outputs[-1][0, L:].tolist() == expected
+    assert len(outputs) < len(expected)  # the prompt tokens' tree accepted more than one token per step somewhere
+    # upstream's web UI call: a temperature with its default sampling ('greedy') is still argmax; max_steps bounds
+    steps = list(ppd.ppd_generate(ids, temperature=0.7, max_steps=2, max_new_tokens=n))
+    assert len(steps) == 2 and all(torch.equal(a, b) for a, b in zip(steps, outputs))
+    sampled = list(ppd.ppd_generate(ids, temperature=0.7, sampling="typical", max_new_tokens=n, seed=0))
+    assert sampled and int(sampled[-1].max()) < base.config.vocab_size
+    with pytest.raises(PPDError, match="sampling"):
+        next(ppd.ppd_generate(ids, sampling="beam"))

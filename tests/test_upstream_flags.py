@@ -88,6 +88,25 @@ def test_category_temperatures_are_fastchats():
     assert question_temperature({"category": "writing"}, 0.0) == 0.0  # --temperature wins
 
 
+def test_per_category_temperatures_are_named_and_sampling_is_said(tmp_path, capsys):
+    """Without --temperature, MT-Bench's writing questions are sampled (FastChat's 0.7): the run says so, so that no
+    one takes its answers for greedy ones (a server at temperature 0 answers those questions differently)."""
+    from prompt.evaluation.runner import check_args, temperatures_in_use
+
+    questions = [{"question_id": 1, "category": "writing", "turns": ["a"]},
+                 {"question_id": 2, "category": "math", "turns": ["b"]},
+                 {"question_id": 3, "category": "roleplay", "turns": ["c"]}]
+    assert temperatures_in_use(questions, None) == {0.0: ["math"], 0.7: ["roleplay", "writing"]}
+    assert temperatures_in_use(questions, 0.0) == {0.0: ["math", "roleplay", "writing"]}
+    path = write_questions(tmp_path / "q.jsonl", questions)
+    for flags, said in (([], True), (["--temperature", "0"], False)):
+        args = parser().parse_args(["--question-file", str(path), "--answer-file", str(tmp_path / "a.jsonl"), *flags])
+        check_args(args)
+        out = capsys.readouterr().out
+        assert ("0.7 for roleplay, writing" in out and "sampled, not greedy" in out) == said, out
+        assert args.question_temperatures == temperatures_in_use(questions, args.temperature)
+
+
 # --------------------------------------------------------------------------------------------------
 # behaviour
 def test_per_category_temperature_picks_each_questions_decoder(tmp_path, tiny_chat):
@@ -213,6 +232,62 @@ def test_baseline_accepts_tree_length_without_effect(tmp_path, tiny_model_folder
         assert proc.returncode == 0, proc.stderr
         outputs.append(rows(answers)[0]["choices"][0]["turns"])
     assert "no effect" in proc.stderr and outputs[0] == outputs[1]
+
+
+def test_plain_model_path_of_a_ppd_checkpoint_is_its_base_model(tmp_path, tiny_chat, tiny_model_folder):
+    from prompt.errors import PPDError
+    from prompt.model import PromptConfig, PromptDecoder
+    from prompt.model.loading import plain_model_path
+
+    model, _ = tiny_chat
+    checkpoint = tmp_path / "ppd"
+    PromptDecoder(model, PromptConfig(num_special_tokens=3, base_model_name_or_path=str(tiny_model_folder))
+                  ).save_pretrained(checkpoint)
+    assert plain_model_path(str(checkpoint)) == str(tiny_model_folder)
+    assert plain_model_path(str(tiny_model_folder)) == str(tiny_model_folder)
+    assert plain_model_path(None) is None
+    orphan = tmp_path / "orphan"
+    PromptDecoder(model, PromptConfig(num_special_tokens=3)).save_pretrained(orphan)
+    with pytest.raises(PPDError, match="base_model_name_or_path"):
+        plain_model_path(str(orphan))
+
+
+def test_baseline_on_a_ppd_checkpoint_is_its_base_models_greedy_at_every_temperature(tmp_path, tiny_chat,
+                                                                                       tiny_model_folder):
+    """Upstream's baseline takes the PPD checkpoint as --model-path and decodes its base model by argmax whatever the
+    temperature; --sampling exact samples at the question's temperature instead."""
+    from prompt.evaluation.chat import ChatFormatter
+    from prompt.inference.decoding import Decoder
+    from prompt.model import PromptConfig, PromptDecoder
+
+    model, tokenizer = tiny_chat
+    checkpoint = tmp_path / "ppd"
+    PromptDecoder(model, PromptConfig(num_special_tokens=3, base_model_name_or_path=str(tiny_model_folder))
+                  ).save_pretrained(checkpoint)
+    questions = write_questions(tmp_path / "q.jsonl", [
+        {"question_id": 1, "category": "writing", "turns": ["hello there"]},
+        {"question_id": 2, "category": "math", "turns": ["what is it"]}])
+    formatter = ChatFormatter(tokenizer, "tiny")
+    n = 12
+
+    def answer(turn, temperature=0.0, seed=None):
+        decoder = Decoder(model, temperature=temperature, stop_token_ids=formatter.stops(model))
+        result = decoder.generate(formatter.input_ids([turn]), n, seed=seed)
+        return tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+
+    greedy = [answer("hello there"), answer("what is it")]
+    sampled = answer("hello there", 0.7, seed=0)  # the runner's seed for the first question's first choice
+    assert greedy[0] != sampled  # the seeded sample is another answer: the runs below tell which one they gave
+    answers = {}
+    for name, extra in (("default", []), ("temperature", ["--temperature", "0.7"]), ("exact", ["--sampling", "exact"])):
+        path = tmp_path / f"{name}.jsonl"
+        proc = run("gen_model_answer_baseline.py", "--model-path", checkpoint, "--question-file", questions,
+                   "--answer-file", path, "--max-new-token", n, "--warmup", 0, "--threads", 1, *extra)
+        assert proc.returncode == 0, proc.stderr
+        assert "is a PPD checkpoint: the baseline decodes its base model" in proc.stderr
+        answers[name] = [row["choices"][0]["turns"][0] for row in rows(path)]
+    assert answers["default"] == greedy and answers["temperature"] == greedy  # category 0.7, then --temperature 0.7
+    assert answers["exact"] == [sampled, greedy[1]]  # writing sampled at its 0.7, math greedy at its 0
 
 
 def test_num_gpus_total_runs_two_ray_workers_on_cpu(tmp_path, tiny_chat, tiny_model_folder):

@@ -244,6 +244,14 @@ def question_temperature(question: dict, temperature: float | None) -> float:
     return float(fastchat_temperatures().get(question.get("category"), 0.0))
 
 
+def temperatures_in_use(questions, temperature: float | None) -> dict:
+    """{temperature: sorted categories} over `questions`, each at `question_temperature`, lowest temperature first."""
+    used = {}
+    for question in questions:
+        used.setdefault(question_temperature(question, temperature), set()).add(str(question.get("category") or ""))
+    return {t: sorted(used[t]) for t in sorted(used)}
+
+
 def default_answer_file(args) -> str:
     """Upstream's answer file name: the model id and the sampling flags as given (temperature None: per category)."""
     name = (f"{args.model_id}-temperature-{args.temperature}-posterior_threshold-{args.posterior_threshold}"
@@ -325,8 +333,15 @@ def check_args(args) -> list[dict]:
     args.answer_file = args.answer_file or default_answer_file(args)
     print(f"Output to {args.answer_file}")
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
+    args.question_temperatures = temperatures_in_use(questions, args.temperature)
     if args.temperature is None and any(q.get("category") in fastchat_temperatures() for q in questions):
-        print("temperature: FastChat's for each question's category (--temperature sets one for all)")
+        used = "; ".join(f"{t:g} for {', '.join(c or '(none)' for c in cats)}"
+                         for t, cats in args.question_temperatures.items())
+        greedy_anyway = getattr(args, "greedy_at_every_temperature", False)  # the baseline, as upstream's
+        note = ("" if not any(t > 0 for t in args.question_temperatures) else
+                "; the baseline decodes greedily at every one all the same, as upstream's (--sampling exact samples)"
+                if greedy_anyway else "; answers above 0 are sampled, not greedy (--temperature 0: greedy for all)")
+        print(f"temperature: FastChat's for each question's category (--temperature sets one for all): {used}{note}")
     args.answers = AnswerFile.open(args.answer_file)
     todo = [q for q in questions if not args.answers.is_answered(q["question_id"], args.model_id)]
     if len(todo) < len(questions):
@@ -586,6 +601,8 @@ def make_decoder(model, formatter: ChatFormatter, args, temperature: float | Non
     """The decoder of the flags at `temperature` (default: --temperature, else 0)."""
     if temperature is None:
         temperature = args.temperature or 0.0
+    sampled = temperature > 0  # at 0 greedy whatever --sampling names (as upstream): a category at 0 among sampled ones
     return Decoder(model, temperature=temperature, posterior_threshold=args.posterior_threshold,
-                   posterior_alpha=args.posterior_alpha, sampling=args.sampling, top_p=args.top_p, top_k=args.top_k,
+                   posterior_alpha=args.posterior_alpha, sampling=args.sampling if sampled else None,
+                   top_p=args.top_p if sampled else None, top_k=args.top_k if sampled else None,
                    stop_token_ids=formatter.stops(model), **kwargs)

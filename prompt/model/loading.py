@@ -132,6 +132,27 @@ def resolve_model_path(name_or_path) -> str:
     return path
 
 
+def plain_model_path(name_or_path):
+    """What plain decoding of `name_or_path` runs, as upstream's baseline takes its --model-path: a PPD checkpoint
+    (adapter_config.json and no config.json; a folder or a Hub repo id) means its `base_model_name_or_path`; a model
+    (folder, Hub id or the default model's names, None included) means itself."""
+    from prompt.model.config import CONFIG_NAME, PromptConfig
+
+    if name_or_path is None or is_default_model(name_or_path):
+        return name_or_path
+    path = os.path.expanduser(str(name_or_path))
+    if not os.path.isdir(path):
+        if os.path.exists(path) or looks_like_path(str(name_or_path)):
+            raise PPDError(f"model path {name_or_path!r} is not a folder")
+        path = hub_snapshot(str(name_or_path), "model", ["config.json", CONFIG_NAME])
+    if os.path.isfile(os.path.join(path, "config.json")) or not os.path.isfile(os.path.join(path, CONFIG_NAME)):
+        return name_or_path  # a model folder (or neither: load_base_model says what is missing)
+    base = PromptConfig.from_pretrained(path).base_model_name_or_path
+    if not base:
+        raise PPDError(f"the PPD checkpoint {name_or_path!r} names no base_model_name_or_path in {CONFIG_NAME}")
+    return base
+
+
 def load_base_model(name_or_path=None, dtype="float32", device=None, attn_implementation=None,
                     load_in_4bit: bool = False, load_in_8bit: bool = False, **kwargs):
     """Load a causal LM and its tokenizer (None if the folder has none): the default model, a local folder or a Hub id.

@@ -18,7 +18,7 @@ from prompt.model import backbone
 from prompt.model.cache import new_cache
 from prompt.model.config import AggregationType, PromptConfig
 from prompt.model.layout import SpecialTokenLayout, virtual_token_attention  # noqa: F401 (re-exported)
-from prompt.model.loading import load_base_model, resolve_checkpoint_path, resolve_prompt_tokens_path
+from prompt.model.loading import load_base_model, parse_dtype, resolve_checkpoint_path, resolve_prompt_tokens_path
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
@@ -44,7 +44,10 @@ class PrefixKV(nn.Module):
 
 
 class PromptDecoder(nn.Module):
-    """A frozen causal LM plus `num_special_tokens x virtual_tokens_per_special_token` trainable embeddings."""
+    """A frozen causal LM plus `num_special_tokens x virtual_tokens_per_special_token` trainable embeddings.
+
+    Decoding is `prompt.inference.decoding.Decoder(model)`; upstream's `model.ppd_generate(input_ids, ...)` is
+    installed on this class by `prompt.inference.upstream_generate` (a layer above; `import prompt` loads it)."""
 
     def __init__(self, base_model, config: PromptConfig, tokenizer=None, prompt_embeddings: torch.Tensor | None = None):
         super().__init__()
@@ -431,19 +434,47 @@ def _load_extra(module, path: str, required: bool, missing: str | None = None) -
     check_finite(state, path)
 
 
+def _one_of(name, value, alias, alias_value, default, key=str):
+    """`value` or its alias's (the same, by `key`, when both are given), else `default`."""
+    if value is not None and alias_value is not None and key(value) != key(alias_value):
+        raise PPDError(f"{name}={value!r} and {alias}={alias_value!r} disagree: give one of them")
+    return value if value is not None else alias_value if alias_value is not None else default
+
+
+def _device_of_map(device_map):
+    """transformers' `device_map` as our `device`: "auto", a device, or {"": device} (the whole model on it)."""
+    if device_map is None or isinstance(device_map, (str, torch.device, int)):
+        return f"cuda:{device_map}" if isinstance(device_map, int) else device_map
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        return _device_of_map(device_map[""])
+    raise PPDError(f"device_map={device_map!r} is not supported: use device_map='auto' (spread over the GPUs and "
+                   "the CPU) or one device")
+
+
 class AutoPromptDecoder:
     """Load prompt tokens saved in the upstream/peft layout together with their base model."""
 
     @classmethod
-    def from_pretrained(cls, path, base_model=None, tokenizer=None, base_model_path=None, dtype="float32",
+    def from_pretrained(cls, path, base_model=None, tokenizer=None, base_model_path=None, dtype=None,
                         device=None, config: PromptConfig | None = None, load_in_4bit: bool = False,
-                        load_in_8bit: bool = False) -> PromptDecoder:
+                        load_in_8bit: bool = False, *, torch_dtype=None, low_cpu_mem_usage=None, device_map=None,
+                        **unsupported) -> PromptDecoder:
         """Load `path` (a folder or a Hub repo id with adapter_config.json and adapter_model.safetensors/.bin).
 
         The base model comes from `base_model` if given, else `base_model_path`, else the checkpoint's
-        `base_model_name_or_path` (a local folder, a Hub repo id or the default model). `device`: None (cuda
-        when available, else cpu), "cpu", "cuda:N" or "auto"; `load_in_4bit`/`load_in_8bit`: bitsandbytes.
+        `base_model_name_or_path` (a local folder, a Hub repo id or the default model). `dtype` (default float32;
+        a name or a torch.dtype); `device`: None (cuda when available, else cpu), "cpu", "cuda:N" or "auto";
+        `load_in_4bit`/`load_in_8bit`: bitsandbytes.
+
+        Upstream's and transformers' spellings work too: `torch_dtype` (an alias of `dtype`), `device_map`
+        ("auto", a device, or {"": device}) and `low_cpu_mem_usage` (accepted; loading is always low-memory).
         """
+        dtype = _one_of("dtype", dtype, "torch_dtype", torch_dtype, default="float32", key=parse_dtype)
+        device = _one_of("device", device, "device_map", _device_of_map(device_map), default=None)
+        if unsupported:
+            raise PPDError(f"AutoPromptDecoder.from_pretrained does not take {', '.join(sorted(unsupported))} "
+                           "(it takes dtype/torch_dtype, device/device_map, low_cpu_mem_usage, base_model_path, "
+                           "load_in_4bit, load_in_8bit)")
         # the default model's names mean the shipped prompt tokens; a Hub id is downloaded (or read from the cache)
         path = resolve_checkpoint_path(resolve_prompt_tokens_path(path))
         saved_config = PromptConfig.from_pretrained(path)

@@ -72,14 +72,52 @@ def chatml_conversation(tokenizer):
                         system_message=head[len(SYSTEM_HEAD): -len(TURN_END) - 1],
                         roles=("<|im_start|>user", "<|im_start|>assistant"), sep_style=SeparatorStyle.CHATML,
                         sep=TURN_END, stop_str=TURN_END)
-    samples = [[{"role": "user", "content": "Hi"}],
-               [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why?"}]]
-    for messages in samples:
-        if format_messages(conv, messages) != tokenizer.apply_chat_template(messages, tokenize=False,
-                                                                             add_generation_prompt=True):
-            return None
-    return conv
+    return conv if formats_like_chat_template(conv, tokenizer) else None
+
+
+SAMPLE_CONVERSATIONS = [[{"role": "user", "content": "Hi"}],
+                        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why?"}]]
+
+
+def formats_like_chat_template(conv, tokenizer) -> bool:
+    """Whether FastChat's API server, formatting with `conv`, writes what `tokenizer`'s chat template writes (which
+    the answer scripts use) on sample conversations; one the template refuses (a system message) is not compared."""
+    compared = 0
+    for messages in SAMPLE_CONVERSATIONS:
+        try:
+            expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 (jinja's TemplateError and the like: a template that refuses a role)
+            continue
+        if format_messages(conv, messages) != expected:
+            return False
+        compared += 1
+    return compared > 0
+
+
+def conversation_for(tokenizer, model_path, conv_template=None):
+    """(the FastChat Conversation the worker reports, a warning or None): a named template, else one built from
+    the tokenizer's ChatML template, else FastChat's choice for `model_path`. The warning says when its prompts
+    differ from the tokenizer's chat template, so that the server's answers differ from the answer scripts'."""
+    if conv_template:
+        from fastchat.conversation import get_conv_template
+
+        conv = get_conv_template(conv_template)
+    else:
+        conv = chatml_conversation(tokenizer)
+        if conv is None:
+            from fastchat.model.model_adapter import get_conversation_template
+
+            conv = get_conversation_template(model_path)
+            if conv.name == "one_shot" and getattr(tokenizer, "chat_template", None):
+                raise PPDError("FastChat has no conversation template matching this model's chat template: "
+                               "name one with --conv-template")
+    warning = None
+    if getattr(tokenizer, "chat_template", None) and not formats_like_chat_template(conv, tokenizer):
+        warning = (f"FastChat's conversation template {conv.name!r} writes other prompts than the tokenizer's chat "
+                   f"template: chat answers will differ from the answer scripts' unless they use the same template "
+                   f"(--model-id naming it)")
+    return conv, warning
 
 
 def format_messages(conv, messages: list) -> str:
@@ -118,7 +156,8 @@ class PPDWorker:
         self.concurrency, self.max_queue = concurrency, max_queue
         base = getattr(model, "base_model", model)
         self.context_length = context_length or getattr(base.config, "max_position_embeddings", None) or 2048
-        self.eos_ids = stop_token_ids_for(tokenizer)
+        # as the answer scripts stop (ChatFormatter.stops): the tokenizer's EOS and the model's generation-config EOS
+        self.eos_ids = stop_token_ids_for(tokenizer, model=model)
         self._slots = threading.Semaphore(concurrency)
         self._lock = threading.Lock()
         self.pending = 0  # admitted requests: decoding or waiting for a slot
@@ -439,18 +478,9 @@ def make_fastchat_worker(core: PPDWorker, controller_addr, worker_addr, model_pa
 
     class Worker(BaseModelWorker):
         def make_conv_template(self, conv_template=None, model_path=None):
-            if conv_template:
-                from fastchat.conversation import get_conv_template
-
-                return get_conv_template(conv_template)
-            conv = chatml_conversation(core.tokenizer)
-            if conv is None:
-                from fastchat.model.model_adapter import get_conversation_template
-
-                conv = get_conversation_template(model_path)
-                if conv.name == "one_shot" and getattr(core.tokenizer, "chat_template", None):
-                    raise PPDError("FastChat has no conversation template matching this model's chat template: "
-                                   "name one with --conv-template")
+            conv, warning = conversation_for(core.tokenizer, model_path, conv_template)
+            if warning:
+                print(f"warning: {warning}", file=sys.__stderr__, flush=True)
             return conv
 
         def get_queue_length(self):

@@ -1,0 +1,63 @@
+"""Upstream's generation call, `model.ppd_generate(input_ids, ...)`, on our PromptDecoder (its web UI and tutorial use it).
+
+It is our decode loop (`prompt.inference.decoding.Decoder`) behind upstream's signature, installed as a method of
+`PromptDecoder` when `prompt.inference` is imported (`import prompt` always imports it; the model layer cannot import
+the decode loop above it):
+
+    for output_ids in model.ppd_generate(input_ids, temperature=0.0, max_steps=512):
+        text = model.tokenizer.decode(output_ids[0, input_ids.shape[1]:])
+"""
+from __future__ import annotations
+
+import torch
+
+from prompt.errors import PPDError
+from prompt.inference.acceptance import ACCEPTANCE_RULES
+from prompt.model.prompt_decoder import PromptDecoder
+from prompt.model.stops import stop_token_ids_for
+
+
+def ppd_generate(model, input_ids, max_steps: int = 512, temperature: float = 0.0, posterior_threshold: float = 0.09,
+                 posterior_alpha: float = 0.3, sampling: str = "greedy", max_new_tokens: int | None = None,
+                 seed: int | None = None):
+    """Yield the whole sequence so far ([1, prompt + new tokens] ids, on `input_ids`' device) after each decoding
+    step, as upstream's `PromptDecoder.ppd_generate`, until a stop token (the tokenizer's or the generation
+    config's EOS) or `max_steps` steps.
+
+    `sampling="greedy"` (upstream's default) is argmax at every temperature: the base model's greedy output
+    (upstream's greedy keeps an argmax root and loosens acceptance above temperature 0). At temperature 0 every
+    rule is greedy, as upstream. Above it, "typical" is upstream's typical acceptance, and our "exact" and
+    "typical_sampling" work too. `max_new_tokens` (ours) bounds the new tokens (default: the rest of the context).
+    """
+    from prompt.inference.decoding import Decoder
+
+    if sampling not in ACCEPTANCE_RULES:
+        raise PPDError(f"sampling must be one of {', '.join(ACCEPTANCE_RULES)}, got {sampling!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise PPDError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+    greedy = sampling == "greedy" or not temperature
+    key = ("greedy",) if greedy else (sampling, float(temperature), posterior_threshold, posterior_alpha)
+    decoders = model.__dict__.setdefault("_ppd_generate_decoders", {})
+    if key not in decoders:
+        stops = stop_token_ids_for(model.tokenizer, model=model) if model.tokenizer is not None else None
+        rule = {} if greedy else {"temperature": float(temperature), "sampling": sampling,
+                                  "posterior_threshold": posterior_threshold, "posterior_alpha": posterior_alpha}
+        decoders[key] = Decoder(model, stop_token_ids=stops, **rule)
+    decoder = decoders[key]
+    try:
+        ids = torch.as_tensor(input_ids)
+    except (TypeError, ValueError, RuntimeError):
+        raise PPDError("input_ids must be a sequence of token ids") from None
+    ids = ids.reshape(1, -1) if ids.dim() == 1 else ids
+    if max_new_tokens is None:
+        context = decoder.max_positions
+        max_new_tokens = max(context - ids.shape[-1], 1) if context else max_steps * 64
+    new = []
+    for steps, tokens in enumerate(decoder.stream(ids, max_new_tokens, seed=seed), start=1):
+        new.extend(tokens)
+        yield torch.cat([ids, torch.tensor([new], dtype=ids.dtype, device=ids.device)], dim=1)
+        if steps >= max_steps:
+            return
+
+
+PromptDecoder.ppd_generate = ppd_generate
