@@ -5,16 +5,16 @@
 2. `propose`: the top-k of each special token's logits fill the candidate tree (its depth is how many
    special-token logits the last step left: the dynamic tree); context sources (prompt lookup) add one chain
    each, as branches from the root.
-3. `verify_forward`: one forward over the root, the candidate nodes and the special tokens appended to them,
-   with the tree attention mask; the acceptance rule (`prompt.inference.acceptance`) picks the longest path the
-   base model agrees with, and the token the base model adds after it.
-4. `commit`: keep the accepted nodes' cache entries, and read the next special-token logits from the special
-   tokens appended to the last accepted node.
-5. `emit`: the accepted tokens, cut at a stop token or the token limit.
+3. verify (`prompt.inference.batch.DecodeBatch.step`, one path for one sequence and many): one forward over the
+   root, the candidate nodes and the special tokens appended to them, with the tree attention mask; the
+   acceptance rule (`prompt.inference.acceptance`) picks the longest path the base model agrees with, and the
+   token the base model adds after it; the accepted nodes' cache entries are kept, and the next special-token
+   logits are read from the special tokens appended to the last accepted node.
+4. `emit_step`: the accepted tokens, cut at a stop token or the token limit.
 
-Plain decoding is the same loop with no prompt tokens: each tree is the root alone. The state holds one
-sequence (`SequenceState`); each call of `stream`/`generate` owns its state and cache, so calls may run
-concurrently on one model.
+Plain decoding is the same loop with no prompt tokens: each tree is the root alone. One sequence is a batch of one
+row (`SequenceState`); each call of `stream`/`generate` owns its state and cache, so calls may run concurrently on
+one model.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch
 
 from prompt.errors import PPDError
 from prompt.inference.acceptance import acceptance_rule
+from prompt.inference.batch import DecodeBatch, generate_batch
 from prompt.inference.candidates import CandidateSource, PromptLookup, SuffixCandidates, merge_proposals
 from prompt.inference.choice import resolve_decoding, tuned_batch_decodings
 from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_branches
@@ -43,6 +44,7 @@ class GenerationResult:
 
     token_ids: list = field(default_factory=list)  # the new tokens only
     forward_passes: int = 0  # prefill included
+    forward_inputs: int = 0  # inputs of every verification forward after the prefill (tree nodes, special tokens)
     wall_time: float = 0.0
     step_tokens: list = field(default_factory=list)  # tokens emitted per forward pass after the prefill
     chain_wins: int = 0  # steps whose accepted path ended in a context source's chain
@@ -79,7 +81,6 @@ class SequenceState:
     """One sequence between steps: everything the loop carries (a batch would hold one per row)."""
 
     context: list  # prompt + emitted tokens + the pending root: what context sources read
-    cache: object
     prefix_slots: int  # cache slots before the sequence (the trained prefix; 0 without)
     past: int  # sequence tokens in the cache
     root: int  # the base model's next token, not yet emitted
@@ -89,8 +90,8 @@ class SequenceState:
     result: GenerationResult
     generator: torch.Generator | None
     start: float
-    rule: object = None  # the acceptance rule (None: the decoder's)
-    stop_token_ids: frozenset | None = None  # None: the decoder's
+    rule: object  # the acceptance rule
+    stop_token_ids: frozenset
     done: bool = False
 
 
@@ -189,8 +190,8 @@ class Decoder:
     # ----------------------------------------------------------------------------------------------
     # the steps
     def prefill(self, input_ids: torch.Tensor, max_new_tokens: int, generator=None, result=None, rule=None,
-                stop_token_ids=None, prompt_tokens: bool | None = None) -> SequenceState:
-        """Run the prompt (with the prompt tokens appended when they fit the context) and return the new state.
+                stop_token_ids=None, prompt_tokens: bool | None = None) -> tuple:
+        """Run the prompt (with the prompt tokens appended when they fit the context): (the new state, its cache).
 
         `rule` and `stop_token_ids` override the decoder's for this sequence (a server's per-request settings);
         `prompt_tokens=False` decodes this sequence plainly (a batch size whose decoding has no tree)."""
@@ -202,13 +203,13 @@ class Decoder:
         prompt_tokens = self.ppd and prompt_tokens is not False and (
             self.max_positions is None or length + self.model.config.num_special_tokens <= self.max_positions)
         while True:
-            state = self._prefill(input_ids, max_new_tokens, generator, result, start, prompt_tokens, rule)
-            if state is not None:
-                state.stop_token_ids = stop_token_ids
-                return state
+            prefilled = self._prefill(input_ids, max_new_tokens, generator, result, start, prompt_tokens, rule,
+                                      stop_token_ids)
+            if prefilled is not None:
+                return prefilled
             prompt_tokens = False  # the prompt tokens made the logits non-finite: decode plainly
 
-    def _prefill(self, input_ids, max_new_tokens, generator, result, start, prompt_tokens, rule):
+    def _prefill(self, input_ids, max_new_tokens, generator, result, start, prompt_tokens, rule, stop_token_ids):
         model, length = self.model, input_ids.shape[1]
         prefix_slots = model.layout.prefix_length if prompt_tokens else 0
         cache = model.with_prefix() if prefix_slots else new_cache(self.base)
@@ -239,10 +240,10 @@ class Decoder:
                 return None
             keep_cache_entries(cache, prefix_slots + length, [], nv)
         root = int(rule.first_token(root_logits, generator))
-        return SequenceState(context=input_ids[0].tolist() + [root], cache=cache, prefix_slots=prefix_slots,
-                             past=length, root=root, prompt_tokens=prompt_tokens, special_logits=special_logits,
+        return SequenceState(context=input_ids[0].tolist() + [root], prefix_slots=prefix_slots, past=length,
+                             root=root, prompt_tokens=prompt_tokens, special_logits=special_logits,
                              max_new_tokens=max_new_tokens, result=result, generator=generator, start=start,
-                             rule=rule)
+                             rule=rule, stop_token_ids=stop_token_ids), cache
 
     def propose(self, state: SequenceState, setting: StepSetting | None = None) -> StepTree:
         """The step's tree and its node tokens: the prompt tokens' top-k guesses placed by the tree, then one chain
@@ -272,51 +273,11 @@ class Decoder:
         guesses = torch.topk(state.special_logits[: tree.depth], tree.top_k, dim=-1).indices.reshape(-1)
         return torch.cat([root, guesses])[tree.candidate_index]
 
-    def verify_forward(self, state: SequenceState, step: StepTree):
-        """One forward over the tree's nodes and special tokens on top of the cache.
-
-        Returns (output, node_logits [nodes, vocab], all_logits [inputs, vocab] or None): when the special tokens
-        read the base model's head, one head call covers every input (the head's weights are read once a step).
-        """
-        tree, model = step.tree, self.model
-        embeds = self.base.get_input_embeddings()(step.node_tokens)[None]
-        if tree.num_special_inputs:
-            embeds = torch.cat([embeds, model.prompt_embeds()[tree.special_prompt_index][None]], 1)
-        allowed = None if tree.num_inputs == 1 else tree.allowed
-        output = self._forward(embeds, allowed, tree.positions, state.past, state.prefix_slots, tree.special_of_inputs,
-                               state.cache, state.prompt_tokens and model.needs_hidden_states())
-        state.result.forward_passes += 1
-        hidden = output.last_hidden_state[0]
-        if tree.num_special_inputs and model.reads_base_head():
-            all_logits = backbone.head_logits(self.base, hidden)
-            return output, all_logits[: tree.num_nodes], all_logits
-        return output, backbone.head_logits(self.base, hidden[: tree.num_nodes]), None
-
-    def commit(self, state: SequenceState, step: StepTree, path: list, output, all_logits) -> None:
-        """Keep the accepted nodes' cache entries and read the special-token logits after the last of them."""
-        keep_cache_entries(state.cache, state.prefix_slots + state.past, path, step.tree.num_inputs)
-        self.advance(state, step, path, output, all_logits)
-
-    def advance(self, state: SequenceState, step: StepTree, path: list, output, all_logits) -> None:
-        """After the cache kept the accepted path: count it, and read the special-token logits after its last node
-        (`output` and `all_logits` of this sequence alone)."""
-        tree = step.tree
-        state.past += len(path)
-        if state.prompt_tokens:
-            rows = tree.special_rows[path[-1]]  # empty after a chain node: the next step recovers from the root
-            if not rows:  # no guesses to read (a plain step, or a chain won)
-                state.special_logits = state.special_logits[:0]
-            else:
-                head = all_logits[rows][None] if all_logits is not None else None
-                state.special_logits = self.model.special_token_logits(self.model.special_hidden(output, rows),
-                                                                       head)[0]
-        state.result.chain_wins += int(path[-1] >= tree.num_prompt_nodes)
-
     def emit(self, state: SequenceState, tokens: list, next_token: int | None) -> list:
         """Append the accepted `tokens` (root first) to the result, cut at a stop token or the token limit; the base
         model's `next_token` becomes the next root."""
         result = state.result
-        stops = self.stop_token_ids if state.stop_token_ids is None else state.stop_token_ids
+        stops = state.stop_token_ids
         tokens = truncate_at_stop(tokens[: state.max_new_tokens - result.new_tokens], stops)
         result.token_ids.extend(tokens)
         if tokens[-1] in stops:
@@ -342,34 +303,12 @@ class Decoder:
                 state.result.stop_reason, state.done = "context", True
                 return []
             return self.emit(state, [state.root], None)  # the root takes the context's last position
-        stops = self.stop_token_ids if state.stop_token_ids is None else state.stop_token_ids
-        if state.result.new_tokens + 1 >= state.max_new_tokens or state.root in stops:
+        if state.result.new_tokens + 1 >= state.max_new_tokens or state.root in state.stop_token_ids:
             return self.emit(state, [state.root], None)
         return None
 
-    def step(self, state: SequenceState) -> list:
-        """One step of the loop: the tokens it emits (empty when a non-finite step was redone without prompt tokens)."""
-        closing = self.closing_step(state)
-        if closing is not None:
-            return closing
-        step = self.propose(state)
-        output, node_logits, all_logits = self.verify_forward(state, step)
-        rule = state.rule or self.rule
-        best, next_token = rule.verify(step.tree, step.node_tokens, node_logits, state.generator)
-        # finite hidden states give finite logits: the check reads [nodes, hidden], not [nodes, vocab]
-        finite = torch.isfinite(output.last_hidden_state[0, : step.tree.num_nodes]).all()
-        # the step's one transfer to the host: node tokens, the chosen node, the next token, finiteness
-        host = torch.cat([step.node_tokens, torch.stack([best, next_token, finite.long()])]).tolist()
-        node_tokens, (best, next_token, finite) = host[:-3], host[-3:]
-        if not finite and state.prompt_tokens:
-            self._drop_prompt_tokens(state, step.tree.num_inputs)
-            return []
-        path = step.tree.accepted_path[best]
-        self.commit(state, step, path, output, all_logits)
-        return self.accepted(state, [node_tokens[i] for i in path], next_token)
-
-    def accepted(self, state: SequenceState, tokens: list, next_token: int) -> list:
-        """Emit a verified step's accepted `tokens` and count the step."""
+    def emit_step(self, state: SequenceState, tokens: list, next_token: int) -> list:
+        """Emit a verified step's accepted `tokens` (root first) and count the step; `next_token` is the next root."""
         emitted = self.emit(state, tokens, next_token)
         state.result.step_tokens.append(len(emitted))
         return emitted
@@ -404,16 +343,17 @@ class Decoder:
             self._merged[key] = merged
         return merged
 
-    def _drop_prompt_tokens(self, state: SequenceState, written: int) -> None:
-        """The prompt tokens made a step's logits non-finite: rebuild the cache without them (and without the
-        prefix) and go on plainly, so that nothing they computed decides what is emitted."""
+    def prefill_plainly(self, state: SequenceState):
+        """The prompt tokens made a step's logits non-finite: the sequence's cache rebuilt without them (and without
+        the prefix), so that it goes on plainly and nothing they computed decides what is emitted."""
         self._warn_non_finite()
         context = torch.tensor([state.context[:-1]], device=self.device)
-        state.cache = new_cache(self.base)
+        cache = new_cache(self.base)
         embeds = self.base.get_input_embeddings()(context)
-        self._forward(embeds, None, torch.arange(context.shape[1], device=self.device), 0, 0, None, state.cache, False)
+        self._forward(embeds, None, torch.arange(context.shape[1], device=self.device), 0, 0, None, cache, False)
         state.result.forward_passes += 1
         state.prefix_slots, state.prompt_tokens, state.special_logits = 0, False, None
+        return cache
 
     @staticmethod
     def _warn_non_finite():
@@ -421,7 +361,8 @@ class Decoder:
                       RuntimeWarning, stacklevel=3)
 
     # ----------------------------------------------------------------------------------------------
-    def _check_inputs(self, input_ids, max_new_tokens) -> torch.Tensor:
+    def check_inputs(self, input_ids, max_new_tokens) -> torch.Tensor:
+        """`input_ids` as a [1, length] tensor on the model's device; PPDError for anything that is not one prompt."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise PPDError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
         try:
@@ -448,16 +389,13 @@ class Decoder:
 
         Statistics accumulate in `result` (pass one in to read them while or after streaming).
         """
-        input_ids = self._check_inputs(input_ids, max_new_tokens)
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        # Inference mode is per thread, and a consumer (a web server's thread pool) may resume this
-        # generator in another thread: enter it around each step rather than across the yields.
-        with torch.inference_mode():
-            state = self.prefill(input_ids, max_new_tokens, generator, result)
-        while not state.done:
-            with torch.inference_mode():
-                tokens = self.step(state)
-            if tokens:
+        # one sequence is a batch of one row with the decoder's own decoding; inference mode is per thread, and a
+        # consumer (a web server's thread pool) may resume this generator in another thread: the batch enters it
+        # around each step rather than across the yields
+        batch = DecodeBatch(self, _own_decoding)
+        batch.add(input_ids, max_new_tokens, seed=seed, result=result)
+        while len(batch):
+            for _, tokens in batch.step():
                 yield tokens
 
     def generate(self, input_ids, max_new_tokens: int = 512, seed=None) -> GenerationResult:
@@ -468,13 +406,14 @@ class Decoder:
 
     def batch(self, setting=None, expected_rows: int = 0):
         """A running batch (`prompt.inference.batch.DecodeBatch`) that sequences join and leave between steps."""
-        from prompt.inference.batch import DecodeBatch
-
         return DecodeBatch(self, setting, expected_rows)
 
     def generate_batch(self, prompts, max_new_tokens: int = 512, seed=None) -> list:
         """Decode several prompts (token-id sequences of any lengths) together: one GenerationResult per prompt, in
         order, each token-identical (in float32) to the prompt decoded alone."""
-        from prompt.inference.batch import generate_batch
-
         return generate_batch(self, prompts, max_new_tokens, seed)
+
+
+def _own_decoding(rows: int) -> None:
+    """The decoding of a batch of one sequence decoded alone: the decoder's own, whatever the batch size."""
+    return None
