@@ -30,6 +30,11 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
 
 from prompt.errors import PPDError
 
+# typical acceptance's defaults (upstream's and Medusa's): a candidate passes when its probability under its parent
+# exceeds min(POSTERIOR_THRESHOLD, POSTERIOR_ALPHA * exp(-entropy))
+POSTERIOR_THRESHOLD = 0.09
+POSTERIOR_ALPHA = 0.3
+
 
 def typical_cut(probs: torch.Tensor, threshold: float, alpha: float) -> torch.Tensor:
     """[..., 1] the typical-acceptance threshold of each distribution: min(threshold, alpha * exp(-entropy))."""
@@ -134,7 +139,8 @@ class GreedyAcceptance(AcceptanceRule):
 class TypicalAcceptance(AcceptanceRule):
     name = "typical"
 
-    def __init__(self, temperature: float, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3):
+    def __init__(self, temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,
+                 posterior_alpha: float = POSTERIOR_ALPHA):
         self.temperature, self.threshold, self.alpha = temperature, posterior_threshold, posterior_alpha
 
     def first_token(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
@@ -226,8 +232,9 @@ ACCEPTANCE_RULES = {"greedy": GreedyAcceptance, "typical": TypicalAcceptance, "t
                     "exact": ExactSampling}
 
 
-def acceptance_rule(sampling: str | None = None, temperature: float = 0.0, posterior_threshold: float = 0.09,
-                    posterior_alpha: float = 0.3, top_p: float | None = None, top_k: int | None = None):
+def acceptance_rule(sampling: str | None = None, temperature: float = 0.0,
+                    posterior_threshold: float = POSTERIOR_THRESHOLD, posterior_alpha: float = POSTERIOR_ALPHA,
+                    top_p: float | None = None, top_k: int | None = None):
     """The rule named `sampling`; None picks greedy at temperature 0 and exact sampling above it.
 
     `top_p` and `top_k` shape the distribution that exact sampling reproduces (transformers' semantics)."""
@@ -254,3 +261,26 @@ def acceptance_rule(sampling: str | None = None, temperature: float = 0.0, poste
     if sampling == "exact":
         return ExactSampling(float(temperature), top_p, top_k)
     return ACCEPTANCE_RULES[sampling](float(temperature), posterior_threshold, posterior_alpha)
+
+
+# named constructors, each checked as `acceptance_rule` checks its settings
+def greedy() -> GreedyAcceptance:
+    """Greedy verification: the output equals plain greedy decoding."""
+    return acceptance_rule("greedy")
+
+
+def exact(temperature: float, top_p: float | None = None, top_k: int | None = None) -> ExactSampling:
+    """Lossless speculative sampling of the base model's distribution after temperature, top-k and top-p."""
+    return acceptance_rule("exact", temperature, top_p=top_p, top_k=top_k)
+
+
+def typical(temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,
+            posterior_alpha: float = POSTERIOR_ALPHA) -> TypicalAcceptance:
+    """Upstream's typical acceptance."""
+    return acceptance_rule("typical", temperature, posterior_threshold, posterior_alpha)
+
+
+def typical_sampling(temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,
+                     posterior_alpha: float = POSTERIOR_ALPHA) -> TypicalSampling:
+    """Every emitted token one draw from the typical-filtered distribution."""
+    return acceptance_rule("typical_sampling", temperature, posterior_threshold, posterior_alpha)

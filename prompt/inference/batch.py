@@ -123,6 +123,7 @@ class DecodeBatch:
     def remove(self, state) -> None:
         """Take a row out of the batch between steps (a cancelled request); its result keeps what it emitted."""
         self._keep([i for i, row in enumerate(self.rows) if row is not state])
+        self.decoder.finish(state)
 
     def _keep(self, keep: list) -> None:
         """Keep the rows at `keep` (indices), cutting the cache to the longest of them."""
