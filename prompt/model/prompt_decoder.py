@@ -146,11 +146,6 @@ class PromptDecoder(nn.Module):
             merged.update(keys, values, i)
         return merged
 
-    @property
-    def vt_attention(self) -> torch.Tensor:
-        """Boolean [NV, NV]: which virtual tokens each virtual token sees (`SpecialTokenLayout`)."""
-        return self.layout.vt_attention
-
     def num_trained_parameters(self) -> int:
         """Parameters of everything trained on top of the frozen base model (prompt tokens, prefix, weighting
         layers, custom head)."""
