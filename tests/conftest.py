@@ -20,3 +20,14 @@ def tiny_llama(seed=0, vocab=97, hidden=32, layers=2, heads=4, kv_heads=2, dtype
 @pytest.fixture
 def tiny_model():
     return tiny_llama()
+
+
+def with_chains(tree, chain_lengths, chain_special_tokens, layout):
+    """`tree` with one chain from the root per length in `chain_lengths` (the context sources' candidates as
+    `prompt.inference.tree.with_branches` hangs them), each node carrying `chain_special_tokens` special tokens."""
+    from prompt.inference.tree import with_branches
+
+    parents = []
+    for length in chain_lengths:
+        parents.extend([-1] + [len(parents) + d for d in range(length - 1)])
+    return with_branches(tree, parents, chain_special_tokens, layout)

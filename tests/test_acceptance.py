@@ -5,10 +5,11 @@ import random
 import pytest
 import torch
 
+from conftest import with_chains
 from prompt import PPDError
 from prompt.inference.acceptance import (GreedyAcceptance, TypicalAcceptance, TypicalSampling, acceptance_rule, draw,
                                          greedy_best, typical_filtered_probs)
-from prompt.inference.tree import DEFAULT_TREE_FILE, DynamicTree, build_tree_buffers, with_chains
+from prompt.inference.tree import DEFAULT_TREE_FILE, DynamicTree, build_tree_buffers
 from prompt.model.layout import SpecialTokenLayout
 
 VOCAB = 8
@@ -75,7 +76,7 @@ def reference_greedy(tree, tokens, logits):
     for i in range(1, tree.num_nodes):
         parent = tree.node_parent[i]
         accepted[i] = accepted[parent] and tokens[i] == targets[parent]
-        if accepted[i] and tree.node_depth(i) > tree.node_depth(best):
+        if accepted[i] and len(tree.node_paths[i]) > len(tree.node_paths[best]):
             best = i
     return best, targets[best]
 

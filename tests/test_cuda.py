@@ -5,18 +5,19 @@ import torch
 
 from conftest import tiny_llama
 from prompt import Decoder, PromptConfig, PromptDecoder
+from prompt.inference.candidates import StatelessSource
 from prompt.model.loading import load_base_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-class Oracle:
+class Oracle(StatelessSource):
     """The true continuation from a reference run, as a context source: long acceptances."""
 
     def __init__(self, full_sequence, length=4):
         self.full_sequence, self.length = full_sequence, length
 
-    def propose(self, context):
+    def propose(self, seq, context):
         return list(self.full_sequence[len(context): len(context) + self.length])
 
 

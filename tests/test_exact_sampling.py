@@ -15,7 +15,7 @@ from scipy.stats import chi2
 from conftest import tiny_llama
 from prompt import Decoder, PPDError, PromptConfig, PromptDecoder
 from prompt.inference.acceptance import ExactSampling
-from prompt.inference.candidates import Branches
+from prompt.inference.candidates import Branches, StatelessSource
 
 VOCAB = 4
 SAMPLES = 1200
@@ -24,17 +24,17 @@ WIDE_TREE = {"1": [[[0], 0.5, 2], [[1], 0.3, 2], [[2], 0.1, 1]],
                    [[1, 0], 0.1, 1], [[1, 1], 0.1, 1]]}
 
 
-class FixedChain:
+class FixedChain(StatelessSource):
     """A deterministic draft: always the same two tokens after the root (often refused, sometimes taken)."""
 
-    def propose(self, context):
+    def propose(self, seq, context):
         return [1, 3]
 
 
-class FixedTree:
+class FixedTree(StatelessSource):
     """A deterministic context tree: 1 -> {3, 2}, and 0 (siblings at two depths, as a suffix tree proposes)."""
 
-    def propose(self, context):
+    def propose(self, seq, context):
         return Branches((1, 3, 2, 0), (-1, 0, 0, -1))
 
 

@@ -7,6 +7,7 @@ import torch
 import transformers as T
 
 from prompt import Decoder, PPDError, PromptConfig, PromptDecoder
+from prompt.inference.candidates import StatelessSource
 from prompt.model.backbone import check_supported, layer_types
 
 COMMON = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -47,14 +48,14 @@ def tiny(name, seed=0):
     return model.eval()
 
 
-class Oracle:
+class Oracle(StatelessSource):
     """A context source proposing the true continuation from a reference run, with one token in three chains
     corrupted at a random place: long acceptances, and rejections in the middle of a chain."""
 
     def __init__(self, full_sequence, length=5, seed=0):
         self.full_sequence, self.length, self.rng = full_sequence, length, random.Random(seed)
 
-    def propose(self, context):
+    def propose(self, seq, context):
         chain = list(self.full_sequence[len(context): len(context) + self.length])
         if chain and self.rng.random() < 1 / 3:
             chain[self.rng.randrange(len(chain))] = (chain[0] + 1) % 97
@@ -137,9 +138,9 @@ class BatchOracle(Oracle):
         super().__init__(None, seed=seed)
         self.full_sequences = full_sequences
 
-    def propose(self, context):
+    def propose(self, seq, context):
         self.full_sequence = next(s for s in self.full_sequences if s[: len(context)] == context)
-        return super().propose(context)
+        return super().propose(seq, context)
 
 
 @pytest.mark.parametrize("name", ["mistral-window", "gemma3", "gemma2", "cohere2", "qwen2-window", "gpt-oss"])

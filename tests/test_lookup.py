@@ -4,10 +4,10 @@ import random
 import pytest
 import torch
 
-from conftest import tiny_llama
+from conftest import tiny_llama, with_chains
 from prompt import Decoder, PPDError, PromptConfig, PromptDecoder
-from prompt.inference.candidates import PromptLookup
-from prompt.inference.tree import build_tree_buffers, with_chains
+from prompt.inference.candidates import PromptLookup, StatelessSource
+from prompt.inference.tree import build_tree_buffers
 from prompt.model.layout import SpecialTokenLayout
 from test_suffix import repeating_reply
 
@@ -20,17 +20,17 @@ def reference(model, ids, n):
 def test_prompt_lookup_rule():
     context = [5, 6, 7, 8, 9, 1, 6, 7, 3, 4, 6, 7]
     # trailing 3-gram [4, 6, 7] never occurred before; 2-gram [6, 7] did, twice
-    assert PromptLookup(3, most_recent=True).propose(context) == [3, 4, 6]
-    assert PromptLookup(3, most_recent=False).propose(context) == [8, 9, 1]
-    assert PromptLookup(10, most_recent=False).propose(context) == [8, 9, 1, 6, 7, 3, 4, 6, 7]
-    assert PromptLookup(2, max_ngram=1).propose([1, 2, 3, 2]) == [3, 2]
+    assert PromptLookup(3, most_recent=True).propose(None, context) == [3, 4, 6]
+    assert PromptLookup(3, most_recent=False).propose(None, context) == [8, 9, 1]
+    assert PromptLookup(10, most_recent=False).propose(None, context) == [8, 9, 1, 6, 7, 3, 4, 6, 7]
+    assert PromptLookup(2, max_ngram=1).propose(None, [1, 2, 3, 2]) == [3, 2]
     # in a loop the latest match leaves one token to copy: the most recent match with a full chain wins
-    assert PromptLookup(4).propose([1] + [7] * 8) == [7, 7, 7, 7]
-    assert PromptLookup(4).propose([1, 2, 1, 2, 1, 2, 1]) == [2, 1, 2, 1]
-    assert PromptLookup(9).propose([1, 2, 1, 2, 1, 2, 1]) == [2, 1, 2, 1]  # none full: the longest
-    assert PromptLookup(5).propose([1, 2, 3]) == []  # no earlier occurrence of any n-gram
-    assert PromptLookup(5).propose([4]) == []
-    assert PromptLookup(5, stop_token_ids=[9]).propose([7, 8, 9, 1, 7]) == [8, 9]  # cut after a stop token
+    assert PromptLookup(4).propose(None, [1] + [7] * 8) == [7, 7, 7, 7]
+    assert PromptLookup(4).propose(None, [1, 2, 1, 2, 1, 2, 1]) == [2, 1, 2, 1]
+    assert PromptLookup(9).propose(None, [1, 2, 1, 2, 1, 2, 1]) == [2, 1, 2, 1]  # none full: the longest
+    assert PromptLookup(5).propose(None, [1, 2, 3]) == []  # no earlier occurrence of any n-gram
+    assert PromptLookup(5).propose(None, [4]) == []
+    assert PromptLookup(5, stop_token_ids=[9]).propose(None, [7, 8, 9, 1, 7]) == [8, 9]  # cut after a stop token
     with pytest.raises(PPDError):
         PromptLookup(0)
 
@@ -41,7 +41,7 @@ def test_chain_buffers():
     merged = with_chains(tree, (3,), 0, layout)
     assert merged.num_prompt_nodes == 3 and merged.num_nodes == 6
     assert merged.node_parent == [-1, 0, 0, 0, 3, 4]
-    assert [merged.node_depth(i) for i in range(6)] == [0, 1, 1, 1, 2, 3]
+    assert [len(merged.node_paths[i]) for i in range(6)] == [0, 1, 1, 1, 2, 3]
     # special tokens follow all token nodes: root 2, [0] 2, [1] 1, chain nodes none
     assert merged.special_rows == [[6, 7], [8, 9], [10], [], [], []]
     assert merged.positions.tolist() == [0, 1, 1, 1, 2, 3, 1, 2, 2, 3, 2]
@@ -54,7 +54,7 @@ def test_chain_buffers():
     assert with_specials.positions.tolist()[10:] == [2, 3]
 
 
-class TrueChain:
+class TrueChain(StatelessSource):
     """A context source that knows the reference continuation and returns it with random errors, so chains win
     some steps, lose others, and part at random depths."""
 
@@ -63,7 +63,7 @@ class TrueChain:
         self.rng = random.Random(seed)
         self.length = length
 
-    def propose(self, context):
+    def propose(self, seq, context):
         if self.rng.random() < 0.25:
             return []
         chain = list(self.full_sequence[len(context): len(context) + self.length])

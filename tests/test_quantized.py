@@ -10,6 +10,7 @@ from training_helpers import write_sharegpt
 from webui_helpers import tiny_chat_tokenizer
 from prompt import Decoder, PPDError, PromptConfig, PromptDecoder
 from prompt.data import cli as dataset_cli
+from prompt.inference.candidates import StatelessSource
 from prompt.model.loading import load_base_model
 from prompt.train import train as trainer
 
@@ -32,13 +33,13 @@ def generate(model, ids, n):
     return out[0, ids.shape[1]:].tolist()
 
 
-class Oracle:
+class Oracle(StatelessSource):
     """The true continuation from a reference run, as a context source: long acceptances."""
 
     def __init__(self, full_sequence, length=4):
         self.full_sequence, self.length = full_sequence, length
 
-    def propose(self, context):
+    def propose(self, seq, context):
         return list(self.full_sequence[len(context): len(context) + self.length])
 
 

@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from conftest import tiny_llama
+from conftest import tiny_llama, with_chains
 from prompt import Decoder, PPDError, PromptConfig, PromptDecoder
-from prompt.inference.candidates import Branches, PromptLookup, SuffixCandidates, merge_proposals
-from prompt.inference.tree import build_tree_buffers, with_branches, with_chains
+from prompt.inference.candidates import Branches, PromptLookup, StatelessSource, SuffixCandidates, merge_proposals
+from prompt.inference.tree import build_tree_buffers, with_branches
 from prompt.model.layout import SpecialTokenLayout
 
 
@@ -58,37 +58,58 @@ def test_suffix_rule_branches_every_match_scored_by_counts():
     source = SuffixCandidates(max_nodes=8, spec_factor=4, min_probability=0.2)
     # "1 2" was followed by 3 4, 3 5 and 3 4: one tree 3 -> {4 (2 of 3), 5 (1 of 3)}
     context = [1, 2, 3, 4, 9, 1, 2, 3, 5, 9, 1, 2, 3, 4, 7, 1, 2]
-    proposal = source.propose(context)
+    proposal = source.propose(None, context)
     assert proposal.tokens[:2] == (3, 4) and proposal.parents[:2] == (-1, 0)
     assert 5 in proposal.tokens and proposal.parents[proposal.tokens.index(5)] == 0  # the rarer match: a branch
     assert proposal.tokens == (3, 4, 5, 7, 9, 9, 1, 1)  # equal estimates: the shallower node first
     assert proposal.parents == (-1, 0, 0, 1, 1, 2, 3, 4)
     # the budget follows the match length: a 1-token match earns spec_factor nodes, a longer one more
-    short = SuffixCandidates(max_nodes=16, spec_factor=2, min_probability=0.0).propose([5, 6, 7, 8, 9, 5])
+    short = SuffixCandidates(max_nodes=16, spec_factor=2, min_probability=0.0).propose(None, [5, 6, 7, 8, 9, 5])
     assert short.tokens == (6, 7)
-    long = SuffixCandidates(max_nodes=16, spec_factor=2, min_probability=0.0).propose(
+    long = SuffixCandidates(max_nodes=16, spec_factor=2, min_probability=0.0).propose(None, 
         [5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7])
     assert long.tokens == (8, 9, 10, 11, 12, 5)
-    assert not SuffixCandidates().propose([1, 2, 3])  # nothing repeats
-    stopped = SuffixCandidates(spec_factor=8, stop_token_ids=[9]).propose([4, 7, 8, 9, 1, 2, 4, 7])
+    assert not SuffixCandidates().propose(None, [1, 2, 3])  # nothing repeats
+    stopped = SuffixCandidates(spec_factor=8, stop_token_ids=[9]).propose(None, [4, 7, 8, 9, 1, 2, 4, 7])
     assert stopped.tokens == (8, 9)  # paths end at a stop token
     with pytest.raises(PPDError):
         SuffixCandidates(max_nodes=0)
 
 
-def test_suffix_history_holds_earlier_answers_from_the_next_sequence_on():
+class Sequence:
+    """A sequence as the decode loop passes it to a source: one object for its life, with its stop tokens."""
+
+    stop_token_ids = None
+
+
+def test_suffix_history_holds_earlier_answers_once_they_finish():
     source = SuffixCandidates(spec_factor=8, min_probability=0.0)
+    one, two = Sequence(), Sequence()
     first = [50, 51, 52]  # the prompt and the first token (52)
-    source.propose(first)
+    source.propose(one, first)
+    source.accepted(one, [52, 60, 61, 62, 63])
     first += [60, 61, 62, 63, 64]
-    source.propose(first)
+    source.propose(one, first)
+    source.accepted(one, [64])
     assert not source.history.answers  # still the current sequence
     second = [70, 71, 60, 61]
-    proposal = source.propose(second)
+    assert not source.propose(two, second)  # the first has not finished: its answer is not history yet
+    source.finished(one)
     assert source.history.answers == [[52, 60, 61, 62, 63, 64]]
+    proposal = source.propose(two, second)
     assert proposal.tokens == (62, 63, 64)
     source.forget()
-    assert not source.history.answers and not source.propose([70, 71, 60, 61])
+    assert not source.history.answers and not source.propose(Sequence(), [70, 71, 60, 61])
+
+
+def test_a_sources_proposals_end_at_the_requests_own_stop_tokens():
+    source, lookup = SuffixCandidates(spec_factor=8, stop_token_ids=[9]), PromptLookup(5, stop_token_ids=[9])
+    stopping = Sequence()
+    stopping.stop_token_ids = frozenset([1])
+    context = [4, 7, 8, 9, 1, 2, 4, 7]
+    assert source.propose(None, context).tokens == (8, 9)  # outside the loop: the source's own stops
+    assert source.propose(stopping, context).tokens == (8, 9, 1)  # the request's stops replace them
+    assert lookup.propose(stopping, context) == [8, 9, 1]
 
 
 def test_a_copied_suffix_source_replays_the_same_state_independently():
@@ -96,27 +117,31 @@ def test_a_copied_suffix_source_replays_the_same_state_independently():
     import copy
 
     source = SuffixCandidates(spec_factor=8, min_probability=0.0)
+    one = Sequence()
     first = [50, 51, 52]
-    source.propose(first)
+    source.propose(one, first)
     first += [60, 61, 62, 63, 64]  # the same list, growing, as the decode loop passes it
-    source.propose(first)
+    source.propose(one, first)
+    source.accepted(one, [52, 60, 61, 62, 63, 64])
     saved = copy.deepcopy(source)
-    assert source.propose([70, 71, 60, 61]).tokens == (62, 63, 64)
+    source.finished(one)
+    assert source.propose(Sequence(), [70, 71, 60, 61]).tokens == (62, 63, 64)
     again = copy.deepcopy(saved)
-    assert again.propose([70, 71, 60, 61]).tokens == (62, 63, 64)
+    again.finished(one)
+    assert again.propose(Sequence(), [70, 71, 60, 61]).tokens == (62, 63, 64)
     assert not saved.history.answers  # the copies moved on, the saved state did not
     saved.forget()
     assert again.history.answers == [[52, 60, 61, 62, 63, 64]]
 
 
-class DecoyTree:
+class DecoyTree(StatelessSource):
     """A source that knows the reference continuation and proposes it as the second branch of a tree, behind a
     wrong first branch, with random errors deeper down: branches other than the first must win."""
 
     def __init__(self, full_sequence, seed, length=5):
         self.full_sequence, self.rng, self.length = full_sequence, random.Random(seed), length
 
-    def propose(self, context):
+    def propose(self, seq, context):
         true = list(self.full_sequence[len(context): len(context) + self.length])
         if not true:
             return []

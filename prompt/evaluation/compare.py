@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -16,100 +18,160 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import HFGenerate, MethodTotals
+from prompt.inference.acceptance import acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
-from prompt.inference.choice import DECODING_NAME, fastest_dtype, resolve_decoding, trees_for, tuned_decoding
-from prompt.inference.decoding import Decoder
+from prompt.inference.choice import (DECODING_NAME, DecodingChoice, fastest_dtype, resolve_decoding, trees_for,
+                                     tuned_decoding)
+from prompt.inference.decoding import Decoder, Decoding
 from prompt.inference.tree import select_tree_spec
 from prompt.model.config import PromptConfig
 from prompt.model.defaults import checkpoint_folder, load_prompt_decoder
 from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.model.prompt_decoder import PromptDecoder
 
-METHODS = ("generate", "generate_static", "generate_compiled", "generate_lookup", "generate_lookup3", "baseline",
-           "lookup", "suffix", "ppd", "ppd_lookup", "ppd_untrained", "tuned", "tuned_suffix", "generate_sample", "generate_lookup_sample",
-           "exact", "typical", "exact_greedy_tuned")
-# the peers a user would pick, each at its best over these rows (and over dtypes in the benchmark's headline)
-PEERS = {"transformers generate": ("generate", "generate_static", "generate_compiled"),
-         "transformers prompt lookup": ("generate_lookup", "generate_lookup3")}
-OURS = ("baseline", "lookup", "suffix", "ppd", "ppd_lookup", "ppd_untrained", "tuned", "tuned_suffix")  # greedy rows of this library
 BUSY_SPREAD = 1.25  # the repeated reference measure moving more than this (max/min) means a contended machine
-METHOD_HELP = ("generate: transformers greedy (dynamic cache); generate_static: the same with its static cache; "
-               "generate_compiled: static cache and torch.compile (about a minute of compiling per prompt shape, "
-               "all done in the warm-up); generate_lookup / generate_lookup3: transformers prompt lookup decoding "
-               "matching up to 2-grams (its default) / 3-grams; suffix: our plain loop with the suffix candidate tree; "
-               "tuned_suffix: the tuned decoding with the suffix candidate tree merged in; baseline: our "
-               "plain loop; lookup: our loop with prompt lookup alone; ppd: prompt tokens alone; ppd_lookup: both in "
-               "one tree; ppd_untrained: text-initialised prompt tokens; tuned: the checkpoint's tuned decoding; at --temperature: "
-               "generate_sample and generate_lookup_sample (transformers sampling, plain and with prompt lookup), exact "
-               "and typical (the tuned decoding with exact sampling or upstream's typical acceptance: the rule's own tuned "
-               "entry where decoding.json has one), exact_greedy_tuned (exact sampling with the greedy tuned decoding)")
+
+
+@dataclass
+class MethodInputs:
+    """What every method's factory may read: the model, its stops and the comparison's shared settings."""
+
+    model: object  # the PromptDecoder
+    formatter: ChatFormatter
+    stops: list
+    tree_spec: dict  # the PPD methods' tree
+    lookup_tokens: int
+    dtype: str
+    temperature: float
+    suffix_nodes: int
+
+    @property
+    def base(self):
+        return self.model.base_model
+
+    def suffix(self) -> list:
+        return [SuffixCandidates(self.suffix_nodes, stop_token_ids=self.stops)]
+
+    def tree(self, prompt_lookup_num_tokens: int = 0) -> DecodingChoice:
+        return DecodingChoice(self.tree_spec, prompt_lookup_num_tokens)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison: `factory(inputs)` builds its decoder; `ours`: a greedy row of this library;
+    `peer`: the peer a user would pick that it stands for (each peer at its best over its rows)."""
+
+    factory: Callable[[MethodInputs], object]
+    help: str
+    ours: bool = False
+    peer: str | None = None
+
+
+def _ours(decoding, help: str, model=lambda i: i.model, sources=None) -> Method:
+    """A greedy row of our loop: `model(inputs)` decoded with `decoding(inputs)` (None: the tuned decoding), plus
+    `sources(inputs)` where given."""
+    def factory(inputs: MethodInputs):
+        extra = {} if sources is None else {"sources": sources(inputs)}
+        return Decoder(model(inputs), decoding(inputs), stop_token_ids=inputs.stops, **extra)
+    return Method(factory, help, ours=True)
+
+
+def _plain(decoding, help: str) -> Method:
+    return _ours(decoding, help, model=lambda i: i.base)
+
+
+def _sampled(sampling: str, greedy_tuned: bool = False):
+    def factory(inputs: MethodInputs):
+        rule = acceptance_rule(sampling, inputs.temperature)
+        if not greedy_tuned:  # the tuned decoding of the rule itself (its own decoding.json entry where it has one)
+            return Decoder(inputs.model, rule=rule, stop_token_ids=inputs.stops)
+        greedy = tuned_decoding(inputs.model, inputs.dtype)  # the tree and lookup tuned for greedy decoding
+        decoding = Decoding.resolve(inputs.model, tree_length=greedy.get("tree_length"),
+                                    prompt_lookup_num_tokens=greedy.get("prompt_lookup_num_tokens", 0),
+                                    sampling=rule.name)
+        return Decoder(inputs.model, decoding, rule, stop_token_ids=inputs.stops)
+    return factory
+
+
+def _untrained(inputs: MethodInputs):
+    """Text-initialised prompt tokens of the same shape: the untrained baseline."""
+    config = inputs.model.config
+    untrained = PromptDecoder(inputs.base, PromptConfig(
+        num_special_tokens=config.num_special_tokens,
+        virtual_tokens_per_special_token=config.virtual_tokens_per_special_token,
+        vt_attention_type=config.vt_attention_type), tokenizer=inputs.formatter.tokenizer).eval()
+    return Decoder(untrained, inputs.tree(), stop_token_ids=inputs.stops)
+
+
+METHODS = {
+    "generate": Method(lambda i: HFGenerate(i.base, i.stops), "transformers greedy (dynamic cache)",
+                       peer="transformers generate"),
+    "generate_static": Method(lambda i: HFGenerate(i.base, i.stops, static_cache=True),
+                              "the same with its static cache", peer="transformers generate"),
+    "generate_compiled": Method(lambda i: HFGenerate(i.base, i.stops, static_cache=True, compiled=True),
+                                "static cache and torch.compile (about a minute of compiling per prompt shape, all "
+                                "done in the warm-up)", peer="transformers generate"),
+    "generate_lookup": Method(lambda i: HFGenerate(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
+                                                   max_matching_ngram_size=2),
+                              "transformers prompt lookup decoding matching up to 2-grams (its default)",
+                              peer="transformers prompt lookup"),
+    "generate_lookup3": Method(lambda i: HFGenerate(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
+                                                    max_matching_ngram_size=3),
+                               "the same matching up to 3-grams", peer="transformers prompt lookup"),
+    "baseline": _plain(lambda i: Decoding.plain(i.base), "our plain loop"),
+    "lookup": _plain(lambda i: Decoding.plain(i.base, i.lookup_tokens), "our loop with prompt lookup alone"),
+    "suffix": _plain(lambda i: Decoding.plain(i.base, sources=i.suffix()),
+                     "our plain loop with the suffix candidate tree"),
+    "ppd": _ours(lambda i: i.tree(), "prompt tokens alone"),
+    "ppd_lookup": _ours(lambda i: i.tree(i.lookup_tokens), "prompt tokens and prompt lookup in one tree"),
+    "ppd_untrained": Method(_untrained, "text-initialised prompt tokens", ours=True),
+    "tuned": _ours(lambda i: None, "the checkpoint's tuned decoding"),
+    "tuned_suffix": _ours(lambda i: None, "the tuned decoding with the suffix candidate tree merged in",
+                          sources=MethodInputs.suffix),
+    "generate_sample": Method(lambda i: HFGenerate(i.base, i.stops, temperature=i.temperature),
+                              "at --temperature: transformers sampling"),
+    "generate_lookup_sample": Method(lambda i: HFGenerate(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
+                                                          temperature=i.temperature),
+                                     "at --temperature: transformers sampling with prompt lookup"),
+    "exact": Method(_sampled("exact"), "at --temperature: the tuned decoding with exact sampling (the rule's own "
+                                       "tuned entry where decoding.json has one)"),
+    "typical": Method(_sampled("typical"), "at --temperature: the tuned decoding with upstream's typical acceptance"),
+    "exact_greedy_tuned": Method(_sampled("exact", greedy_tuned=True),
+                                 "at --temperature: exact sampling with the greedy tuned decoding"),
+}
+OURS = tuple(name for name, method in METHODS.items() if method.ours)  # greedy rows of this library
+# the peers a user would pick, each at its best over these rows (and over dtypes in the benchmark's headline)
+PEERS = {peer: tuple(name for name, method in METHODS.items() if method.peer == peer)
+         for peer in dict.fromkeys(method.peer for method in METHODS.values() if method.peer)}
+METHOD_HELP = "; ".join(f"{name}: {method.help}" for name, method in METHODS.items())
 
 
 def build_decoders(model, formatter: ChatFormatter, methods, tree_length=None, tree_file=None, lookup_tokens=10,
                    dtype="float32", temperature: float = 0.7, suffix_nodes: int = 16):
-    """Decoders by method name. PPD methods use `tree_length` if given, else the tuned tree for `dtype` (if
-    it uses the prompt tokens), else the tree file's largest; lookup methods use chains of `lookup_tokens`."""
-    stops = formatter.stops(model)
+    """Decoders by method name (`METHODS`). PPD methods use `tree_length` if given, else the tuned tree for `dtype`
+    (if it uses the prompt tokens), else the tree file's largest; lookup methods use chains of `lookup_tokens`."""
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown:
+        raise PPDError(f"unknown method {unknown[0]!r}; use {', '.join(METHODS)}")
+    inputs = MethodInputs(model, formatter, formatter.stops(model), _ppd_tree(model, tree_length, tree_file, dtype),
+                          lookup_tokens, dtype, temperature, suffix_nodes)
+    return {method: METHODS[method].factory(inputs) for method in methods}
+
+
+def _ppd_tree(model, tree_length, tree_file, dtype) -> dict:
+    """The PPD methods' tree, run even where the tuned decoding turns the prompt tokens off."""
     if tree_length is None and tree_file is None:
         tree_length = tuned_decoding(model, dtype).get("tree_length") or None
-    # the PPD methods run this tree even where the tuned decoding turns the prompt tokens off
+    config = model.config
     if tree_file:
-        spec = select_tree_spec(tree_file, model.config.num_special_tokens,
-                                model.config.virtual_tokens_per_special_token, tree_length)
-    elif tree_length is None:  # the default tree of the checkpoint's tree file (or of upstream's for its family)
+        return select_tree_spec(tree_file, config.num_special_tokens, config.virtual_tokens_per_special_token,
+                                tree_length)
+    if tree_length is None:  # the default tree of the checkpoint's tree file (or of upstream's for its family)
         path, default_length = trees_for(model)
-        spec = select_tree_spec(path, model.config.num_special_tokens, model.config.virtual_tokens_per_special_token,
+        return select_tree_spec(path, config.num_special_tokens, config.virtual_tokens_per_special_token,
                                 default_length)
-    else:  # that tree file's tree of this length, else one built from the checkpoint's accuracies
-        spec = resolve_decoding(model, tree_length=tree_length, prompt_lookup_num_tokens=0).tree_spec
-    tree = {"tree_spec": spec, "prompt_lookup_num_tokens": 0}
-    decoders = {}
-    for method in methods:
-        if method == "generate":
-            decoders[method] = HFGenerate(model.base_model, stops)
-        elif method in ("generate_static", "generate_compiled"):
-            decoders[method] = HFGenerate(model.base_model, stops, static_cache=True,
-                                          compiled=method == "generate_compiled")
-        elif method in ("generate_lookup", "generate_lookup3"):
-            decoders[method] = HFGenerate(model.base_model, stops, prompt_lookup_num_tokens=lookup_tokens,
-                                          max_matching_ngram_size=3 if method == "generate_lookup3" else 2)
-        elif method == "baseline":
-            decoders[method] = Decoder(model.base_model, stop_token_ids=stops)
-        elif method == "lookup":
-            decoders[method] = Decoder(model.base_model, stop_token_ids=stops, prompt_lookup_num_tokens=lookup_tokens)
-        elif method == "ppd":
-            decoders[method] = Decoder(model, stop_token_ids=stops, **tree)
-        elif method == "ppd_lookup":
-            decoders[method] = Decoder(model, stop_token_ids=stops, **{**tree, "prompt_lookup_num_tokens": lookup_tokens})
-        elif method == "tuned":
-            decoders[method] = Decoder(model, stop_token_ids=stops)
-        elif method == "suffix":
-            decoders[method] = Decoder(model.base_model, stop_token_ids=stops, prompt_lookup_num_tokens=0,
-                                       sources=[SuffixCandidates(suffix_nodes, stop_token_ids=stops)])
-        elif method == "tuned_suffix":
-            decoders[method] = Decoder(model, stop_token_ids=stops,
-                                       sources=[SuffixCandidates(suffix_nodes, stop_token_ids=stops)])
-        elif method == "generate_sample":
-            decoders[method] = HFGenerate(model.base_model, stops, temperature=temperature)
-        elif method == "generate_lookup_sample":
-            decoders[method] = HFGenerate(model.base_model, stops, prompt_lookup_num_tokens=lookup_tokens,
-                                          temperature=temperature)
-        elif method in ("exact", "typical"):  # the tuned decoding, sampling with that acceptance rule
-            decoders[method] = Decoder(model, stop_token_ids=stops, temperature=temperature, sampling=method)
-        elif method == "exact_greedy_tuned":  # exact sampling on the tree and lookup tuned for greedy decoding
-            greedy = tuned_decoding(model, dtype)
-            decoders[method] = Decoder(model, stop_token_ids=stops, temperature=temperature, sampling="exact",
-                                       tree_length=greedy.get("tree_length"),
-                                       prompt_lookup_num_tokens=greedy.get("prompt_lookup_num_tokens", 0))
-        elif method == "ppd_untrained":  # text-initialised prompt tokens of the same shape: the untrained baseline
-            untrained = PromptDecoder(model.base_model, PromptConfig(
-                num_special_tokens=model.config.num_special_tokens,
-                virtual_tokens_per_special_token=model.config.virtual_tokens_per_special_token,
-                vt_attention_type=model.config.vt_attention_type), tokenizer=formatter.tokenizer).eval()
-            decoders[method] = Decoder(untrained, stop_token_ids=stops, **tree)
-        else:
-            raise PPDError(f"unknown method {method!r}; use {', '.join(METHODS)}")
-    return decoders
+    # that tree file's tree of this length, else one built from the checkpoint's accuracies
+    return resolve_decoding(model, tree_length=tree_length, prompt_lookup_num_tokens=0).tree_spec
 
 
 def answer_conversation(decoder, formatter: ChatFormatter, turns: list[str], max_new_tokens: int, seed=None) -> list:

@@ -20,7 +20,7 @@ from prompt.errors import PPDError
 from prompt.evaluation.answers import AnswerFile
 from prompt.evaluation.chat import ChatFormatter, decode_answer
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.inference.acceptance import ACCEPTANCE_RULES
+from prompt.inference.acceptance import ACCEPTANCE_RULES, POSTERIOR_ALPHA, POSTERIOR_THRESHOLD
 from prompt.inference.decoding import Decoder, GenerationResult
 from prompt.model.devices import add_device_flags, device_kwargs, synchronize
 from prompt.model.loading import is_default_model
@@ -46,8 +46,9 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
                              "each MT-Bench category's temperature from FastChat's temperature_config (writing and "
                              "roleplay 0.7, stem and humanities 0.1, the others 0), 0 for questions of other categories.")
     parser.add_argument("--posterior_threshold", "--posterior-threshold", dest="posterior_threshold", type=float,
-                        default=0.09, help="Typical acceptance's threshold (--sampling typical).")
-    parser.add_argument("--posterior_alpha", "--posterior-alpha", dest="posterior_alpha", type=float, default=0.3,
+                        default=POSTERIOR_THRESHOLD, help="Typical acceptance's threshold (--sampling typical).")
+    parser.add_argument("--posterior_alpha", "--posterior-alpha", dest="posterior_alpha", type=float,
+                        default=POSTERIOR_ALPHA,
                         help="Typical acceptance's alpha (--sampling typical).")
     parser.add_argument("--sampling", default=None, choices=tuple(ACCEPTANCE_RULES),
                         help="Acceptance rule (default: greedy at temperature 0, exact sampling above; typical is "

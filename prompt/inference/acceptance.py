@@ -30,6 +30,11 @@ from transformers.generation.logits_process import (LogitsProcessorList, Tempera
 
 from prompt.errors import PPDError
 
+# typical acceptance's defaults (upstream's and Medusa's): a candidate passes when its probability under its parent
+# exceeds min(POSTERIOR_THRESHOLD, POSTERIOR_ALPHA * exp(-entropy))
+POSTERIOR_THRESHOLD = 0.09
+POSTERIOR_ALPHA = 0.3
+
 
 def typical_cut(probs: torch.Tensor, threshold: float, alpha: float) -> torch.Tensor:
     """[..., 1] the typical-acceptance threshold of each distribution: min(threshold, alpha * exp(-entropy))."""
@@ -74,8 +79,8 @@ def _deepest(tree, accepted: torch.Tensor, score: torch.Tensor | None = None) ->
 
 
 def greedy_best(tree, tokens: list, targets: list) -> int:
-    """The greedy rule on the host: the deepest node whose path the base model's argmax `targets` (per node) follows
-    (ties: the first), as `GreedyAcceptance.verify` picks it on the device."""
+    """The greedy rule: the deepest node whose path the base model's argmax `targets` (per node) follows (ties: the
+    first)."""
     parents, paths = tree.node_parent, tree.node_paths
     accepted = [True] * len(tokens)
     best, best_depth = 0, 0
@@ -87,26 +92,55 @@ def greedy_best(tree, tokens: list, targets: list) -> int:
     return best
 
 
-class GreedyAcceptance:
+class AcceptanceRule:
+    """What every rule offers the verification step: `first_token` after the prefill; `verify` over one tree (device
+    tensors); `device_verdict`, what a row reads back to the host in the step's one transfer, and `decide`, the
+    (deepest accepted node, next token) it gives on the host."""
+
+    name = ""
+    batched_targets = False  # True: the device verdict is the argmax at every node, one argmax for a whole batch
+
+    def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        raise NotImplementedError
+
+    def device_verdict(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        return torch.stack(self.verify(tree, node_tokens, node_logits, generator))
+
+    def decide(self, tree, tokens: list, verdict: list) -> tuple:
+        return verdict[0], verdict[1]
+
+
+class GreedyAcceptance(AcceptanceRule):
+    """The deepest node whose path follows the base model's argmax (ties: the first); the argmax after it. Its
+    device verdict is the argmax at every node; the walk down the tree runs on the host (`greedy_best`)."""
+
     name = "greedy"
+    batched_targets = True
 
     def first_token(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
         return logits.argmax(-1)
 
+    def device_verdict(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        return node_logits.argmax(-1)
+
+    def decide(self, tree, tokens: list, verdict: list) -> tuple:
+        best = greedy_best(tree, tokens, verdict)
+        return best, verdict[best]
+
     def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
         """(deepest accepted node, the base model's next token after it), as 0-d tensors."""
-        targets = node_logits.argmax(-1)
-        best = _deepest(tree, _accepted(tree, node_tokens == targets[tree.parent_index]))
-        return best, targets[best]
+        best, next_token = self.decide(tree, node_tokens.tolist(), node_logits.argmax(-1).tolist())
+        return torch.tensor(best), torch.tensor(next_token)
 
     def describe(self) -> str:
         return "greedy"
 
 
-class TypicalAcceptance:
+class TypicalAcceptance(AcceptanceRule):
     name = "typical"
 
-    def __init__(self, temperature: float, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3):
+    def __init__(self, temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,
+                 posterior_alpha: float = POSTERIOR_ALPHA):
         self.temperature, self.threshold, self.alpha = temperature, posterior_threshold, posterior_alpha
 
     def first_token(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
@@ -142,7 +176,7 @@ class TypicalSampling(TypicalAcceptance):
         return f"typical-filtered sampling, temperature {self.temperature:g}"
 
 
-class ExactSampling:
+class ExactSampling(AcceptanceRule):
     name = "exact"
 
     def __init__(self, temperature: float, top_p: float | None = None, top_k: int | None = None):
@@ -198,8 +232,9 @@ ACCEPTANCE_RULES = {"greedy": GreedyAcceptance, "typical": TypicalAcceptance, "t
                     "exact": ExactSampling}
 
 
-def acceptance_rule(sampling: str | None = None, temperature: float = 0.0, posterior_threshold: float = 0.09,
-                    posterior_alpha: float = 0.3, top_p: float | None = None, top_k: int | None = None):
+def acceptance_rule(sampling: str | None = None, temperature: float = 0.0,
+                    posterior_threshold: float = POSTERIOR_THRESHOLD, posterior_alpha: float = POSTERIOR_ALPHA,
+                    top_p: float | None = None, top_k: int | None = None):
     """The rule named `sampling`; None picks greedy at temperature 0 and exact sampling above it.
 
     `top_p` and `top_k` shape the distribution that exact sampling reproduces (transformers' semantics)."""
@@ -226,3 +261,26 @@ def acceptance_rule(sampling: str | None = None, temperature: float = 0.0, poste
     if sampling == "exact":
         return ExactSampling(float(temperature), top_p, top_k)
     return ACCEPTANCE_RULES[sampling](float(temperature), posterior_threshold, posterior_alpha)
+
+
+# named constructors, each checked as `acceptance_rule` checks its settings
+def greedy() -> GreedyAcceptance:
+    """Greedy verification: the output equals plain greedy decoding."""
+    return acceptance_rule("greedy")
+
+
+def exact(temperature: float, top_p: float | None = None, top_k: int | None = None) -> ExactSampling:
+    """Lossless speculative sampling of the base model's distribution after temperature, top-k and top-p."""
+    return acceptance_rule("exact", temperature, top_p=top_p, top_k=top_k)
+
+
+def typical(temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,
+            posterior_alpha: float = POSTERIOR_ALPHA) -> TypicalAcceptance:
+    """Upstream's typical acceptance."""
+    return acceptance_rule("typical", temperature, posterior_threshold, posterior_alpha)
+
+
+def typical_sampling(temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,
+                     posterior_alpha: float = POSTERIOR_ALPHA) -> TypicalSampling:
+    """Every emitted token one draw from the typical-filtered distribution."""
+    return acceptance_rule("typical_sampling", temperature, posterior_threshold, posterior_alpha)

@@ -1,41 +1,73 @@
-"""Many sequences per forward: a running batch that sequences join and leave between steps (continuous batching).
+"""The verification step over rows: one sequence is a batch of one row, a running batch is many.
 
 Each row is one sequence's `SequenceState` (its own tree, context candidates, acceptance rule, stop tokens and
-token limit) and runs the same steps as a sequence decoded alone (`prompt.inference.decoding`): `propose`, one
-verification forward for the whole batch, the row's own acceptance rule, `advance`, `emit`. Only the forward and
-the cache are shared:
+token limit). A step, in the paper's order, for every row at once:
 
-- The cache holds B rows. Row b's entries fill slots [0, P + past_b): the prefix slots (P, prefix tuning; zeros for
-  a row without them), then its sequence. The cache is as long as its longest row; a shorter row's later slots are
-  stale and its mask hides them.
-- A step appends every row's tree inputs after the last slot (rows whose trees are smaller are padded with inputs
-  that see only themselves); each row's mask shows its own valid slots and its own tree. After verification each
-  row's accepted entries move to the slots after its sequence, and the cache is cut to the longest row.
-- A sequence joins with its own prefill (its cache is appended as a new row) and leaves when it is done (its row
-  is dropped), so finished rows stop costing compute.
+1. `Decoder.propose`: each row's own tree (dynamic depth) and context candidates;
+2. `tree_inputs`: every row's tree inputs after the cache, padded to the largest tree, with a 4D mask that shows
+   each row its own valid cache slots and its own tree (None where plain causal attention is the same: the
+   model's own mask, the kernels of transformers' `generate`);
+3. one forward, the base model's logits at every node, and `read_back`: each row's node tokens, finiteness and
+   acceptance-rule verdict in one host transfer, shaped [rows, 3 * nodes]; each rule's `decide` reads its row;
+4. `_keep_accepted_entries`: each row's accepted entries move to the slots after its sequence, and the cache is
+   cut to the longest row;
+5. `_finish_row`: the next special-token guesses from the special tokens after the last accepted node, then
+   `Decoder.emit_step` (the accepted tokens, cut at a stop token or the token limit).
+
+The cache holds B rows. Row b's entries fill slots [0, P + past_b): the prefix slots (P, prefix tuning; zeros for a
+row without them), then its sequence. The cache is as long as its longest row; a shorter row's later slots are
+stale and its mask hides them. A sequence joins with its own prefill (its cache is appended as a new row) and
+leaves when it is done (its row is dropped), so finished rows stop costing compute.
 
 In float32 a row's tokens equal those of the same prompt decoded alone (and plain greedy decoding's).
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from prompt.errors import PPDError
-from prompt.inference.acceptance import greedy_best
 from prompt.model import backbone
 from prompt.model.cache import append_rows, cache_capacity, cache_slots, move_row_entries, pad_cache, select_rows
 
-__all__ = ["DecodeBatch"]
+__all__ = ["DecodeBatch", "TreeInputs", "Verdict", "generate_batch"]
+
+
+@dataclass
+class TreeInputs:
+    """What one verification forward takes: every row's tree inputs, padded to the largest tree."""
+
+    embeds: torch.Tensor  # [rows, inputs, hidden]
+    positions: torch.Tensor  # [rows, inputs]
+    mask: torch.Tensor | None  # additive [rows, 1, inputs, slots + inputs]; None: plainly causal
+
+
+@dataclass
+class VerifyOutput:
+    """One verification forward's output and the base model's logits at every row's nodes."""
+
+    output: object
+    node_logits: torch.Tensor  # [rows, max nodes, vocab]
+    all_logits: torch.Tensor | None  # [rows, inputs, vocab] where the special tokens read the base model's head
+
+
+@dataclass
+class Verdict:
+    """What one row's verification decided, on the host."""
+
+    tokens: list  # the token of every node of the row's tree
+    best: int  # the deepest accepted node
+    next_token: int  # the base model's token after it
+    finite: bool  # the forward's hidden states at the row's nodes were finite
 
 
 class DecodeBatch:
-    """A running batch of sequences decoded by one `Decoder`.
+    """Rows decoded by one `Decoder`, one verification forward per step for all of them.
 
     `add()` prefills a sequence and makes it a row; `step()` runs one step for every row and returns
-    [(state, tokens emitted)]; rows that finish leave the batch. `setting`: a callable rows -> StepSetting (the
+    [(state, tokens emitted)]; rows that finish leave the batch. `setting`: a callable rows -> DecodingChoice (the
     tree and context sources for a batch of that many rows; None: the decoder's own); default: the decodings tuned
     per batch size (`Decoder.batch_setting`). `expected_rows`: how many rows the caller is about to add at once (a
     batch filled before its first step); a row prefills with the prompt tokens only when the decoding for the batch
@@ -55,24 +87,24 @@ class DecodeBatch:
         return len(self.rows)
 
     # ----------------------------------------------------------------------------------------------
+    # rows join and leave
     def add(self, input_ids, max_new_tokens: int, seed=None, rule=None, stop_token_ids=None, result=None):
         """Prefill one sequence and add it as a row; returns its state (`.result`, `.done`)."""
         decoder = self.decoder
-        input_ids = decoder._check_inputs(input_ids, max_new_tokens)
+        input_ids = decoder.check_inputs(input_ids, max_new_tokens)
         generator = torch.Generator(device=decoder.device).manual_seed(seed) if seed is not None else None
         setting = self._setting(max(len(self.rows) + 1, self.expected_rows))
         prompt_tokens = None if setting is None else setting.tree is not None  # None: the decoder's own choice
         with torch.inference_mode():
-            state = decoder.prefill(input_ids, max_new_tokens, generator, result, rule=rule,
-                                    stop_token_ids=stop_token_ids, prompt_tokens=prompt_tokens)
-            self._join(state)
+            state, cache = decoder.prefill(input_ids, max_new_tokens, generator, result, rule=rule,
+                                           stop_token_ids=stop_token_ids, prompt_tokens=prompt_tokens)
+            self._join(state, cache)
         return state
 
     def _setting(self, rows: int):
         return (self.setting_for_rows or self.decoder.batch_setting)(rows)
 
-    def _join(self, state) -> None:
-        cache, state.cache = state.cache, None
+    def _join(self, state, cache) -> None:
         if state.prefix_slots > self.prefix_slots and self.cache is not None:  # the first row with the prefix
             pad_cache(self.cache, front=state.prefix_slots - self.prefix_slots)
             for row in self.rows:
@@ -91,6 +123,7 @@ class DecodeBatch:
     def remove(self, state) -> None:
         """Take a row out of the batch between steps (a cancelled request); its result keeps what it emitted."""
         self._keep([i for i, row in enumerate(self.rows) if row is not state])
+        self.decoder.finish(state)
 
     def _keep(self, keep: list) -> None:
         """Keep the rows at `keep` (indices), cutting the cache to the longest of them."""
@@ -102,164 +135,184 @@ class DecodeBatch:
             return
         select_rows(self.cache, keep, max(self.prefix_slots + row.past for row in self.rows))
 
+    def _drop_finished(self) -> None:
+        self._keep([i for i, state in enumerate(self.rows) if not state.done])
+
     # ----------------------------------------------------------------------------------------------
+    # the step
     def step(self) -> list:
         """One step for every row: [(state, tokens it emitted)] for the rows that emitted; finished rows leave."""
-        decoder = self.decoder
-        emitted = []
         with torch.inference_mode():
-            for state in self.rows:  # rows that end without a forward
-                tokens = decoder.closing_step(state)
-                if tokens is not None and tokens:
-                    emitted.append((state, tokens))
-            self._keep([i for i, state in enumerate(self.rows) if not state.done])
+            closing = [(state, self.decoder.closing_step(state)) for state in self.rows]  # rows without a forward
+            emitted = [(state, tokens) for state, tokens in closing if tokens]
+            self._drop_finished()
             if self.rows:
                 emitted.extend(self._verify_step())
-                self._keep([i for i, state in enumerate(self.rows) if not state.done])
+                self._drop_finished()
         return emitted
 
     def _verify_step(self) -> list:
-        decoder, rows = self.decoder, self.rows
-        setting = self._setting(len(rows))
-        steps = [decoder.propose(state, setting) for state in rows]
-        output, node_logits, all_logits = self._forward(steps)
-        slots = cache_slots(self.cache) - output.last_hidden_state.shape[1]  # the cache before this step
-        hidden = output.last_hidden_state
-        width = node_logits.shape[1]
-        rules = [state.rule or decoder.rule for state in rows]
-        greedy = [rule.name == "greedy" for rule in rules]
-        # greedy rows are verified on the host from one argmax over the batch; other rules run per row
-        parts = [step.node_tokens for step in steps]
-        parts.append(torch.isfinite(hidden[:, :width]).all(-1).reshape(-1).long())
-        if any(greedy):
-            parts.append(node_logits.argmax(-1).reshape(-1))
-        for b, (rule, step) in enumerate(zip(rules, steps)):
-            if not greedy[b]:
-                nodes = step.tree.num_nodes
-                best, next_token = rule.verify(step.tree, step.node_tokens, node_logits[b, :nodes], rows[b].generator)
-                parts.append(torch.stack([best, next_token]))
-        host = torch.cat(parts).tolist()  # the step's one transfer to the host
-        tokens_of, offset = [], 0
-        for step in steps:
-            tokens_of.append(host[offset: offset + step.tree.num_nodes])
-            offset += step.tree.num_nodes
-        finite_of = [host[offset + b * width: offset + (b + 1) * width] for b in range(len(rows))]
-        offset += len(rows) * width
-        targets_of = [None] * len(rows)
-        if any(greedy):
-            targets_of = [host[offset + b * width: offset + (b + 1) * width] for b in range(len(rows))]
-            offset += len(rows) * width
-        decided = []
-        for b, step in enumerate(steps):
-            nodes = step.tree.num_nodes
-            finite = all(finite_of[b][:nodes])
-            if greedy[b]:
-                best = greedy_best(step.tree, tokens_of[b], targets_of[b])
-                decided.append((best, targets_of[b][best], finite))
-            else:
-                decided.append((host[offset], host[offset + 1], finite))
-                offset += 2
+        """Propose, verify every row's tree in one forward, keep the accepted entries and emit."""
+        setting = self._setting(len(self.rows))
+        steps = [self.decoder.propose(state, setting) for state in self.rows]
+        slots = cache_slots(self.cache)  # the cache before this step
+        verified = self._forward(steps)
+        verdicts = self._read_back(steps, verified)
+        # the prompt tokens made a row's values non-finite: that row is redone without them
+        redo = [b for b, (state, verdict) in enumerate(zip(self.rows, verdicts))
+                if not verdict.finite and state.prompt_tokens]
+        paths = [None if b in redo else step.tree.accepted_path[verdict.best]
+                 for b, (step, verdict) in enumerate(zip(steps, verdicts))]
+        self._keep_accepted_entries(paths, slots)
+        emitted = []
+        for b, (state, step, path, verdict) in enumerate(zip(self.rows, steps, paths, verdicts)):
+            tokens = self._finish_row(b, step, path, verdict, verified) if path is not None else None
+            if tokens:
+                emitted.append((state, tokens))
+        if redo:
+            self._redo_without_prompt_tokens(redo)
+        return emitted
 
-        # keep each row's accepted entries after its sequence
-        paths, redo, moves = [], [], ([], [], [])
-        for b, (state, step, (best, _, finite)) in enumerate(zip(rows, steps, decided)):
-            if not finite and state.prompt_tokens:
-                paths.append(None)
-                redo.append(b)
-                continue
-            path = step.tree.accepted_path[best]
-            paths.append(path)
+    def _forward(self, steps: list) -> VerifyOutput:
+        """One forward over every row's tree on top of the cache, and the base model's logits at the nodes."""
+        decoder, model = self.decoder, self.decoder.model
+        trees = [step.tree for step in steps]
+        inputs = tree_inputs(decoder, steps, [state.past for state in self.rows], cache_slots(self.cache),
+                             self.prefix_slots)
+        needs_hidden = decoder.ppd and model.needs_hidden_states() and any(state.prompt_tokens for state in self.rows)
+        output = backbone.run_body(decoder.base, inputs.embeds, inputs.mask, inputs.positions, self.cache,
+                                   output_hidden_states=needs_hidden)
+        for state, tree in zip(self.rows, trees):
+            state.result.forward_passes += 1
+            state.result.forward_inputs += tree.num_inputs
+        hidden = output.last_hidden_state
+        nodes = max(tree.num_nodes for tree in trees)
+        if any(tree.num_special_inputs for tree in trees) and model.reads_base_head():
+            all_logits = backbone.head_logits(decoder.base, hidden)  # one head call: its weights read once a step
+            return VerifyOutput(output, all_logits[:, :nodes], all_logits)
+        return VerifyOutput(output, backbone.head_logits(decoder.base, hidden[:, :nodes]), None)
+
+    def _read_back(self, steps: list, verified: VerifyOutput) -> list:
+        """Every row's node tokens, finiteness and rule verdict in the step's one transfer to the host: a
+        [rows, 3 * nodes] table (nodes: the largest tree's), read back row by row by each rule's `decide`."""
+        node_logits = verified.node_logits
+        width = node_logits.shape[1]
+        tokens = pad_sequence([step.node_tokens for step in steps], batch_first=True)
+        # finite hidden states give finite logits: the check reads [nodes, hidden], not [nodes, vocab]
+        finite = torch.isfinite(verified.output.last_hidden_state[:, :width]).all(-1).long()
+        verdicts = pad_sequence(self._device_verdicts(steps, node_logits), batch_first=True)
+        host = torch.cat([tokens.to(finite.device), finite, verdicts], 1).tolist()
+        read = []
+        for state, step, row in zip(self.rows, steps, host):
+            nodes = step.tree.num_nodes
+            node_tokens = row[:nodes]
+            best, next_token = state.rule.decide(step.tree, node_tokens, row[2 * width:])
+            read.append(Verdict(node_tokens, best, next_token, all(row[width: width + nodes])))
+        return read
+
+    def _device_verdicts(self, steps: list, node_logits: torch.Tensor) -> list:
+        """Each row's rule verdict as a device vector; greedy rows share one argmax over the batch."""
+        greedy = [state.rule.batched_targets for state in self.rows]
+        targets = node_logits.argmax(-1) if any(greedy) else None
+        return [targets[b] if greedy[b] else
+                state.rule.device_verdict(step.tree, step.node_tokens, node_logits[b, : step.tree.num_nodes],
+                                          state.generator)
+                for b, (state, step) in enumerate(zip(self.rows, steps))]
+
+    def _keep_accepted_entries(self, paths: list, slots: int) -> None:
+        """Move each row's accepted entries to the slots after its sequence; cut the cache to the longest row."""
+        moves = ([], [], [])  # rows, target slots, source slots
+        for b, (state, path) in enumerate(zip(self.rows, paths)):
             start = self.prefix_slots + state.past
-            for target, source in zip(range(start, start + len(path)), path):
+            for target, source in zip(range(start, start + len(path or ())), path or ()):
                 if target != slots + source:  # entries already in place stay
                     moves[0].append(b)
                     moves[1].append(target)
                     moves[2].append(slots + source)
         kept = max([self.prefix_slots + state.past + len(path)
-                    for state, path in zip(rows, paths) if path is not None] or [self.prefix_slots])
+                    for state, path in zip(self.rows, paths) if path is not None] or [self.prefix_slots])
         move_row_entries(self.cache, *(torch.tensor(m, dtype=torch.long) for m in moves), kept)
-        self.peak_slots = max(self.peak_slots, len(rows) * cache_capacity(self.cache))
+        self.peak_slots = max(self.peak_slots, len(self.rows) * cache_capacity(self.cache))
 
-        emitted = []
-        for b, (state, step, path, (_, next_token, _)) in enumerate(zip(rows, steps, paths, decided)):
-            if path is None:
-                continue
-            row_output = None  # what advance reads: only the special tokens' hidden states
-            if state.prompt_tokens and step.tree.special_rows[path[-1]]:
-                row_output = SimpleNamespace(
-                    last_hidden_state=hidden[b: b + 1],
-                    hidden_states=tuple(h[b: b + 1] for h in output.hidden_states) if output.hidden_states else None)
-            decoder.advance(state, step, path, row_output, all_logits[b] if all_logits is not None else None)
-            tokens = decoder.accepted(state, [tokens_of[b][i] for i in path], next_token)
-            if tokens:
-                emitted.append((state, tokens))
-        if redo:
-            self._redo_without_prompt_tokens(redo, steps)
-        return emitted
+    def _finish_row(self, b: int, step, path: list, verdict: Verdict, verified: VerifyOutput) -> list:
+        """Count row b's accepted path, read its next guesses and emit its tokens."""
+        state, tree = self.rows[b], step.tree
+        state.past += len(path)
+        if state.prompt_tokens:
+            state.special_logits = self._next_guesses(b, tree.special_rows[path[-1]], state, verified)
+        state.result.chain_wins += int(path[-1] >= tree.num_prompt_nodes)
+        return self.decoder.emit_step(state, [verdict.tokens[i] for i in path], verdict.next_token)
 
-    def _redo_without_prompt_tokens(self, redo: list, steps: list) -> None:
+    def _next_guesses(self, b: int, special_rows: list, state, verified: VerifyOutput) -> torch.Tensor:
+        """Row b's special-token logits from the special tokens at `special_rows` (those after its last accepted
+        node; none after a chain node or in a plain step: the next step recovers from the root)."""
+        if not special_rows:
+            return state.special_logits[:0]
+        model = self.decoder.model
+        head = verified.all_logits[b, special_rows][None] if verified.all_logits is not None else None
+        return model.special_token_logits(model.special_hidden(verified.output, special_rows, slice(b, b + 1)),
+                                          head)[0]
+
+    def _redo_without_prompt_tokens(self, redo: list) -> None:
         """Rows whose prompt tokens gave non-finite values leave the batch, rebuild their cache plainly and rejoin."""
         states = [self.rows[b] for b in redo]
         self._keep([i for i in range(len(self.rows)) if i not in set(redo)])
-        for b, state in zip(redo, states):
-            self.decoder._drop_prompt_tokens(state, steps[b].tree.num_inputs)
-            self._join(state)
+        for state in states:
+            self._join(state, self.decoder.prefill_plainly(state))
 
-    def _forward(self, steps: list):
-        """One forward over every row's tree (padded to the largest) on top of the batch cache."""
-        decoder, model, rows, device = self.decoder, self.decoder.model, self.rows, self.decoder.device
-        trees = [step.tree for step in steps]
-        inputs = max(tree.num_inputs for tree in trees)
-        count, slots, prefix = len(rows), cache_slots(self.cache), self.prefix_slots
-        embed = decoder.base.get_input_embeddings()
-        node_embeds = embed(torch.cat([step.node_tokens for step in steps]))
-        same = all(tree is trees[0] for tree in trees)  # one tree for every row (plain steps): no per-row work
-        if same and not trees[0].num_special_inputs:
-            embeds = node_embeds.reshape(count, inputs, -1)
-        else:
-            per_row = []
-            for tree, nodes in zip(trees, node_embeds.split([tree.num_nodes for tree in trees])):
-                if tree.num_special_inputs:
-                    nodes = torch.cat([nodes, model.prompt_embeds()[tree.special_prompt_index]])
-                per_row.append(nodes)
-            embeds = pad_sequence(per_row, batch_first=True)
-            if embeds.shape[1] < inputs:
-                embeds = torch.nn.functional.pad(embeds, (0, 0, 0, inputs - embeds.shape[1]))
-        past = torch.tensor([state.past for state in rows], device=device)
-        if same:
-            positions = trees[0].positions[None] + past[:, None]
-        else:
-            positions = pad_sequence([tree.positions for tree in trees], batch_first=True) + past[:, None]
 
-        # each row sees its own valid slots, then its own tree; padding inputs see only themselves
-        columns = torch.arange(slots, device=device)
-        history = (columns[None] >= prefix) & (columns[None] < prefix + past[:, None])  # [B, slots]
-        allowed = torch.empty(count, inputs, slots + inputs, dtype=torch.bool, device=device)
-        allowed[:, :, :slots] = history[:, None]
-        if same:
-            allowed[:, :, slots:] = trees[0].allowed
-            specials = trees[0].special_of_inputs[None].expand(count, inputs)
-        else:
-            allowed[:, :, slots:] = torch.eye(inputs, dtype=torch.bool, device=device)
-            specials = torch.full((count, inputs), -1, device=device)
-            for b, tree in enumerate(trees):
-                n = tree.num_inputs
-                allowed[b, :n, slots: slots + n] = tree.allowed
-                specials[b, :n] = tree.special_of_inputs
-        if prefix and any(tree.num_special_inputs for tree in trees):  # special token j sees its own prefix slots
-            allowed[:, :, :prefix] = model.layout.prefix_attention(specials.reshape(-1)).reshape(count, inputs, prefix)
-        mask = backbone.additive_mask(allowed[:, None], embeds.dtype)
-        needs_hidden = decoder.ppd and model.needs_hidden_states() and any(state.prompt_tokens for state in rows)
-        output = backbone.run_body(decoder.base, embeds, mask, positions, self.cache,
-                                   output_hidden_states=needs_hidden)
-        for state in rows:
-            state.result.forward_passes += 1
-        hidden = output.last_hidden_state
-        nodes = max(tree.num_nodes for tree in trees)
-        if any(tree.num_special_inputs for tree in trees) and model.reads_base_head():
-            all_logits = backbone.head_logits(decoder.base, hidden)
-            return output, all_logits[:, :nodes], all_logits
-        return output, backbone.head_logits(decoder.base, hidden[:, :nodes]), None
+def tree_inputs(decoder, steps: list, pasts: list, slots: int, prefix: int) -> TreeInputs:
+    """The inputs of one verification forward over rows whose sequences hold `pasts` tokens after `prefix` prefix
+    slots, in a cache of `slots` slots: every row's tree (root, candidates, special tokens), padded to the largest."""
+    trees = [step.tree for step in steps]
+    same = all(tree is trees[0] for tree in trees)  # one tree for every row (plain steps): no per-row work
+    past = torch.tensor(pasts, device=decoder.device)
+    if same:
+        positions = trees[0].positions[None] + past[:, None]
+    else:
+        positions = pad_sequence([tree.positions for tree in trees], batch_first=True) + past[:, None]
+    embeds = _tree_embeds(decoder, steps, same)
+    plain = same and trees[0].num_inputs == 1 and not prefix and all(p == slots for p in pasts)
+    mask = None if plain else _tree_mask(decoder.layout, trees, past, slots, prefix, same, embeds.dtype)
+    return TreeInputs(embeds, positions, mask)
+
+
+def _tree_embeds(decoder, steps: list, same: bool) -> torch.Tensor:
+    """[rows, inputs, hidden]: each row's node tokens' embeddings, then its special tokens' prompt embeddings."""
+    trees = [step.tree for step in steps]
+    inputs = max(tree.num_inputs for tree in trees)
+    node_embeds = decoder.base.get_input_embeddings()(torch.cat([step.node_tokens for step in steps]))
+    if same and not trees[0].num_special_inputs:
+        return node_embeds.reshape(len(trees), inputs, -1)
+    per_row = []
+    for tree, nodes in zip(trees, node_embeds.split([tree.num_nodes for tree in trees])):
+        if tree.num_special_inputs:
+            nodes = torch.cat([nodes, decoder.model.prompt_embeds()[tree.special_prompt_index]])
+        per_row.append(nodes)
+    embeds = pad_sequence(per_row, batch_first=True)
+    return torch.nn.functional.pad(embeds, (0, 0, 0, inputs - embeds.shape[1])) if embeds.shape[1] < inputs else embeds
+
+
+def _tree_mask(layout, trees: list, past: torch.Tensor, slots: int, prefix: int, same: bool, dtype) -> torch.Tensor:
+    """Each row sees its own valid slots, then its own tree; padding inputs see only themselves."""
+    count, inputs, device = len(trees), max(tree.num_inputs for tree in trees), past.device
+    columns = torch.arange(slots, device=device)
+    history = (columns[None] >= prefix) & (columns[None] < prefix + past[:, None])  # [rows, slots]
+    allowed = torch.empty(count, inputs, slots + inputs, dtype=torch.bool, device=device)
+    allowed[:, :, :slots] = history[:, None]
+    if same:
+        allowed[:, :, slots:] = trees[0].allowed
+        specials = trees[0].special_of_inputs[None].expand(count, inputs)
+    else:
+        allowed[:, :, slots:] = torch.eye(inputs, dtype=torch.bool, device=device)
+        specials = torch.full((count, inputs), -1, device=device)
+        for b, tree in enumerate(trees):
+            n = tree.num_inputs
+            allowed[b, :n, slots: slots + n] = tree.allowed
+            specials[b, :n] = tree.special_of_inputs
+    if prefix and any(tree.num_special_inputs for tree in trees):  # special token j sees its own prefix slots
+        allowed[:, :, :prefix] = layout.prefix_attention(specials.reshape(-1)).reshape(count, inputs, prefix)
+    return backbone.additive_mask(allowed[:, None], dtype)
 
 
 def generate_batch(decoder, prompts, max_new_tokens: int = 512, seed=None, setting=None) -> list:

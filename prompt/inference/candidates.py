@@ -1,12 +1,20 @@
 """Candidate sources from the context, beside the prompt tokens.
 
-A context source looks at the token context (prompt and every token so far, the step's root last) and
+A context source looks at one sequence's token context (prompt and every token so far, the step's root last) and
 proposes tokens to follow the root: one chain (a list of ids), or a small tree (`Branches`). The decode loop
 merges every source's proposal into one tree of context nodes (`merge_proposals`: shared prefixes once) and
 hangs it from the root, so one forward verifies the prompt tokens' guesses and every source's guesses together.
 
+A source sees each sequence's lifecycle, as transformers' `update_candidate_strategy` and vLLM's proposers'
+`start_request`/`stop_request` do: `propose(seq, context)` at every step (the first call starts the sequence),
+`accepted(seq, tokens)` with the tokens each step emitted, `finished(seq)` once when the sequence ends (done,
+cancelled or abandoned). `seq` is the decode loop's `SequenceState`, the same object for the sequence's life; its
+`stop_token_ids` are that request's stop tokens (None for a call outside the loop: the source's own).
+
     class CandidateSource(Protocol):
-        def propose(self, context: list[int]) -> list[int] | Branches: ...
+        def propose(self, seq, context: list[int]) -> list[int] | Branches: ...
+        def accepted(self, seq, tokens: list[int]) -> None: ...
+        def finished(self, seq) -> None: ...
 
 Sources: `PromptLookup` (prompt lookup decoding's one chain) and `SuffixCandidates` (every earlier match of the
 context's longest repeated suffix, in the context and in earlier answers of the process, as a scored tree).
@@ -40,8 +48,32 @@ class Branches:
 
 
 class CandidateSource(Protocol):
-    def propose(self, context: list[int]) -> "list[int] | Branches":
-        """A chain of tokens, or a tree, guessed to follow `context` (empty: no guess this step)."""
+    def propose(self, seq, context: list[int]) -> "list[int] | Branches":
+        """A chain of tokens, or a tree, guessed to follow `context`, the context of `seq` (empty: no guess)."""
+
+    def accepted(self, seq, tokens: list[int]) -> None:
+        """`seq` emitted `tokens` (root first)."""
+
+    def finished(self, seq) -> None:
+        """`seq` ended: nothing more is proposed for it."""
+
+
+def request_stops(seq, own: frozenset) -> frozenset:
+    """The stop tokens a proposal for `seq` ends at: the request's own (`seq.stop_token_ids`), else `own`."""
+    stops = getattr(seq, "stop_token_ids", None)
+    return own if stops is None else stops
+
+
+class StatelessSource:
+    """A source that keeps nothing per sequence: its lifecycle calls do nothing."""
+
+    stop_token_ids: frozenset = frozenset()
+
+    def accepted(self, seq, tokens) -> None:
+        pass
+
+    def finished(self, seq) -> None:
+        pass
 
 
 def merge_proposals(proposals, max_nodes: int | None = None) -> Branches:
@@ -66,7 +98,7 @@ def merge_proposals(proposals, max_nodes: int | None = None) -> Branches:
     return Branches(tuple(tokens), tuple(parents))
 
 
-class PromptLookup:
+class PromptLookup(StatelessSource):
     """Prompt lookup decoding's rule: find the latest n-gram of the context earlier in the context (n from
     `max_ngram` down to 1) and propose up to `num_tokens` tokens that followed it there.
 
@@ -82,9 +114,9 @@ class PromptLookup:
         self.num_tokens = num_tokens
         self.max_ngram = max_ngram
         self.most_recent = most_recent
-        self.stop_token_ids = set(stop_token_ids)
+        self.stop_token_ids = frozenset(stop_token_ids)
 
-    def propose(self, context: list[int]) -> list[int]:
+    def propose(self, seq, context: list[int]) -> list[int]:
         length = len(context)
         for n in range(min(self.max_ngram, length - 1), 0, -1):
             tail = context[length - n:]
@@ -101,7 +133,8 @@ class PromptLookup:
                     if length - (i + n) >= self.num_tokens:
                         break
             if best is not None:
-                return truncate_at_stop(context[best + n: best + n + self.num_tokens], self.stop_token_ids)
+                chain = context[best + n: best + n + self.num_tokens]
+                return truncate_at_stop(chain, request_stops(seq, self.stop_token_ids))
         return []
 
 
@@ -166,13 +199,12 @@ class SuffixHistory:
 
 
 class _Sequence:
-    """The index of one context being decoded (the same list object, growing) and how much of it is answer."""
+    """What a SuffixCandidates keeps for one sequence between its first proposal and its end."""
 
-    def __init__(self, context, max_ngram: int):
-        self.context = context  # held, so that the identity check below cannot match a new list at a reused id
-        self.answer_start = len(context) - 1  # the first call sees the prompt and the first token (the root)
-        self.index = NgramIndex(max_ngram)
-        self.recorded = False
+    def __init__(self, seq, max_ngram: int):
+        self.seq = seq  # held, so that its id cannot be reused while this entry lives
+        self.index = NgramIndex(max_ngram)  # the sequence's context so far
+        self.answer: list = []  # the tokens it emitted
 
 
 class SuffixCandidates:
@@ -183,25 +215,25 @@ class SuffixCandidates:
     of counts; nodes are taken best first by their estimated probability (the share of occurrences that
     continue that way, multiplied down the path), none below `min_probability`, at most
     `min(max_nodes, spec_factor * match length)` of them: a long match earns a large tree, a 1-token match a
-    small one. Paths stop after a stop token. Answers enter the history when the next sequence begins; the
-    history is this source's own (a Decoder's, so a served model's process) unless `history` is given, and
-    `forget()` empties it (a benchmark does after its warm-up, so that no answer is timed against itself).
+    small one. Paths stop after the request's stop tokens. A sequence's answer (the tokens it emitted) enters the
+    history when it finishes; the history is this source's own (a Decoder's, so a served model's process) unless
+    `history` is given, and `forget()` empties it (a benchmark does after its warm-up, so that no answer is timed
+    against itself).
     """
 
     def __init__(self, max_nodes: int = 16, max_depth: int = 12, max_match: int = 16, spec_factor: float = 2.0,
                  min_probability: float = 0.1, max_occurrences: int = 32, min_match: int = 1, stop_token_ids=(),
-                 history: SuffixHistory | None = None, use_history: bool = True, max_sequences: int = 8):
+                 history: SuffixHistory | None = None, use_history: bool = True):
         if max_nodes < 1 or max_depth < 1 or max_match < 1 or not 1 <= min_match <= max_match:
             raise PPDError("suffix candidates need max_nodes, max_depth and max_match >= 1 and "
                            "1 <= min_match <= max_match")
         self.max_nodes, self.max_depth, self.max_match, self.min_match = max_nodes, max_depth, max_match, min_match
         self.spec_factor, self.min_probability, self.max_occurrences = spec_factor, min_probability, max_occurrences
-        self.stop_token_ids = set(stop_token_ids)
+        self.stop_token_ids = frozenset(stop_token_ids)
         self.history = (history if history is not None else SuffixHistory(max(16, max_match))) if use_history else None
         if self.history is not None and self.history.max_ngram < max_match:
             raise PPDError(f"the history indexes n-grams up to {self.history.max_ngram}, shorter than max_match")
-        self.max_sequences = max_sequences
-        self._sequences: list = []  # most recent last
+        self._sequences: dict = {}  # id(seq) -> _Sequence, from its first proposal to its end
         self._lock = threading.Lock()  # one Decoder may serve several threads (a web server's pool)
 
     def __getstate__(self) -> dict:  # copies (a benchmark's rounds replay a saved state) get a lock of their own
@@ -215,31 +247,33 @@ class SuffixCandidates:
     def forget(self) -> None:
         """Drop the history and every sequence seen so far."""
         with self._lock:
-            self._sequences = []
+            self._sequences = {}
             if self.history is not None:
                 self.history.__init__(self.history.max_ngram, self.history.max_tokens)
 
-    def _sequence(self, context) -> _Sequence:
-        for sequence in self._sequences:
-            if sequence.context is context:
-                if len(sequence.index.tokens) <= len(context):
-                    sequence.index.extend(context[len(sequence.index.tokens):])
-                    return sequence
-                self._sequences.remove(sequence)  # the list shrank: not the sequence it was
-                break
-        for older in self._sequences:  # a new sequence: the earlier ones' answers so far are history now
-            self._record(older)
-        sequence = _Sequence(context, self.max_match)
-        sequence.index.extend(context)
-        self._sequences.append(sequence)
-        if len(self._sequences) > self.max_sequences:
-            self._sequences.pop(0)
-        return sequence
+    def accepted(self, seq, tokens) -> None:
+        with self._lock:
+            sequence = self._sequences.get(id(seq))
+            if sequence is not None:
+                sequence.answer.extend(int(t) for t in tokens)
 
-    def _record(self, sequence: _Sequence) -> None:
-        if not sequence.recorded and self.history is not None:
-            self.history.add(sequence.context[sequence.answer_start:])
-        sequence.recorded = True
+    def finished(self, seq) -> None:
+        """`seq`'s answer joins the history; its own index is dropped."""
+        with self._lock:
+            sequence = self._sequences.pop(id(seq), None)
+            if sequence is not None and self.history is not None:
+                self.history.add(sequence.answer)
+
+    def _sequence(self, seq, context) -> _Sequence:
+        """`seq`'s entry (new at its first proposal; None: a call outside the loop, indexed afresh), its index
+        brought up to `context`."""
+        sequence = self._sequences.get(id(seq)) if seq is not None else None
+        if sequence is None:
+            sequence = _Sequence(seq, self.max_match)
+            if seq is not None:
+                self._sequences[id(seq)] = sequence
+        sequence.index.extend(context[len(sequence.index.tokens):])
+        return sequence
 
     def occurrences(self, context, index: NgramIndex, exclude_end: int | None = None):
         """(match length, continuation start positions in `index`) of the longest suffix of `context` found."""
@@ -253,12 +287,12 @@ class SuffixCandidates:
             best = (n, ends)
         return best
 
-    def propose(self, context: list[int]) -> Branches:
+    def propose(self, seq, context: list[int]) -> Branches:
         with self._lock:
-            return self._propose(context)
+            return self._propose(seq, context)
 
-    def _propose(self, context: list[int]) -> Branches:
-        sequence = self._sequence(context)
+    def _propose(self, seq, context: list[int]) -> Branches:
+        sequence = self._sequence(seq, context)
         length = len(context)
         # in the context itself, an occurrence must end before the context does (its continuation exists)
         match, ends = self.occurrences(context, sequence.index, exclude_end=length)
@@ -272,9 +306,9 @@ class SuffixCandidates:
         if match < self.min_match:
             return Branches()
         budget = min(self.max_nodes, max(1, int(self.spec_factor * match)))
-        return self._best_first(self._count_tree(sources), budget)
+        return self._best_first(self._count_tree(sources, request_stops(seq, self.stop_token_ids)), budget)
 
-    def _count_tree(self, sources):
+    def _count_tree(self, sources, stops):
         """{path tuple: occurrences continuing along it} over the latest occurrences' continuations."""
         counts = defaultdict(int)
         total = 0
@@ -285,7 +319,7 @@ class SuffixCandidates:
                     if token == NgramIndex.SEPARATOR:
                         break
                     continuation.append(token)
-                continuation = truncate_at_stop(continuation, self.stop_token_ids)
+                continuation = truncate_at_stop(continuation, stops)
                 if not continuation:
                     continue
                 total += 1

@@ -91,23 +91,40 @@ def generate(model, inputs=None, generation_config=None, logits_processor=None, 
     PromptDecoder). Returns the prompt followed by the new tokens ([1, L] LongTensor), or a
     GenerateDecoderOnlyOutput with `.sequences` when return_dict_in_generate is set. `tree_length`, `result` and
     `decoder_class` are PPD's own (this module's docstring)."""
-    from transformers import StoppingCriteriaList
     from transformers.generation import GenerateDecoderOnlyOutput
-    from transformers.generation.stopping_criteria import MaxTimeCriteria, StopStringCriteria
 
     ppd = prompt_decoder if prompt_decoder is not None else model
     if not isinstance(ppd, PromptDecoder) and tree_length != 0:
         raise PPDError("PPD generate needs a PromptDecoder (pass prompt_decoder=, or use enable_ppd_generate)")
     base = ppd.base_model if isinstance(ppd, PromptDecoder) else ppd  # a plain causal LM decodes plainly
-    for name, value in (("logits_processor", logits_processor), ("prefix_allowed_tokens_fn", prefix_allowed_tokens_fn),
-                        ("assistant_model", assistant_model), ("negative_prompt_ids", negative_prompt_ids),
-                        ("negative_prompt_attention_mask", negative_prompt_attention_mask)):
+    _refuse_options(logits_processor=logits_processor, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+                    assistant_model=assistant_model, negative_prompt_ids=negative_prompt_ids,
+                    negative_prompt_attention_mask=negative_prompt_attention_mask, synced_gpus=synced_gpus)
+    input_ids = _one_sequence(inputs if inputs is not None else kwargs.get("input_ids"), kwargs.get("attention_mask"))
+    config = _generation_config(generation_config if generation_config is not None else base.generation_config,
+                                kwargs)
+    max_new = _max_new_tokens(config, input_ids.shape[1])
+    criteria = _stopping_criteria(config, stopping_criteria, kwargs.get("tokenizer"))
+    decoder = ppd_decoder(ppd, config, tree_length, decoder_class)
+    result = result if result is not None else GenerationResult()
+    sequence = _decode(decoder, input_ids, max_new, result, criteria, streamer)
+    sequences = torch.tensor([sequence], dtype=torch.long, device=input_ids.device)
+    if config.return_dict_in_generate:
+        return GenerateDecoderOnlyOutput(sequences=sequences)
+    return sequences
+
+
+def _refuse_options(synced_gpus=None, **options) -> None:
+    """One PPDError for the first of transformers' options that would change the output here."""
+    for name, value in options.items():
         if value is not None and not (name == "logits_processor" and len(value) == 0):
             raise PPDError(f"generate option {name} is not supported by PPD decoding")
     if synced_gpus:
         raise PPDError("generate option synced_gpus is not supported by PPD decoding")
 
-    input_ids = inputs if inputs is not None else kwargs.get("input_ids")
+
+def _one_sequence(input_ids, attention_mask) -> torch.Tensor:
+    """The [1, length] prompt; PPDError for none, a batch of several, or padding."""
     if input_ids is None:
         raise PPDError("generate needs input ids")
     input_ids = torch.as_tensor(input_ids)
@@ -116,22 +133,25 @@ def generate(model, inputs=None, generation_config=None, logits_processor=None, 
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise PPDError(f"PPD generate decodes one sequence at a time (batch size 1), got input of shape "
                        f"{tuple(input_ids.shape)}")
-    attention_mask = kwargs.get("attention_mask")
     if attention_mask is not None and not bool(torch.as_tensor(attention_mask).bool().all()):
         raise PPDError("PPD generate takes no padding: the attention mask must be all ones")
-    tokenizer = kwargs.get("tokenizer")
+    return input_ids
 
-    config = copy.deepcopy(generation_config if generation_config is not None else base.generation_config)
+
+def _generation_config(config, kwargs: dict):
+    """A copy of `config` updated with `kwargs`, checked: transformers' own validation, then ours."""
+    config = copy.deepcopy(config)
     try:  # transformers validates the options here (its own one-line errors)
         unused = config.update(**{k: v for k, v in kwargs.items() if k not in _INPUT_KWARGS})
     except ValueError as exc:
         raise PPDError(str(exc)) from None
     if unused:
         raise PPDError(f"generate option(s) {', '.join(sorted(unused))} not supported by PPD decoding")
-    do_sample = bool(config.do_sample)
-    _check_config(config, do_sample)
+    _check_config(config, bool(config.do_sample))
+    return config
 
-    length = input_ids.shape[1]
+
+def _max_new_tokens(config, length: int) -> int:
     if config.max_new_tokens is not None:
         max_new = config.max_new_tokens
     elif config.max_length is not None:
@@ -141,6 +161,12 @@ def generate(model, inputs=None, generation_config=None, logits_processor=None, 
     if max_new < 1:
         raise PPDError(f"nothing to generate: max_new_tokens is {max_new} (max_length {config.max_length}, "
                        f"input length {length})")
+    return max_new
+
+
+def _stopping_criteria(config, stopping_criteria, tokenizer):
+    from transformers import StoppingCriteriaList
+    from transformers.generation.stopping_criteria import MaxTimeCriteria, StopStringCriteria
 
     criteria = StoppingCriteriaList(stopping_criteria or [])
     if config.stop_strings:
@@ -149,12 +175,14 @@ def generate(model, inputs=None, generation_config=None, logits_processor=None, 
         criteria.append(StopStringCriteria(tokenizer, config.stop_strings))
     if config.max_time is not None:
         criteria.append(MaxTimeCriteria(config.max_time, time.time()))
+    return criteria
 
-    decoder = ppd_decoder(ppd, config, tree_length, decoder_class)
+
+def _decode(decoder, input_ids, max_new: int, result: GenerationResult, criteria, streamer) -> list:
+    """The prompt and the new tokens, each step's tokens streamed, cut where a stopping criterion stops."""
     if streamer is not None:
         streamer.put(input_ids.cpu())
-    sequence = input_ids[0].tolist()
-    result = result if result is not None else GenerationResult()
+    sequence, length = input_ids[0].tolist(), input_ids.shape[1]
     steps = decoder.stream(input_ids, max_new, result=result)
     try:
         for step in steps:
@@ -174,10 +202,7 @@ def generate(model, inputs=None, generation_config=None, logits_processor=None, 
         del result.token_ids[len(sequence) - length:]  # what a stopping criterion cut off
         if streamer is not None:
             streamer.end()
-    sequences = torch.tensor([sequence], dtype=torch.long, device=input_ids.device)
-    if config.return_dict_in_generate:
-        return GenerateDecoderOnlyOutput(sequences=sequences)
-    return sequences
+    return sequence
 
 
 def enable_ppd_generate(prompt_decoder: PromptDecoder):

@@ -12,9 +12,8 @@ The root (the token the base model itself predicted) always carries all N specia
 
 A file may hold one spec, or several keyed by tree length: upstream's measure, the candidate nodes plus the special
 tokens appended after them (`prompt.inference.budget.tree_length`); an entry's key is the builder's budget, which its
-tree may undershoot by a little, as in upstream's files. Files written before tree lengths took upstream's meaning
-were keyed by the inputs of the forward; they are recognised (every key equals its tree's inputs) and re-keyed.
-Files may be gzip-compressed (`.json.gz`).
+tree may undershoot by a little, as in upstream's files. Files keyed by the inputs of the forward are re-keyed
+(docs/COMPAT.md). Files may be gzip-compressed (`.json.gz`).
 """
 from __future__ import annotations
 
@@ -59,7 +58,7 @@ class TreeBuffers:
     parent_index         [nodes] parent of every node, the root its own parent
     earlier_siblings     [nodes, nodes] boolean: node j shares node i's parent and comes before it (tried first)
     max_position_offset  the largest position offset (the forward needs past + it inside the context)
-    chain_lengths        nodes of each context-source chain, in order (a merged candidate tree counts as one)
+    context_nodes        how many of the nodes are the context sources' (after the prompt-token nodes)
     """
 
     depth: int
@@ -78,7 +77,7 @@ class TreeBuffers:
     parent_index: torch.Tensor
     earlier_siblings: torch.Tensor
     max_position_offset: int
-    chain_lengths: tuple = ()
+    context_nodes: int = 0
 
     @property
     def num_nodes(self) -> int:
@@ -90,14 +89,11 @@ class TreeBuffers:
 
     @property
     def num_prompt_nodes(self) -> int:
-        return self.num_nodes - sum(self.chain_lengths)
+        return self.num_nodes - self.context_nodes
 
     @property
     def num_special_inputs(self) -> int:
         return self.num_inputs - self.num_nodes
-
-    def node_depth(self, i: int) -> int:
-        return len(self.node_paths[i])
 
     def to(self, device) -> "TreeBuffers":
         """The same buffers with every tensor on `device`."""
@@ -109,45 +105,50 @@ class TreeBuffers:
 def _validate_spec(spec, num_special_tokens: int) -> dict[int, list]:
     if not isinstance(spec, dict) or not spec:
         raise PPDError("malformed tree spec: expected a non-empty object {depth: [[path, probability, n_special], ...]}")
-    trees = {}
-    for key, entries in spec.items():
-        try:
-            depth = int(key)
-        except (TypeError, ValueError):
-            raise PPDError(f"malformed tree spec: depth key {key!r} is not an integer") from None
-        if not 1 <= depth <= num_special_tokens:
-            raise PPDError(f"malformed tree spec: depth {depth} is outside 1..{num_special_tokens} "
-                           f"(the number of special tokens)")
-        if not isinstance(entries, list):
-            raise PPDError(f"malformed tree spec: depth {depth} must map to a list of [path, probability, n_special]")
-        nodes = []
-        for entry in entries:
-            if (not isinstance(entry, (list, tuple)) or len(entry) != 3 or not isinstance(entry[0], list)
-                    or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in entry[0])
-                    or not entry[0] or not isinstance(entry[2], int)):
-                raise PPDError(f"malformed tree spec: bad node {entry!r} at depth {depth} "
-                               f"(want [path of ranks >= 0, probability, n_special_tokens])")
-            path, _, n_special = entry
-            if len(path) > depth:
-                raise PPDError(f"malformed tree spec: node {path} is deeper than its tree's depth {depth}")
-            if not 1 <= n_special <= num_special_tokens:
-                raise PPDError(f"malformed tree spec: node {path} has {n_special} special tokens, "
-                               f"outside 1..{num_special_tokens}")
-            nodes.append((list(path), n_special))
-        paths = [tuple(p) for p, _ in nodes]
-        present = set(paths)
-        if len(present) != len(paths):
-            raise PPDError(f"malformed tree spec: a node appears twice in the depth-{depth} tree")
-        for p in paths:
-            if len(p) > 1 and p[:-1] not in present:
-                raise PPDError(f"malformed tree spec: node {list(p)} has no parent {list(p[:-1])}")
-        trees[depth] = nodes
+    trees = dict(_validate_depth(key, entries, num_special_tokens) for key, entries in spec.items())
     usable = sorted(trees)
     needed = {num_special_tokens} | {n for nodes in trees.values() for _, n in nodes}
     for n in needed:
         if not any(d <= n for d in usable):
             raise PPDError(f"malformed tree spec: no tree of depth <= {n} for a node with {n} special tokens")
     return trees
+
+
+def _validate_depth(key, entries, num_special_tokens: int) -> tuple[int, list]:
+    """(depth, [(path, n_special)]) of one depth's tree; PPDError naming what is malformed."""
+    try:
+        depth = int(key)
+    except (TypeError, ValueError):
+        raise PPDError(f"malformed tree spec: depth key {key!r} is not an integer") from None
+    if not 1 <= depth <= num_special_tokens:
+        raise PPDError(f"malformed tree spec: depth {depth} is outside 1..{num_special_tokens} "
+                       f"(the number of special tokens)")
+    if not isinstance(entries, list):
+        raise PPDError(f"malformed tree spec: depth {depth} must map to a list of [path, probability, n_special]")
+    nodes = [_validate_node(entry, depth, num_special_tokens) for entry in entries]
+    paths = [tuple(p) for p, _ in nodes]
+    present = set(paths)
+    if len(present) != len(paths):
+        raise PPDError(f"malformed tree spec: a node appears twice in the depth-{depth} tree")
+    for p in paths:
+        if len(p) > 1 and p[:-1] not in present:
+            raise PPDError(f"malformed tree spec: node {list(p)} has no parent {list(p[:-1])}")
+    return depth, nodes
+
+
+def _validate_node(entry, depth: int, num_special_tokens: int) -> tuple[list, int]:
+    if (not isinstance(entry, (list, tuple)) or len(entry) != 3 or not isinstance(entry[0], list)
+            or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in entry[0])
+            or not entry[0] or not isinstance(entry[2], int)):
+        raise PPDError(f"malformed tree spec: bad node {entry!r} at depth {depth} "
+                       f"(want [path of ranks >= 0, probability, n_special_tokens])")
+    path, _, n_special = entry
+    if len(path) > depth:
+        raise PPDError(f"malformed tree spec: node {path} is deeper than its tree's depth {depth}")
+    if not 1 <= n_special <= num_special_tokens:
+        raise PPDError(f"malformed tree spec: node {path} has {n_special} special tokens, "
+                       f"outside 1..{num_special_tokens}")
+    return list(path), n_special
 
 
 def build_tree_buffers(nodes, layout: SpecialTokenLayout, depth: int,
@@ -164,18 +165,7 @@ def build_tree_buffers(nodes, layout: SpecialTokenLayout, depth: int,
     return _assemble(node_paths, node_parent, node_special, candidate_index, top_k, depth, layout)
 
 
-def with_chains(tree: TreeBuffers, chain_lengths, chain_special_tokens: int, layout: SpecialTokenLayout) -> TreeBuffers:
-    """`tree` with one extra branch from the root per context-source chain, each node carrying
-    `chain_special_tokens` special tokens (0: none; the step after a chain wins then restarts the prompt
-    tokens from the root)."""
-    parents = []
-    for length in chain_lengths:
-        parents.extend([-1] + [len(parents) + d for d in range(length - 1)])
-    return with_branches(tree, parents, chain_special_tokens, layout, tuple(chain_lengths))
-
-
-def with_branches(tree: TreeBuffers, parents, chain_special_tokens: int, layout: SpecialTokenLayout,
-                  chain_lengths=None) -> TreeBuffers:
+def with_branches(tree: TreeBuffers, parents, chain_special_tokens: int, layout: SpecialTokenLayout) -> TreeBuffers:
     """`tree` with the context sources' candidate tree hanging from the root: `parents[i]` is the parent of
     context node i among the context nodes (-1: the root), every parent listed before its children; each node
     carries `chain_special_tokens` special tokens. A chain of n nodes is parents [-1, 0, .., n-2]."""
@@ -188,45 +178,16 @@ def with_branches(tree: TreeBuffers, parents, chain_special_tokens: int, layout:
         node_parent.append(0 if parent == -1 else first + parent)
         node_paths.append([-1] * (len(node_paths[node_parent[-1]]) + 1))
         node_special.append(chain_special_tokens)
-    chain_lengths = (len(parents),) if chain_lengths is None else chain_lengths
     return _assemble(node_paths, node_parent, node_special, tree.candidate_index.tolist(), tree.top_k, tree.depth,
-                     layout, tuple(tree.chain_lengths) + tuple(chain_lengths))
+                     layout, tree.context_nodes + len(parents))
 
 
 def _assemble(node_paths, node_parent, node_special, candidate_index, top_k, depth, layout: SpecialTokenLayout,
-              chain_lengths=()) -> TreeBuffers:
+              context_nodes: int = 0) -> TreeBuffers:
     num_nodes = len(node_paths)
-    special_rows, special_prompt_index = [], []
-    row = num_nodes
-    for n in node_special:
-        special_rows.append(list(range(row, row + layout.inputs(n))))
-        special_prompt_index.extend(range(layout.inputs(n)))
-        row += layout.inputs(n)
-    total = row
-
-    accepted_path = []  # ancestors (including self) of every token node, root first
-    for i in range(num_nodes):
-        chain, j = [], i
-        while j != -1:
-            chain.append(j)
-            j = node_parent[j]
-        accepted_path.append(chain[::-1])
-    allowed = torch.zeros(total, total, dtype=torch.bool)
-    positions = torch.zeros(total, dtype=torch.long)
-    special_of_inputs = torch.full((total,), -1, dtype=torch.long)
-    for i in range(num_nodes):
-        allowed[i, accepted_path[i]] = True
-        positions[i] = len(node_paths[i])
-    for i, rows in enumerate(special_rows):
-        if not rows:
-            continue
-        # the special tokens after node i: placed by the layout, anchored at node i
-        block = torch.tensor(rows)
-        n = node_special[i]
-        allowed[block[:, None], torch.tensor(accepted_path[i])[None, :]] = True
-        allowed[block[:, None], block[None, :]] = layout.among_themselves(n)
-        positions[block] = len(node_paths[i]) + layout.position_offsets(n)
-        special_of_inputs[block] = layout.special_of_inputs(n)
+    special_rows, special_prompt_index = _special_inputs(node_special, num_nodes, layout)
+    accepted_path = _accepted_paths(node_parent)
+    allowed, positions, special_of_inputs = _pattern(node_paths, node_special, special_rows, accepted_path, layout)
     return TreeBuffers(
         depth=depth,
         top_k=top_k,
@@ -244,8 +205,53 @@ def _assemble(node_paths, node_parent, node_special, candidate_index, top_k, dep
         parent_index=torch.tensor([max(p, 0) for p in node_parent], dtype=torch.long),
         earlier_siblings=_earlier_siblings(node_parent),
         max_position_offset=int(positions.max()),
-        chain_lengths=tuple(chain_lengths),
+        context_nodes=context_nodes,
     )
+
+
+def _special_inputs(node_special, num_nodes: int, layout: SpecialTokenLayout) -> tuple[list, list]:
+    """The input rows of the special tokens after each node (after every node's own input), and the prompt
+    embedding each of those inputs reads."""
+    special_rows, special_prompt_index = [], []
+    row = num_nodes
+    for n in node_special:
+        special_rows.append(list(range(row, row + layout.inputs(n))))
+        special_prompt_index.extend(range(layout.inputs(n)))
+        row += layout.inputs(n)
+    return special_rows, special_prompt_index
+
+
+def _accepted_paths(node_parent) -> list:
+    """The ancestors (including itself) of every token node, root first."""
+    accepted_path = []
+    for i in range(len(node_parent)):
+        chain, j = [], i
+        while j != -1:
+            chain.append(j)
+            j = node_parent[j]
+        accepted_path.append(chain[::-1])
+    return accepted_path
+
+
+def _pattern(node_paths, node_special, special_rows, accepted_path, layout: SpecialTokenLayout):
+    """(allowed [inputs, inputs], positions [inputs], special_of_inputs [inputs]): each node sees its path; the
+    special tokens after node i are placed by the layout, anchored at node i."""
+    total = len(node_paths) + sum(len(rows) for rows in special_rows)
+    allowed = torch.zeros(total, total, dtype=torch.bool)
+    positions = torch.zeros(total, dtype=torch.long)
+    special_of_inputs = torch.full((total,), -1, dtype=torch.long)
+    for i, path in enumerate(accepted_path):
+        allowed[i, path] = True
+        positions[i] = len(node_paths[i])
+    for i, rows in enumerate(special_rows):
+        if not rows:
+            continue
+        block, n = torch.tensor(rows), node_special[i]
+        allowed[block[:, None], torch.tensor(accepted_path[i])[None, :]] = True
+        allowed[block[:, None], block[None, :]] = layout.among_themselves(n)
+        positions[block] = len(node_paths[i]) + layout.position_offsets(n)
+        special_of_inputs[block] = layout.special_of_inputs(n)
+    return allowed, positions, special_of_inputs
 
 
 def _earlier_siblings(node_parent) -> torch.Tensor:

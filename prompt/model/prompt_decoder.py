@@ -149,11 +149,6 @@ class PromptDecoder(nn.Module):
             merged.update(keys, values, i)
         return merged
 
-    @property
-    def vt_attention(self) -> torch.Tensor:
-        """Boolean [NV, NV]: which virtual tokens each virtual token sees (`SpecialTokenLayout`)."""
-        return self.layout.vt_attention
-
     def num_trained_parameters(self) -> int:
         """Parameters of everything trained on top of the frozen base model (prompt tokens, prefix, weighting
         layers, custom head)."""
@@ -256,13 +251,15 @@ class PromptDecoder(nn.Module):
         """The [NV, hidden] prompt-token embeddings in the base model's dtype."""
         return self.prompt_embeddings.to(self.dtype)
 
-    def special_hidden(self, output, rows) -> torch.Tensor:
-        """Hidden states of the special-token inputs at `rows` (averaged over the last `num_exits` layers)."""
+    def special_hidden(self, output, rows, batch_rows=slice(None)) -> torch.Tensor:
+        """Hidden states of the special-token inputs at `rows` of the batch rows `batch_rows` (all by default),
+        averaged over the last `num_exits` layers."""
         if self.config.num_exits == 1:
-            return output.last_hidden_state[:, rows]
+            return output.last_hidden_state[batch_rows, rows]
         norm = backbone.body(self.base_model).norm
         exits = output.hidden_states[-self.config.num_exits:]
-        return torch.stack([norm(h[:, rows]) for h in exits[:-1]] + [output.last_hidden_state[:, rows]]).mean(0)
+        return torch.stack([norm(h[batch_rows, rows]) for h in exits[:-1]]
+                           + [output.last_hidden_state[batch_rows, rows]]).mean(0)
 
     def special_token_logits(self, hidden: torch.Tensor, head_logits: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states [..., n*V, H] of n special tokens' virtual tokens -> aggregated logits [..., n, vocab].

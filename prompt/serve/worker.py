@@ -200,12 +200,12 @@ class PPDWorker:
 
     def decoder(self):
         """The worker's one Decoder (each request brings its own acceptance rule and stop tokens)."""
-        from prompt.inference.decoding import Decoder
+        from prompt.inference.decoding import Decoder, Decoding
 
         if self._decoder is None:
             # plain: no prompt tokens and no prompt lookup (the tuned decoding would otherwise add its lookup chain)
-            plain = {} if self.use_ppd else {"tree_length": 0, "prompt_lookup_num_tokens": 0}
-            self._decoder = Decoder(self.model, stop_token_ids=self.eos_ids, **plain)
+            decoding = None if self.use_ppd else Decoding.plain(self.model)
+            self._decoder = Decoder(self.model, decoding, stop_token_ids=self.eos_ids)
         return self._decoder
 
     def rule(self, request: TextRequest):
