@@ -33,7 +33,11 @@ def test_device_flags():
     assert not hasattr(add_device_flags(argparse.ArgumentParser(), dtype=None).parse_args([]), "dtype")
 
 
-def test_fastest_dtype(tmp_path):
+def test_fastest_dtype(tmp_path, monkeypatch):
+    from prompt.inference import cost_profile
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(cost_profile, "_cpuinfo", lambda: ("Xeon", {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
     path = tmp_path / "decoding.json"
     assert fastest_dtype(str(path), "cpu") == "float32"  # nothing tuned
     path.write_text(json.dumps({"float32": {"speed_vs_plain_greedy": 1.3, "machine": "a CPU"},
@@ -42,5 +46,17 @@ def test_fastest_dtype(tmp_path):
     path.write_text(json.dumps({"float32": {"speed_vs_plain_greedy": 1.3, "tokens_per_second": 30, "machine": "a CPU"},
                                 "bfloat16": {"speed_vs_plain_greedy": 1.7, "tokens_per_second": 20, "machine": "a CPU"}}))
     assert fastest_dtype(str(path), "cpu") == "float32"  # absolute speed wins where every entry records it
-    # the shipped prompt tokens were tuned on this project's CPU, where bfloat16 decodes fastest
+    # the shipped prompt tokens were tuned on an AMX Xeon, where bfloat16 decodes fastest
     assert fastest_decoding_dtype(None, "cpu") == "bfloat16"
+    # a CPU without bfloat16 in hardware (or oneDNN limited below it) emulates it: the tuned bfloat16 entry is not
+    # applied there
+    path.write_text(json.dumps({"bfloat16": {"tokens_per_second": 30, "machine": "a CPU"}}))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert fastest_dtype(str(path), "cpu") == "float32"
+    assert fastest_decoding_dtype(None, "cpu") == "float32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert fastest_dtype(str(path), "cpu") == "bfloat16"
+    monkeypatch.setattr(cost_profile, "_cpuinfo", lambda: ("EPYC", {"avx", "avx2", "fma"}))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert fastest_dtype(str(path), "cpu") == "float32"
+    assert fastest_decoding_dtype(None, "cpu") == "float32"

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from prompt.errors import PPDError
+from prompt.inference.cost_profile import native_bfloat16
 from prompt.inference.tree import DEFAULT_TREE_FILE, select_tree_spec, specs_by_length, upstream_tree_file
 from prompt.jsonio import read_json
 from prompt.model.devices import resolve_device
@@ -199,14 +200,17 @@ def _built_tree(accuracies: str, stamp, num_special_tokens: int, tree_length: in
 def fastest_dtype(decoding_file, device=None) -> str:
     """The dtype whose tuned decoding (decoding.json) is fastest on `device`'s kind of machine: by tokens/s where
     every entry records it, else by speed over plain greedy (entries made before tokens/s was recorded). Only
-    entries measured on the same kind of device count (a CPU's figures say nothing about a GPU). Without any:
-    float16 on a GPU, float32 on a CPU."""
+    entries measured on the same kind of device count (a CPU's figures say nothing about a GPU), and on a CPU without
+    bfloat16 in hardware (`prompt.inference.cost_profile.native_bfloat16`) no half-precision entry counts. Without
+    any: float16 on a GPU, float32 on a CPU."""
     gpu = resolve_device(device) != "cpu"
     fallback = "float16" if gpu else "float32"
     data = read_json(decoding_file, "tuned decoding file") if decoding_file and os.path.isfile(decoding_file) else {}
     gpu_name = torch.cuda.get_device_name(0) if gpu and torch.cuda.is_available() else None
     entries = {dtype: entry for dtype, entry in (data.items() if isinstance(data, dict) else ())
                if isinstance(entry, dict) and (gpu_name in str(entry.get("machine", "")) if gpu_name else not gpu)}
+    if not gpu and not native_bfloat16():  # tuned where bfloat16 runs in hardware: emulated here, far slower
+        entries = {dtype: entry for dtype, entry in entries.items() if dtype not in ("bfloat16", "float16")}
     if not entries:
         return fallback
     key = "tokens_per_second" if all("tokens_per_second" in e for e in entries.values()) else "speed_vs_plain_greedy"

@@ -65,6 +65,17 @@ def _cpuinfo() -> tuple[str, set]:
     return name, flags
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (avx512_bf16 or AMX on x86, bf16 on Arm) and oneDNN
+    is allowed to use it (`ONEDNN_MAX_CPU_ISA` below AVX512_CORE_BF16 emulates it). Emulated bfloat16 was measured
+    8x slower than float32 for one input (BENCHMARKS, an AVX2-only EPYC)."""
+    _, flags = _cpuinfo()
+    if not flags & {"avx512_bf16", "amx_bf16", "bf16"}:
+        return False
+    limit = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return limit in ("ALL", "DEFAULT") or "BF16" in limit or "AMX" in limit
+
+
 def fingerprint(device="cpu", threads: int | None = None) -> dict:
     """What a forward's cost depends on besides the model: the processor, the kernels it may use, threads, torch."""
     device = torch.device(device)
