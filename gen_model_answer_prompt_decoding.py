@@ -6,6 +6,7 @@ from prompt.errors import cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.runner import PerTemperature, add_common_flags, check_args, load_kwargs, make_decoder, run_answers
 from prompt.inference.choice import resolve_decoding
+from prompt.inference.cost_profile import machine_profile
 from prompt.inference.tree import select_tree_spec
 from prompt.model.defaults import load_prompt_decoder
 
@@ -18,7 +19,10 @@ def setup(args):
     if args.tree_file:  # a tree file of the user's: its tree of --tree-length (else its largest)
         tree = {"tree_spec": select_tree_spec(args.tree_file, model.config.num_special_tokens,
                                               model.config.virtual_tokens_per_special_token, args.tree_length)}
+    machine_profile(model, measure=not args.no_profile)  # this machine's costs, measured on first use
     choice = resolve_decoding(model, prompt_lookup_num_tokens=args.prompt_lookup_num_tokens, **tree)
+    if choice.reason:
+        print(f"why: {choice.reason}")
     if choice.tree_source:  # which tree --tree-length named (built on the spot where the tree file lacks it)
         print(f"tree: {choice.tree_source}", file=sys.stderr)
     decoders = PerTemperature(lambda temperature: make_decoder(

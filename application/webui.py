@@ -37,6 +37,7 @@ from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.evaluation.compare import fastest_decoding_dtype  # noqa: E402
 from prompt.inference import Decoder, GenerationResult  # noqa: E402
 from prompt.inference.choice import resolve_decoding  # noqa: E402
+from prompt.inference.cost_profile import machine_profile  # noqa: E402
 from prompt.inference.hf_generate import generate as ppd_generate, ppd_decoder  # noqa: E402
 from prompt.model.devices import DTYPE_CHOICES, add_device_flags, device_kwargs  # noqa: E402
 from prompt.model.loading import is_default_model, looks_like_path  # noqa: E402
@@ -474,6 +475,10 @@ def parse_args(argv=None):
                              "this kind of device)")
     parser.add_argument("--max-new-token", type=int, default=256, help="most tokens per answer (default 256)")
     parser.add_argument("--concurrency", type=int, default=4, help="answers generated at once (default 4)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="Do not measure this machine's forward costs on first use (about a minute, once per "
+                             "model, dtype and machine); the decoding is then priced on the profile shipped with the "
+                             "checkpoint.")
     args = parser.parse_args(argv)
     if args.max_new_token < 1:
         raise PPDError(f"--max-new-token must be >= 1, got {args.max_new_token}")
@@ -500,7 +505,10 @@ def main(argv=None):
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise PPDError(f"no tokenizer found for {args.ppd_path!r}")
-    resolve_decoding(model)  # a decoding.json naming a missing tree is refused before the page starts
+    machine_profile(model, measure=not args.no_profile)  # this machine's costs, measured on first use
+    choice = resolve_decoding(model)  # a decoding.json naming a missing tree is refused before the page starts
+    if choice.reason:
+        print(f"decoding: {choice.reason}")
     demo = build_demo(model, tokenizer, max_new_tokens=args.max_new_token, concurrency=args.concurrency)
     try:
         demo.launch(server_name=args.host, server_port=args.port, show_error=True)

@@ -29,7 +29,13 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.tune import check_tree_lengths, machine_name, parse_lengths
-from prompt.inference.choice import BATCH_SIZES_KEY, DECODING_NAME, checkpoint_file, tuned_decoding
+from prompt.inference.choice import (
+    BATCH_SIZES_KEY,
+    DECODING_NAME,
+    checkpoint_file,
+    tuned_decoding,
+)
+from prompt.inference.cost_profile import fingerprint, fingerprint_key
 from prompt.inference.decoding import Decoder
 from prompt.jsonio import read_json, write_json
 from prompt.model.defaults import checkpoint_folder, load_prompt_decoder
@@ -206,7 +212,8 @@ def record(model, dtype: str, chosen: dict, command: str) -> str:
     # sizes from 2: a batch of one row decodes as one sequence, with the decoding `tune` chose on more prompts
     data[dtype][BATCH_SIZES_KEY] = {
         str(size): {"tree_length": length, "prompt_lookup_num_tokens": lookup, "tokens_per_second": round(speed, 2),
-                    "command": command, "machine": machine_name(), "date": time.strftime("%Y-%m-%d")}
+                    "command": command, "machine": machine_name(), "date": time.strftime("%Y-%m-%d"),
+                    "fingerprint": fingerprint_key(fingerprint(model.base_model.device))}
         for size, (length, lookup, speed) in sorted(chosen.items()) if size > 1}
     write_json(path, data, sort_keys=True)
     return path

@@ -20,8 +20,15 @@ from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.runner import HFGenerate, MethodTotals
 from prompt.inference.acceptance import acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
-from prompt.inference.choice import (DECODING_NAME, DecodingChoice, fastest_dtype, resolve_decoding, trees_for,
-                                     tuned_decoding)
+from prompt.inference.choice import (
+    DECODING_NAME,
+    DecodingChoice,
+    fastest_dtype,
+    resolve_decoding,
+    trees_for,
+    tuned_decoding,
+)
+from prompt.inference.cost_profile import machine_profile
 from prompt.inference.decoding import Decoder, Decoding
 from prompt.inference.tree import select_tree_spec
 from prompt.model.config import PromptConfig
@@ -357,6 +364,10 @@ def add_model_flags(parser):
     parser.add_argument("--max-new-token", type=int, default=128)
     parser.add_argument("--methods", default="generate,baseline,ppd", help="Comma-separated methods. " + METHOD_HELP)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-profile", action="store_true",
+                        help="Do not measure this machine's forward costs on first use (about a minute, once per "
+                             "model, dtype and machine); the decoding is then priced on the profile shipped with the "
+                             "checkpoint.")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1,
                         help="Answer each question this many times per method (rounds interleaved across methods) and "
@@ -373,6 +384,7 @@ def run(args, prompts):
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     formatter = ChatFormatter(model.tokenizer, args.model_id)
+    machine_profile(model, measure=not args.no_profile)  # this machine's costs, measured on first use
     decoders = build_decoders(model, formatter, methods, args.tree_length, args.tree_file,
                               args.prompt_lookup_num_tokens, args.dtype, args.temperature, args.suffix_nodes)
     for name, decoder in decoders.items():
@@ -380,6 +392,8 @@ def run(args, prompts):
             extra = [f"suffix tree {s.max_nodes}" for s in decoder.sources
                      if isinstance(s, SuffixCandidates) and not decoder.suffix_nodes]
             print(f"{name}: {decoder.describe()}" + "".join(f" + {e}" for e in extra))
+            if decoder.decoding.reason:
+                print(f"  why: {decoder.decoding.reason}")
     probes = []
     totals = compare(decoders, formatter, prompts, args.max_new_token, args.warmup, probes=probes, rounds=args.rounds)
     best = f", the fastest of {args.rounds} rounds per question" if args.rounds > 1 else ""

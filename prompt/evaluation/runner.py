@@ -20,10 +20,15 @@ from prompt.errors import PPDError
 from prompt.evaluation.answers import AnswerFile
 from prompt.evaluation.chat import ChatFormatter, decode_answer
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.inference.acceptance import ACCEPTANCE_RULES, POSTERIOR_ALPHA, POSTERIOR_THRESHOLD
+from prompt.inference.acceptance import (
+    ACCEPTANCE_RULES,
+    POSTERIOR_ALPHA,
+    POSTERIOR_THRESHOLD,
+)
 from prompt.inference.decoding import Decoder, GenerationResult
 from prompt.model.devices import add_device_flags, device_kwargs, synchronize
 from prompt.model.loading import is_default_model
+from prompt.model.weight_layout import STANDARD, set_weight_layout
 
 
 def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_model_id: str):
@@ -73,6 +78,10 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     add_device_flags(parser, dtype="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-profile", action="store_true",
+                        help="Do not measure this machine's forward costs on first use (about a minute, once per "
+                             "model, dtype and machine); the decoding is then priced on the profile shipped with the "
+                             "checkpoint.")
     return parser
 
 
@@ -190,6 +199,7 @@ class HFGenerate:
                 torch.manual_seed(seed)
         pad = self.model.generation_config.pad_token_id
         input_ids = torch.as_tensor(input_ids).to(self.model.device)
+        set_weight_layout(self.model, STANDARD)  # transformers as its users run it
         synchronize(self.model.device)
         start = time.perf_counter()
         with torch.inference_mode():

@@ -18,6 +18,7 @@ measured on the machine that runs them).
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -35,11 +36,19 @@ from prompt.model import backbone
 from prompt.model.cache import keep_cache_entries, new_cache, select_rows
 from prompt.model.devices import synchronize
 from prompt.model.loading import cache_dir
+from prompt.model.weight_layout import (
+    STANDARD,
+    TRANSPOSED,
+    can_transpose,
+    set_weight_layout,
+    weight_layout,
+)
 
 PROFILE_LENGTHS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 64)  # inputs of one sequence's forward
 PROFILE_BATCH_SIZES = (2, 4, 8, 16)  # rows of a running batch (the server's)
 PROFILE_BATCH_LENGTHS = (1, 8, 16)  # inputs per row measured at each batch size
 PROFILE_CONTEXT = 256  # cached tokens before the measured forward
+PROFILE_TRANSPOSED_LENGTHS = (1, 2, 4, 8, 16, 32)  # inputs of one sequence measured with the weights transposed
 SHIPPED_PROFILES = "cost_profiles.json"  # beside a checkpoint: profiles of the machine it was tuned on
 PROFILE_ENV = "PPD_COST_PROFILE"  # "shipped": ignore profiles measured on this machine
 # CPU features that decide which matrix kernels run (x86 and Arm)
@@ -48,7 +57,8 @@ ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 
-def _cpuinfo() -> tuple[str, set]:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, frozenset]:
     """The CPU's model name and feature flags (from /proc/cpuinfo; the platform's name elsewhere)."""
     name, flags = platform.processor() or platform.machine(), set()
     try:
@@ -62,7 +72,7 @@ def _cpuinfo() -> tuple[str, set]:
                     flags = set(value.split())
     except OSError:
         pass
-    return name, flags
+    return name, frozenset(flags)
 
 
 def native_bfloat16() -> bool:
@@ -156,6 +166,7 @@ class CostProfile:
     dtype: str
     latency_ms: dict  # {inputs: ms} of one sequence's forward
     batch_latency_ms: dict = field(default_factory=dict)  # {rows: {inputs per row: ms}}
+    transposed_ms: dict = field(default_factory=dict)  # {inputs: ms} of one sequence, weights stored transposed
     date: str = ""
     seconds: float = 0.0  # what measuring it took
     source: str = "measured on this machine"  # or "shipped: ..." for a profile that came with the checkpoint
@@ -164,6 +175,7 @@ class CostProfile:
         self.latency_ms = {int(k): float(v) for k, v in self.latency_ms.items()}
         self.batch_latency_ms = {int(b): {int(k): float(v) for k, v in c.items()}
                                  for b, c in self.batch_latency_ms.items()}
+        self.transposed_ms = {int(k): float(v) for k, v in self.transposed_ms.items()}
         if not self.latency_ms or 1 not in self.latency_ms:
             raise PPDError(f"a cost profile needs the cost of one input; this one has {sorted(self.latency_ms)}")
 
@@ -175,10 +187,20 @@ class CostProfile:
     def key(self) -> str:
         return fingerprint_key(self.fingerprint)
 
-    def cost(self, inputs: float, rows: int = 1) -> float:
-        """Milliseconds of one forward of `rows` sequences with `inputs` inputs each. Batch sizes between the
-        measured ones scale the nearest measured batch curve by rows; without batch curves, rows x inputs inputs of
-        one sequence (what the weights' matrix products see)."""
+    @property
+    def layouts(self) -> tuple[str, ...]:
+        """The weight layouts this profile prices one sequence in (`prompt.model.weight_layout`)."""
+        return (STANDARD, TRANSPOSED) if self.transposed_ms and 1 in self.transposed_ms else (STANDARD,)
+
+    def cost(self, inputs: float, rows: int = 1, layout: str = STANDARD) -> float:
+        """Milliseconds of one forward of `rows` sequences with `inputs` inputs each, the weights in `layout` (one
+        sequence only; batches in the standard layout). Batch sizes between the measured ones scale the nearest
+        measured batch curve by rows; without batch curves, rows x inputs inputs of one sequence (what the weights'
+        matrix products see)."""
+        if layout == TRANSPOSED and rows <= 1:
+            if TRANSPOSED not in self.layouts:
+                raise PPDError("this cost profile has no costs of the transposed weight layout")
+            return _interpolate(self.transposed_ms, inputs)
         if rows <= 1:
             return _interpolate(self.latency_ms, inputs)
         if self.batch_latency_ms:
@@ -198,7 +220,7 @@ class CostProfile:
     def from_json(cls, data: dict, where: str = "cost profile") -> "CostProfile":
         try:
             return cls(**{k: data[k] for k in ("fingerprint", "model", "dtype", "latency_ms")},
-                       **{k: data[k] for k in ("batch_latency_ms", "date", "seconds", "source") if k in data})
+                       **{k: data[k] for k in ("batch_latency_ms", "transposed_ms", "date", "seconds", "source") if k in data})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PPDError(f"{where} is not a cost profile ({type(exc).__name__}: {exc})") from None
 
@@ -253,10 +275,12 @@ def forward_latency(base, input_lengths, prefix_length: int = PROFILE_CONTEXT, r
 
 def measure_profile(base, dtype: str, lengths=PROFILE_LENGTHS, batch_sizes=PROFILE_BATCH_SIZES,
                     batch_lengths=PROFILE_BATCH_LENGTHS, repeats: int = 3, budget_s: float = 60.0,
-                    progress: bool = True) -> CostProfile:
+                    progress: bool = True, transposed_lengths=PROFILE_TRANSPOSED_LENGTHS) -> CostProfile:
     """Measure `base`'s forward costs on this machine: one sequence at each of `lengths` inputs, then each batch size
     at `batch_lengths` inputs per row, within about `budget_s` seconds: fewer repeats where one round is slow, and
-    the batch sizes that do not fit the budget left out (`CostProfile.cost` then scales one sequence's curve)."""
+    the batch sizes that do not fit the budget left out (`CostProfile.cost` then scales one sequence's curve). On a
+    CPU, one sequence is also measured at `transposed_lengths` with the weights stored transposed
+    (`prompt.model.weight_layout`; restored after)."""
     from tqdm.auto import tqdm
 
     device = base.get_input_embeddings().weight.device
@@ -270,6 +294,16 @@ def measure_profile(base, dtype: str, lengths=PROFILE_LENGTHS, batch_sizes=PROFI
             bar.total += (more + 1) * len(lengths)
             again = forward_latency(base, lengths, repeats=more, progress=bar)
             latency = {n: min(latency[n], again[n]) for n in lengths}
+        transposed = {}
+        guess = 2 * sum(_interpolate(latency, n) for n in transposed_lengths) / 1000
+        if transposed_lengths and can_transpose(base) and time.perf_counter() - start + (repeats + 1) * guess < budget_s:
+            before = weight_layout(base)
+            set_weight_layout(base, TRANSPOSED)
+            try:
+                bar.total += (repeats + 1) * len(transposed_lengths)
+                transposed = forward_latency(base, transposed_lengths, repeats=repeats, progress=bar)
+            finally:
+                set_weight_layout(base, before)
         batches = {}
         for rows in batch_sizes:
             # a batch round costs about rows x a sequence's round at the same inputs per row (warm-up + one round)
@@ -278,7 +312,7 @@ def measure_profile(base, dtype: str, lengths=PROFILE_LENGTHS, batch_sizes=PROFI
                 break
             bar.total += 2 * len(batch_lengths)
             batches[rows] = forward_latency(base, batch_lengths, repeats=1, rows=rows, progress=bar)
-    return CostProfile(fingerprint(device), model_key(base), dtype, latency, batches,
+    return CostProfile(fingerprint(device), model_key(base), dtype, latency, batches, transposed,
                        datetime.date.today().isoformat(), round(time.perf_counter() - start, 1))
 
 
@@ -344,5 +378,7 @@ def machine_profile(model, dtype: str | None = None, measure: bool = False, prog
         log(f"cost profile measured in {profile.seconds:.0f} s, stored in {path}")
         return profile
     shipped = [p for p in shipped_profiles(getattr(model, "checkpoint_dir", None)) if p.dtype == dtype]
+    if os.environ.get(PROFILE_ENV, "").lower() == "shipped":  # the first: the same choice on every machine
+        return (shipped or [None])[0]
     exact = [p for p in shipped if p.key == fingerprint_key(fingerprint(base.get_input_embeddings().weight.device))]
     return (exact or shipped or [None])[0]

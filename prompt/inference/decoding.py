@@ -28,14 +28,29 @@ import torch
 from prompt.errors import PPDError
 from prompt.inference.acceptance import AcceptanceRule, acceptance_rule
 from prompt.inference.batch import DecodeBatch, generate_batch
-from prompt.inference.candidates import CandidateSource, PromptLookup, SuffixCandidates, merge_proposals
-from prompt.inference.choice import DecodingChoice, resolve_decoding, tuned_batch_decodings
-from prompt.inference.tree import DynamicTree, TreeBuffers, root_only_buffers, with_branches
+from prompt.inference.candidates import (
+    CandidateSource,
+    PromptLookup,
+    SuffixCandidates,
+    merge_proposals,
+)
+from prompt.inference.choice import (
+    DecodingChoice,
+    resolve_decoding,
+    tuned_batch_decodings,
+)
+from prompt.inference.tree import (
+    DynamicTree,
+    TreeBuffers,
+    root_only_buffers,
+    with_branches,
+)
 from prompt.model import backbone
 from prompt.model.cache import keep_cache_entries, new_cache
 from prompt.model.devices import synchronize
 from prompt.model.layout import SpecialTokenLayout
 from prompt.model.stops import truncate_at_stop
+from prompt.model.weight_layout import STANDARD, set_weight_layout
 
 
 @dataclass
@@ -247,7 +262,8 @@ class Decoder:
             parts.append(f"prompt lookup {self.prompt_lookup_num_tokens}")
         if self.suffix_nodes:
             parts.append(f"suffix tree {self.suffix_nodes}")
-        return f"{' + '.join(parts) or 'plain decoding'}, {self.rule.describe()}"
+        layout = " (weights transposed)" if self.decoding.weight_layout != STANDARD else ""
+        return f"{' + '.join(parts) or 'plain decoding'}{layout}, {self.rule.describe()}"
 
     # ----------------------------------------------------------------------------------------------
     # the steps
@@ -482,6 +498,7 @@ class Decoder:
         # one sequence is a batch of one row with the decoder's own decoding; inference mode is per thread, and a
         # consumer (a web server's thread pool) may resume this generator in another thread: the batch enters it
         # around each step rather than across the yields
+        set_weight_layout(self.model, self.decoding.weight_layout)  # the layout the choice was priced in
         batch = DecodeBatch(self, _own_decoding)
         state = batch.add(input_ids, max_new_tokens, seed=seed, result=result)
         try:
@@ -498,12 +515,15 @@ class Decoder:
         return result
 
     def batch(self, setting=None, expected_rows: int = 0):
-        """A running batch (`prompt.inference.batch.DecodeBatch`) that sequences join and leave between steps."""
+        """A running batch (`prompt.inference.batch.DecodeBatch`) that sequences join and leave between steps (the
+        weights in the standard layout, which batches are priced in)."""
+        set_weight_layout(self.model, STANDARD)
         return DecodeBatch(self, setting, expected_rows)
 
     def generate_batch(self, prompts, max_new_tokens: int = 512, seed=None) -> list:
         """Decode several prompts (token-id sequences of any lengths) together: one GenerationResult per prompt, in
         order, each token-identical (in float32) to the prompt decoded alone."""
+        set_weight_layout(self.model, STANDARD)
         return generate_batch(self, prompts, max_new_tokens, seed)
 
 
