@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from training_helpers import save_tiny_model, write_sharegpt
+from training_helpers import repo_root, save_tiny_model, write_sharegpt
 from test_training import assert_one_error, embeddings, one_thread, train  # noqa: F401  (one_thread: autouse)
 from prompt.data import cli as dataset_cli
 from prompt import AutoPromptDecoder
@@ -119,7 +121,11 @@ def argv(work, out, *extra):
 
 def test_transformers_flags_of_upstreams_command_lines_train(work, tmp_path):
     out = str(tmp_path / "run")
-    trainer.main(argv(work, out, *DONE_WHEN))
+    proc = subprocess.run([sys.executable, os.path.join(repo_root(), "prompt", "train", "train.py"),
+                           *argv(work, out, *DONE_WHEN)], capture_output=True, text=True, timeout=600, cwd=str(tmp_path),
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "saved prompt tokens" in proc.stdout
     loaded = AutoPromptDecoder.from_pretrained(out)
     assert loaded.config.num_special_tokens == N and not torch.equal(loaded.prompt_embeddings, torch.zeros_like(
         loaded.prompt_embeddings))

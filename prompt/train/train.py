@@ -49,20 +49,20 @@ ARGS_NAME = checkpoints.ARGS_NAME
 def main_body(args, training_args) -> str:
     """Train and save; returns the output folder."""
     trainer, resume = build_trainer(args, training_args)
-    main = trainer.is_world_process_zero()
-    if main:
+    is_main = trainer.is_world_process_zero()
+    if is_main:
         print(f"{len(trainer.train_dataset)} {trainer.model.dataset_type} records, "
               f"{'many cuts per forward' if trainer.model.many_cuts else 'one cut per record'}, "
               f"{trainer.args.world_size} process(es)" + (f"; resuming from {resume}" if resume else ""), flush=True)
     trainer.train(resume_from_checkpoint=resume)
     clock = trainer.clock
     state = {**dataclasses.asdict(trainer.state), "step": trainer.state.global_step, "elapsed": clock.elapsed, "cuts": clock.cuts}
-    if main:
+    if is_main:
         checkpoints.save_final(args.output_dir, trainer.decoder, state, vars(args))
     trainer.accelerator.wait_for_everyone()
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="PPD prompt tokens")
-    if main:
+    if is_main:
         print(f"saved prompt tokens to {args.output_dir} ({state['step']} steps, {clock.cuts} cuts, "
               f"{clock.elapsed / 60:.1f} minutes)", flush=True)
     return args.output_dir
