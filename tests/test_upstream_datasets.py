@@ -110,7 +110,7 @@ def test_upstream_files_train(upstream_files, tmp_path, which, trainer_type, ext
                   "--num_special_tokens", str(N), "--dtype", "float32", "--logging_steps", "1", "--save_steps", "1000",
                   "--trainer_type", trainer_type, "--num_train_epochs", "3", "--per_device_train_batch_size", "4",
                   "--learning_rate", "3e-2", *extra])
-    losses = [e["loss"] for e in json.load(open(os.path.join(out, "trainer_state.json")))["log_history"]]
+    losses = [e["loss"] for e in json.load(open(os.path.join(out, "trainer_state.json")))["log_history"] if "loss" in e]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert AutoPromptDecoder.from_pretrained(out).config.num_special_tokens == N
 

@@ -1,5 +1,8 @@
-"""Checkpoints: `output_dir/checkpoint-STEP` holds the prompt tokens (loadable like any PPD checkpoint) and
-`trainer_state.pt` (optimizer state and progress) to resume from; the final `output_dir` holds the same files."""
+"""Checkpoints and the output folder. transformers' Trainer writes `output_dir/checkpoint-STEP` (the prompt tokens in
+the PPD layout, loadable like any PPD checkpoint, beside its trainer_state.json, optimizer.pt, scheduler.pt and RNG
+states) and resumes from it; the final `output_dir` holds the prompt tokens, trainer_state.json and
+training_args.json. Here: which checkpoint a run resumes from, the refusal to replace another run's output, and the
+atomic final save."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,13 +15,13 @@ import sys
 import torch
 
 from prompt.errors import PPDError
-from prompt.jsonio import write_bytes, write_json
+from prompt.jsonio import write_json
 from prompt.model.config import CONFIG_NAME, PromptConfig
 from prompt.model.prompt_decoder import (CUSTOM_LM_HEAD_NAME, PREFIX_DIR, PREFIX_NAME, WEIGHTING_LAYERS_NAME,
-                                         WEIGHTS_NAME, torch_bytes)
+                                         WEIGHTS_NAME)
 
-STATE_NAME = "trainer_state.pt"
-STATE_JSON = "trainer_state.json"
+STATE_JSON = "trainer_state.json"  # transformers' TrainerState in a checkpoint; our final state in output_dir
+OLD_STATE_NAME = "trainer_state.pt"  # a checkpoint of the training loop before transformers' Trainer
 ARGS_NAME = "training_args.json"
 TREES_NAME, DECODING_NAME = "trees.json", "decoding.json"  # what the tree builder and the tuner add for a run's tokens
 FINAL_STAGING = ".final.partial"  # the final save is written here, then moved into output_dir file by file
@@ -26,12 +29,19 @@ FINAL_STAGING = ".final.partial"  # the final save is written here, then moved i
 IDENTITY_FIELDS = ("base_model_name_or_path", "num_special_tokens", "virtual_tokens_per_special_token",
                    "vt_attention_type", "aggregation_type", "use_custom_lm_head", "num_exits", "use_prefix_tuning",
                    "prefix_virtual_tokens")
-# flags that may change when a run resumes (they do not change what is trained)
-RESUMABLE_FLAGS = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint", "threads", "logging_steps",
-                   "report_to", "save_strategy", "cache_dir", "gradient_checkpointing",
-                   "save_steps"}
+# flags that change what is trained: a run resumes only with the same ones (the others, such as logging, saving,
+# loggers, threads or data-loader workers, may change between resumes)
+TRAINING_FLAGS = {"model_name_or_path", "num_special_tokens", "virtual_tokens_per_special_token", "vt_attention_type",
+                  "aggregation_type", "use_custom_lm_head", "use_prefix_tuning", "prefix_virtual_tokens",
+                  "prefix_positions", "num_exits", "prompt_tuning_init", "stage1_model_path", "load_in_4bit",
+                  "load_in_8bit", "dtype", "dataset_path", "size", "use_chunked", "model_max_length", "many_cuts",
+                  "cuts_per_sequence", "trainer_type", "num_train_epochs", "max_steps", "max_train_minutes",
+                  "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+                  "lm_head_lr_multiplier", "weight_decay", "warmup_ratio", "warmup_steps", "max_grad_norm",
+                  "lr_scheduler_type", "lr_scheduler_kwargs", "optim", "optim_args", "adam_beta1", "adam_beta2",
+                  "adam_epsilon", "seed", "data_seed"}
 # files tied to the prompt tokens of a run: replaced or removed with them
-RUN_FILES = (CONFIG_NAME, WEIGHTS_NAME, WEIGHTING_LAYERS_NAME, CUSTOM_LM_HEAD_NAME, PREFIX_NAME, STATE_NAME, STATE_JSON,
+RUN_FILES = (CONFIG_NAME, WEIGHTS_NAME, WEIGHTING_LAYERS_NAME, CUSTOM_LM_HEAD_NAME, PREFIX_NAME, OLD_STATE_NAME, STATE_JSON,
              ARGS_NAME, TREES_NAME, DECODING_NAME, os.path.join(PREFIX_DIR, WEIGHTS_NAME),
              os.path.join(PREFIX_DIR, CONFIG_NAME))
 
@@ -43,7 +53,8 @@ def checkpoint_folders(output_dir: str) -> list[str]:
     found = []
     for name in os.listdir(output_dir):
         match = re.fullmatch(r"checkpoint-(\d+)", name)
-        if match and os.path.isfile(os.path.join(output_dir, name, STATE_NAME)):
+        folder = os.path.join(output_dir, name)
+        if match and any(os.path.isfile(os.path.join(folder, f)) for f in (STATE_JSON, OLD_STATE_NAME)):
             found.append((int(match.group(1)), os.path.join(output_dir, name)))
     return [path for _, path in sorted(found)]
 
@@ -72,13 +83,13 @@ def config_differences(folder: str, config: PromptConfig) -> list[str]:
 
 
 def args_differences(output_dir: str, args: dict) -> list[str]:
-    """Flags (other than RESUMABLE_FLAGS) where the run recorded in output_dir/training_args.json differs from `args`."""
+    """TRAINING_FLAGS where the run recorded in output_dir/training_args.json differs from `args`."""
     saved = _saved_object(os.path.join(output_dir, ARGS_NAME))
     if not isinstance(saved, dict):
         return [saved] if saved else []
     ours = json.loads(json.dumps(args, default=str))
     return [f"--{key} {saved.get(key)!r} there, {ours.get(key)!r} here" for key in sorted(set(saved) | set(ours))
-            if key not in RESUMABLE_FLAGS and saved.get(key) != ours.get(key)]
+            if key in TRAINING_FLAGS and saved.get(key) != ours.get(key)]
 
 
 def check_output_dir(output_dir: str, config: PromptConfig, overwrite: bool, args: dict | None = None,
@@ -133,25 +144,20 @@ def resolve_resume(value, output_dir: str) -> str | None:
         return None
     latest = (checkpoint_folders(output_dir) or [None])[-1]
     if value is None:
-        return latest
-    if str(value).lower() in ("true", "yes", "1", "latest"):
+        chosen = latest
+    elif str(value).lower() in ("true", "yes", "1", "latest"):
         if latest is None:
             raise PPDError(f"--resume_from_checkpoint: no checkpoint-* folder in {output_dir!r}")
-        return latest
-    if not os.path.isfile(os.path.join(value, STATE_NAME)):
-        raise PPDError(f"--resume_from_checkpoint {value!r} is not a checkpoint folder (no {STATE_NAME})")
-    return value
-
-
-def save_checkpoint(folder: str, model, optimizer, state: dict) -> None:
-    """Prompt tokens in the PPD layout plus everything needed to resume; written to a temporary folder first."""
-    partial = folder.rstrip("/") + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    write_bytes(os.path.join(partial, STATE_NAME), torch_bytes({"optimizer": optimizer.state_dict(), "state": state}))
-    write_state_json(partial, state)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
+        chosen = latest
+    elif not any(os.path.isfile(os.path.join(value, f)) for f in (STATE_JSON, OLD_STATE_NAME)):
+        raise PPDError(f"--resume_from_checkpoint {value!r} is not a checkpoint folder (no {STATE_JSON})")
+    else:
+        chosen = value
+    if chosen is not None and not os.path.isfile(os.path.join(chosen, STATE_JSON)):
+        raise PPDError(f"checkpoint {chosen!r} was written by the training loop before transformers' Trainer "
+                       f"({OLD_STATE_NAME}) and cannot be resumed: start from its prompt tokens with "
+                       "--stage1_model_path, or pass --overwrite_output_dir to train afresh")
+    return chosen
 
 
 def write_state_json(folder: str, state: dict) -> None:
@@ -182,8 +188,8 @@ def save_final(output_dir: str, model, state: dict, args: dict) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def load_checkpoint(folder: str, model, optimizer) -> dict:
-    """Load the trainable weights and optimizer state of a checkpoint into `model` / `optimizer`; returns its progress."""
+def load_weights(folder: str, model) -> None:
+    """Load the trainable weights of a checkpoint (prompt tokens, weighting layers, custom head, prefix) into `model`."""
     from safetensors.torch import load_file
 
     weights = load_file(os.path.join(folder, WEIGHTS_NAME))["prompt_embeddings"]
@@ -197,6 +203,3 @@ def load_checkpoint(folder: str, model, optimizer) -> dict:
             module.load_state_dict(torch.load(os.path.join(folder, name), map_location=model.device, weights_only=True))
     if model.prefix is not None:
         model.load_prefix(folder)
-    saved = torch.load(os.path.join(folder, STATE_NAME), map_location=model.device, weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    return saved["state"]
