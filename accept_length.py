@@ -158,7 +158,12 @@ def run_answer_script(script: str, answer_file: str, flags: list[str]) -> None:
 
 def upstream_search(args, lengths) -> None:
     prefix = args.file_name or "dynamic_sparse_tree"
-    os.makedirs(args.dir_path, exist_ok=True)
+    if os.path.exists(args.dir_path) and not os.path.isdir(args.dir_path):
+        raise PPDError(f"--dir-path {args.dir_path!r} is a file, not a folder")
+    try:
+        os.makedirs(args.dir_path, exist_ok=True)
+    except OSError as exc:
+        raise PPDError(f"cannot create --dir-path {args.dir_path!r}: {exc.strerror or exc}") from None
     common = answer_flags(args)
     groups = {}
     if args.run_baseline:  # upstream's baseline takes the PPD checkpoint: the baseline script decodes its base model

@@ -76,7 +76,9 @@ def test_accept_length_runs_upstreams_command_on_its_default_question_file(tmp_p
     rerun = (tmp_path / "out" / "sizes10_0.jsonl").read_text().splitlines()
     assert rerun[0] == answers.splitlines()[0] and json.loads(rerun[1])["question_id"] == 1
     failing = [*flags[:8], "--choices", "[1]", *flags[10:]]
-    assert_clear_error(run("accept_length.py", *failing, cwd=tmp_path), "no tree of length 1")
+    assert_clear_error(run("accept_length.py", *failing, cwd=tmp_path), "smaller than the smallest tree")
+    (tmp_path / "file").write_text("")
+    assert_clear_error(run("accept_length.py", "--dir-path", tmp_path / "file", *flags[2:], cwd=tmp_path), "is a file")
 
 
 @needs_sharegpt
