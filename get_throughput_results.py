@@ -1,8 +1,10 @@
 """Print throughput, mean accept length and mean forward time of answer files (averaged over groups of --n runs).
 
 As upstream: FILES... (groups of --n); a folder (its files grouped by the tree length in their names,
-PREFIX<length>_<run>.jsonl, and the best tree by accept length per forward time); or TREE_LATENCY_FILE FOLDER
-(a tree_latency.py --answer-file named *tree_latency.jsonl, then each tree's accept length per latency).
+PREFIX<length>_<run>.jsonl as accept_length.py --dir-path writes them, and the best tree by accept length per
+forward time; baseline_<run>.jsonl is shown, not ranked); or TREE_LATENCY_FILE FOLDER (a file named
+*tree_latency.jsonl, ours from tree_latency.py --answer-file or upstream's, then each tree's accept length per
+latency).
 The accept length is upstream's: new tokens per decoding step after the prefill (from each row's idxs).
 --gpu-power prints power and energy per token of answers written with --gpu-power.
 """
@@ -83,7 +85,7 @@ def main():
                 print(f"{name}: {mean:.3f} (std {std:.3f})")
             continue
         ratio = print_group(group)
-        if ratio is not None and ratio > best_ratio:
+        if ratio is not None and ratio > best_ratio and tree_number(group[0]):  # baseline_<j>: no tree
             best, best_ratio = tree_number(group[0]), ratio
     if os.path.isdir(first) and not args.gpu_power:
         print(f"Best sparse tree: {best}, ratio: {best_ratio:.3f}")

@@ -7,7 +7,10 @@ Each point is the median of --repeats forwards after a --prefix-length token pre
 the lm head over every input, as the decode loop runs them. Prints the curve and its ratio to one input.
 Upstream's flags are all accepted: --answer-file writes upstream's rows (one per tree length, its latency as
 the wall time) that `get_throughput_results.py LATENCY_FILE ANSWER_DIR` reads; --model-path may name a
-prompt-token checkpoint (its base model is measured); the decoding flags (--temperature, --posterior_threshold,
+prompt-token checkpoint (its base model is measured; the default: the default model's). With prompt tokens, a row's
+tree length is upstream's (the candidates and their special tokens), measured at the inputs of that tree's forward
+(the root and its special tokens added); for a plain base model, a row's tree length is the inputs. The decoding
+flags (--temperature, --posterior_threshold,
 --sampling, --max-new-token, the question selection) do not change a forward's latency and are not used.
 """
 import json
@@ -57,7 +60,11 @@ def main():
     from prompt.model.loading import load_base_model
 
     base, _ = load_base_model(base_model_of(args.model_path), **load_kwargs(args))
-    lengths = sorted({1, *range(args.min_tree_length, args.max_tree_length + 1, args.length_interval)})
+    trees = list(range(args.min_tree_length, args.max_tree_length + 1, args.length_interval))
+    root = root_inputs(args.model_path)  # inputs of a tree forward beyond its tree length (0: no prompt tokens)
+    # the rows' tree lengths (upstream's) and the inputs each is measured at; a plain model's rows: the inputs
+    inputs = {n: n + root for n in (trees if root else sorted({1, *trees}))}
+    lengths = sorted({1, *trees, *(inputs.values() if args.answer_file else ())})
     max_positions = getattr(base.config, "max_position_embeddings", None)
     if max_positions is not None and args.prefix_length + lengths[-1] > max_positions:
         raise PPDError(f"--prefix-length plus --max-tree-length exceeds the model's context ({max_positions})")
@@ -74,12 +81,35 @@ def main():
                                       "repeats": args.repeats, "latency_ms": latency})
     if args.answer_file:  # upstream's rows: get_throughput_results reads sum(wall_time) of each tree length
         rows = [{"question_id": i, "answer_id": f"tree-{n}", "model_id": args.model_id, "tree_length": n,
-                 "choices": [{"index": 0, "turns": [], "idxs": [0], "new_tokens": [0], "wall_time": [ms / 1000]}],
-                 "tstamp": time.time()} for i, (n, ms) in enumerate(latency.items())]
+                 "inputs": inputs[n], "choices": [{"index": 0, "turns": [], "idxs": [0], "new_tokens": [0],
+                                                   "wall_time": [latency[inputs[n]] / 1000]}],
+                 "tstamp": time.time()} for i, n in enumerate(inputs)]
+        if root:
+            print(f"{args.answer_file}: tree length n measured at n + {root} inputs (the root and its special tokens)")
         os.makedirs(os.path.dirname(os.path.abspath(args.answer_file)), exist_ok=True)
         write_text(args.answer_file, "".join(json.dumps(row) + "\n" for row in rows))
     plot_latency(latency, plot_file, f"forward latency, {machine}, {args.dtype}")
     print("saved " + " and ".join(p for p in (args.output_file, args.answer_file, plot_file) if p))
+
+
+def prompt_config_of(model_path):
+    """The PromptConfig of a prompt-token checkpoint folder, or of the default model's shipped tokens; else None."""
+    from prompt.model.config import PromptConfig
+    from prompt.model.loading import SHIPPED_PROMPT_TOKENS, is_default_model
+
+    folder = SHIPPED_PROMPT_TOKENS if is_default_model(model_path) else os.path.expanduser(str(model_path))
+    if os.path.isfile(os.path.join(folder, "adapter_config.json")):
+        return PromptConfig.from_pretrained(folder)
+    return None
+
+
+def root_inputs(model_path) -> int:
+    """Inputs of a tree forward beyond its tree length: the root and its special tokens (0 without prompt tokens).
+    Exact with one virtual token per special token; with more, the nodes' own special tokens cost more."""
+    config = prompt_config_of(model_path)
+    if config is None:
+        return 0
+    return 1 + config.num_special_tokens * config.virtual_tokens_per_special_token
 
 
 def base_model_of(model_path):

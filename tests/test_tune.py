@@ -38,7 +38,7 @@ def test_tree_latency_saves_the_curve_and_plot(tmp_path):
 def test_accept_length_reports_each_tree_and_the_best(tmp_path):
     proc = run("accept_length.py", "--question-file", SHAREGPT, "--question-begin", 940, "--question-end", 941,
                "--choices", "[10, 16]", "--max-new-token", 16, "--dtype", "float32", "--dir-path", tmp_path,
-               "--file-name", "sizes")
+               "--file-name", "sizes", "--interleaved")
     assert proc.returncode == 0, proc.stderr
     assert "| tree 10 |" in proc.stdout and "| tree 16 |" in proc.stdout and "best:" in proc.stdout
     saved = json.loads((tmp_path / "sizes.json").read_text())
@@ -49,22 +49,36 @@ def test_accept_length_reports_each_tree_and_the_best(tmp_path):
     # lengths the tree file lacks are built from accuracies.json; 1 fits no tree
     assert_clear_error(run("accept_length.py", "--question-file", SHAREGPT, "--choices", "[1]"), "no tree of length 1")
     assert_clear_error(run("accept_length.py", "--question-file", SHAREGPT, "--choices", "[10]", "--dir-path", tmp_path,
-                           "--file-name", "sizes"), "exists")
+                           "--file-name", "sizes", "--interleaved"), "exists")
+    assert sorted(os.listdir(tmp_path)) == ["sizes.json"]  # the interleaved run writes no answer files
 
 
 def test_accept_length_runs_upstreams_command_on_its_default_question_file(tmp_path):
-    """Upstream's README command names no question file: upstream's data/mt_bench/question.jsonl is read."""
+    """Upstream's README command names no question file: upstream's tree search reads data/alpaca_eval/alpaca_eval.json
+    under the working folder and writes one answer file per tree length and run, which a rerun resumes."""
     flags = ["--dir-path", tmp_path / "out", "--file-name", "sizes", "--eval-file-name",
              "gen_model_answer_prompt_decoding.py", "--n", "1", "--choices", "[10]", "--max-new-token", 8,
              "--question-end", 1, "--dtype", "float32"]
     assert_clear_error(run("accept_length.py", *flags, cwd=tmp_path), "--question-file")
-    (tmp_path / "data" / "mt_bench").mkdir(parents=True)
-    (tmp_path / "data" / "mt_bench" / "question.jsonl").write_text(
-        json.dumps({"question_id": 1, "category": "writing", "turns": ["Say hello."]}) + "\n")
+    (tmp_path / "data" / "alpaca_eval").mkdir(parents=True)
+    (tmp_path / "data" / "alpaca_eval" / "alpaca_eval.json").write_text(json.dumps(
+        [{"instruction": "Say hello.", "dataset": "x"}, {"instruction": "Name a colour.", "dataset": "x"}]))
     proc = run("accept_length.py", *flags, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "evaluation set" in proc.stderr and "| tree 10 |" in proc.stdout
-    assert (tmp_path / "out" / "sizes.json").is_file()
+    assert "evaluation set" in proc.stderr and "Best sparse tree: 10" in proc.stdout
+    assert sorted(os.listdir(tmp_path / "out")) == ["sizes10_0.jsonl"]  # no baseline without --run-baseline
+    answers = (tmp_path / "out" / "sizes10_0.jsonl").read_text()
+    rows = [json.loads(line) for line in answers.splitlines()]
+    assert [row["question_id"] for row in rows] == [0] and rows[0]["choices"][0]["new_tokens"][0] > 0
+    # a rerun over two questions keeps the answered one and adds the other; a failing answer script is one error
+    proc = run("accept_length.py", *flags[:-4], "--question-end", 2, "--dtype", "float32", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rerun = (tmp_path / "out" / "sizes10_0.jsonl").read_text().splitlines()
+    assert rerun[0] == answers.splitlines()[0] and json.loads(rerun[1])["question_id"] == 1
+    failing = [*flags[:8], "--choices", "[1]", *flags[10:]]
+    assert_clear_error(run("accept_length.py", *failing, cwd=tmp_path), "smaller than the smallest tree")
+    (tmp_path / "file").write_text("")
+    assert_clear_error(run("accept_length.py", "--dir-path", tmp_path / "file", *flags[2:], cwd=tmp_path), "is a file")
 
 
 @needs_sharegpt

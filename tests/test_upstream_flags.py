@@ -414,7 +414,7 @@ def test_tree_latency_rows_feed_get_throughput_results(tmp_path, tiny_model_fold
     latency = tmp_path / "x_tree_latency.jsonl"
     proc = run("tree_latency.py", "--model-path", tiny_model_folder, "--model-id", "tiny", "--answer-file", latency,
                "--bench-name", "alpaca_eval", "--min-tree-length", 2, "--max-tree-length", 6, "--length-interval", 2,
-               "--max-new-token", 1024, "--repeats", 1, "--prefix-length", 8, "--dtype", "float32", "--threads", 1)
+               "--max-new-token", 1024, "--repeats", 7, "--prefix-length", 8, "--dtype", "float32", "--threads", 1)
     assert proc.returncode == 0, proc.stderr
     lengths = [row["tree_length"] for row in rows(latency)]
     assert lengths == [1, 2, 4, 6] and all(row["choices"][0]["wall_time"][0] > 0 for row in rows(latency))
@@ -435,6 +435,37 @@ def test_tree_latency_rows_feed_get_throughput_results(tmp_path, tiny_model_fold
     assert "Best sparse tree: 4" in proc.stdout
     assert_clear_error(run("get_throughput_results.py", answers / "tree2_0.jsonl", "--gpu-power"),
                        "without power measurements")
+
+
+def test_get_throughput_results_reads_upstreams_tree_latency_file_and_ranks_no_baseline(tmp_path):
+    """Upstream's tree_latency.py rows hold tree_length and choices only (no question_id); the last row of a tree
+    length counts. The baseline's files are shown, never named the best tree."""
+    answers = tmp_path / "search"
+    answers.mkdir()
+    for name, steps, seconds in (("baseline_0", [19, 19], 0.1), ("dynamic_sparse_tree10_0", [9, 9], 1.0),
+                                 ("dynamic_sparse_tree16_0", [4, 4], 1.5)):
+        row = {"question_id": 0, "model_id": "m", "choices": [{"index": 0, "turns": ["a", "b"], "idxs": steps,
+                                                                "new_tokens": [20, 20], "wall_time": [seconds] * 2}]}
+        (answers / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+    latency = answers / "tree_latency.jsonl"  # upstream writes it beside the answers: the folder listing skips it
+
+    def latency_row(length, seconds):
+        return json.dumps({"tree_length": length, "choices": [{"index": 0, "turns": ["x"], "idxs": [511],
+                                                               "new_tokens": [600], "wall_time": [seconds]}],
+                           "tstamp": 1.0}) + "\n"
+
+    # tree 16 measured twice: the later row (3 s) counts, so tree 10 (2 per 1 s) beats tree 16 (4 per 3 s)
+    latency.write_text(latency_row(10, 1.0) + latency_row(16, 1.0) + latency_row(16, 3.0))
+    proc = run("get_throughput_results.py", latency, answers)
+    assert proc.returncode == 0, proc.stderr
+    assert "accept length 2.00000, latency 1.00000 s" in proc.stdout and "latency 3.00000 s" in proc.stdout
+    assert "Best sparse tree: 10, ratio: 2.000" in proc.stdout and "baseline" not in proc.stdout
+    proc = run("get_throughput_results.py", answers)
+    assert proc.returncode == 0, proc.stderr
+    # the baseline has by far the best accept length per forward time (1 per 0.005 s), and is still not a tree
+    assert f">>> {answers / 'baseline_0.jsonl'}" in proc.stdout and "Best sparse tree: 10, ratio: 20.000" in proc.stdout
+    latency.write_text(latency_row(10, 1.0) + '{"choices": []}\n')
+    assert_clear_error(run("get_throughput_results.py", latency, answers), "line 2 is not a tree latency row")
 
 
 # --------------------------------------------------------------------------------------------------

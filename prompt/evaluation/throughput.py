@@ -18,20 +18,29 @@ class Throughput:
     turns: int
 
 
-def _latest_rows(path: str) -> dict:
-    """{(question, model): (line number, row)}: the last row of each, as the answer runner keeps them."""
+def _numbered_rows(path: str, what: str, row_name: str):
+    """(line number, parsed row) of each non-blank line of the jsonl file `path` (a `what`)."""
     if not os.path.isfile(path):
-        raise PPDError(f"answer file {path!r} does not exist")
-    latest = {}
+        raise PPDError(f"{what} {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                latest[(json.dumps(row["question_id"]), json.dumps(row.get("model_id")))] = (number, row)
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise PPDError(f"{path}: line {number} is not a FastChat answer row ({exc})") from None
+            except json.JSONDecodeError as exc:
+                raise PPDError(f"{path}: line {number} is not {row_name} ({exc})") from None
+            yield number, row
+
+
+def _latest_rows(path: str) -> dict:
+    """{(question, model): (line number, row)}: the last row of each, as the answer runner keeps them."""
+    latest = {}
+    for number, row in _numbered_rows(path, "answer file", "a FastChat answer row"):
+        try:
+            latest[(json.dumps(row["question_id"]), json.dumps(row.get("model_id")))] = (number, row)
+        except (KeyError, TypeError) as exc:
+            raise PPDError(f"{path}: line {number} is not a FastChat answer row ({exc})") from None
     return latest
 
 
@@ -101,11 +110,14 @@ def gpu_power(paths: list[str]) -> dict:
 
 
 def tree_latencies(path: str) -> dict:
-    """{tree length: seconds} from tree_latency.py's --answer-file rows (upstream's tree latency file)."""
+    """{tree length: seconds} from a tree latency file: tree_latency.py's --answer-file rows, or upstream's (rows of
+    tree_length and choices only, no question_id); the last row of a tree length counts, as upstream keeps it."""
     latencies = {}
-    for row in _rows(path):
+    for number, row in _numbered_rows(path, "tree latency file", "a tree latency row"):
         try:
-            latencies[int(row["tree_length"])] = sum(row["choices"][0]["wall_time"])
+            latencies[int(row["tree_length"])] = float(sum(row["choices"][0]["wall_time"]))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise PPDError(f"{path}: row {row.get('question_id')!r} is not a tree latency row ({exc})") from None
+            raise PPDError(f"{path}: line {number} is not a tree latency row ({type(exc).__name__}: {exc})") from None
+    if not latencies:
+        raise PPDError(f"{path} holds no tree latency rows")
     return latencies
