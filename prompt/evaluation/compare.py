@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -35,6 +35,7 @@ from prompt.model.config import PromptConfig
 from prompt.model.defaults import checkpoint_folder, load_prompt_decoder
 from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.model.prompt_decoder import PromptDecoder
+from prompt.model.weight_layout import TRANSPOSED
 
 BUSY_SPREAD = 1.25  # the repeated reference measure moving more than this (max/min) means a contended machine
 
@@ -126,6 +127,8 @@ METHODS = {
                                                     max_matching_ngram_size=3),
                                "the same matching up to 3-grams", peer="transformers prompt lookup"),
     "baseline": _plain(lambda i: Decoding.plain(i.base), "our plain loop"),
+    "baseline_transposed": _plain(lambda i: replace(Decoding.plain(i.base), weight_layout=TRANSPOSED),
+                                  "our plain loop with the weights stored transposed (prompt.model.weight_layout)"),
     "lookup": _plain(lambda i: Decoding.plain(i.base, i.lookup_tokens), "our loop with prompt lookup alone"),
     "suffix": _plain(lambda i: Decoding.plain(i.base, sources=i.suffix()),
                      "our plain loop with the suffix candidate tree"),
