@@ -34,8 +34,12 @@ def main():
     parser = add_common_flags(ArgumentParser(description=__doc__), "Base model: a local folder or a Hub repo id (a PPD "
                               "checkpoint means its base model, as upstream).", "smollm2-135m-baseline")
     parser._option_string_actions["--sampling"].help = (
-        "Default (and greedy): plain greedy at every temperature, as upstream's baseline; exact: sample at the "
-        "question's temperature (its category's, or --temperature), as plain sampling from the model does.")
+        "Default, greedy and typical: plain greedy at every temperature, as upstream's baseline; exact: sample at the "
+        "question's temperature (its category's, or --temperature), as plain sampling from the model does; "
+        "typical_sampling: sample the typical-filtered distribution.")
+    parser._option_string_actions["--acceptance"].help = (
+        "Ours: sample at the question's temperature with this rule (exact: plain sampling from the model); without it "
+        "(and without a sampling --sampling) plain greedy at every temperature, as upstream's baseline.")
     parser.add_argument("--tree-length", default=None,
                         help="Accepted as upstream, where the baseline builds the tree's buffers but never uses them: "
                              "no effect on plain decoding.")
@@ -48,10 +52,11 @@ def main():
     if args.tree_length is not None:
         print(f"note: --tree-length {args.tree_length} has no effect on plain decoding (as upstream's baseline)",
               file=sys.stderr)
-    args.greedy_at_every_temperature = args.sampling in (None, "greedy")
-    if args.hf_generate and args.sampling not in (None, "greedy", "exact"):
-        raise PPDError(f"--hf-generate samples plainly (transformers' sampling): use --sampling exact, "
-                       f"not {args.sampling}")
+    # upstream's baseline decodes by argmax whatever --sampling names
+    args.greedy_at_every_temperature = args.sampling in (None, "greedy", "typical") and not args.acceptance
+    rule = args.acceptance or args.sampling
+    if args.hf_generate and not args.greedy_at_every_temperature and rule != "exact":
+        raise PPDError(f"--hf-generate samples plainly (transformers' sampling): use --sampling exact, not {rule}")
     if args.greedy_at_every_temperature and args.temperature:
         print(f"note: --temperature {args.temperature:g}: the baseline decodes greedily all the same, as upstream's "
               f"(--sampling exact samples at it)", file=sys.stderr)

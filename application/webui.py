@@ -2,7 +2,7 @@
 
     python application/webui.py [--ppd-path PATH_OR_HUB_ID] [--host 127.0.0.1] [--port 7860]
                                 [--device cuda] [--dtype float16|bfloat16|float32] [--load-in-4bit|--load-in-8bit]
-                                [--max-new-token 256]
+                                [--max-new-token 256] [--temperature 0.5] [--no-highlight]
 
 `build_demo(model, tokenizer)` builds the gradio app for any PromptDecoder (or plain causal LM);
 `main()` parses the command line, loads the model and serves the app. Answers stream through transformers'
@@ -34,6 +34,7 @@ from transformers import GenerationConfig, StoppingCriteria, TextIteratorStreame
 from prompt.cli import ArgumentParser  # noqa: E402
 from prompt.data.chat import chat_template_ids  # noqa: E402
 from prompt.errors import PPDError, cli_entry  # noqa: E402
+from prompt.evaluation.chat import ChatFormatter  # noqa: E402
 from prompt.evaluation.compare import fastest_decoding_dtype  # noqa: E402
 from prompt.inference import Decoder, GenerationResult  # noqa: E402
 from prompt.inference.choice import resolve_decoding  # noqa: E402
@@ -49,6 +50,9 @@ HIGHLIGHT_STYLE = "background-color: rgba(250, 204, 21, 0.45); border-radius: 3p
 # Used only when the tokenizer has no chat template of its own.
 FALLBACK_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
                           "{% if add_generation_prompt %}Assistant:{% endif %}")
+# upstream's web UI defaults: a temperature of 0.5, highlighting on
+DEFAULT_TEMPERATURE = 0.5
+DEFAULT_HIGHLIGHT = True
 GENERATING = "generating…"
 STOPPED = "stopped"
 STOP_REASONS = {"eos": "end of answer", "length": "token limit reached", "context": "context window full"}
@@ -244,7 +248,10 @@ class ChatEngine:
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.has_prompt_tokens = isinstance(model, PromptDecoder)
-        self.stop_token_ids = stop_token_ids_for(tokenizer, model=model)
+        # a Vicuna checkpoint is prompted with FastChat's vicuna template, as upstream's web UI prompts every model
+        self.conversation = ChatFormatter(tokenizer, "vicuna") if is_vicuna(model) else None
+        self.stop_token_ids = (set(self.conversation.stops(model)) if self.conversation is not None else
+                               stop_token_ids_for(tokenizer, model=model))
         self.chat_template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_CHAT_TEMPLATE
 
     def generation_options(self, use_ppd: bool, temperature: float) -> dict:
@@ -267,6 +274,8 @@ class ChatEngine:
 
     def encode(self, messages) -> torch.Tensor:
         """Token ids of the conversation, ending with the assistant's generation prompt."""
+        if self.conversation is not None:
+            return self.conversation.input_ids([m["content"] for m in messages])
         return chat_template_ids(self.tokenizer, messages, chat_template=self.chat_template)
 
     def stream_answer(self, turns, use_ppd: bool, temperature: float, keep_going=lambda: True):
@@ -337,6 +346,14 @@ class ChatEngine:
             worker.join(0.01)
 
 
+def is_vicuna(model) -> bool:
+    """Whether `model` is a Vicuna checkpoint: "vicuna" in its folder's, its base model's or its own name."""
+    config = getattr(model, "config", None)
+    names = (getattr(model, "checkpoint_dir", None), getattr(config, "base_model_name_or_path", None),
+             getattr(getattr(model, "base_model", None), "name_or_path", None), getattr(model, "name_or_path", None))
+    return any("vicuna" in str(name).lower() for name in names if name)
+
+
 # --------------------------------------------------------------------------------------------------
 # The gradio app
 # --------------------------------------------------------------------------------------------------
@@ -349,8 +366,11 @@ def decoding_label(engine) -> str:
 
 
 def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, concurrency: int = 4,
-               decoder_class=Decoder) -> gr.Blocks:
+               decoder_class=Decoder, temperature: float = DEFAULT_TEMPERATURE,
+               highlight: bool = DEFAULT_HIGHLIGHT) -> gr.Blocks:
     """The chat app for `model` (a PromptDecoder, or a plain causal LM with PPD switched off).
+
+    `temperature` and `highlight` are the controls' initial values (upstream's: 0.5, on).
 
     `concurrency` answers are generated at once (across sessions); `decoder_class` (a Decoder
     subclass) lets tests and experiments change how tokens are produced.
@@ -432,9 +452,10 @@ def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, 
             use_ppd = gr.Checkbox(value=engine.has_prompt_tokens, interactive=engine.has_prompt_tokens,
                                   label="Use PPD", elem_id="use-ppd")
             gr.Markdown(decoding_label(engine), elem_id="decoding")
-            highlight = gr.Checkbox(value=False, label="Highlight tokens that came from the prompt tokens",
+            initial_temperature = temperature
+            highlight = gr.Checkbox(value=highlight, label="Highlight tokens that came from the prompt tokens",
                                     elem_id="highlight")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, elem_id="temperature",
+            temperature = gr.Slider(0.0, 2.0, value=initial_temperature, step=0.01, elem_id="temperature",
                                     label="Temperature (0 = greedy; above 0: exact sampling)")
         stats = gr.Markdown("Speed and compression (tokens per forward pass) of the last answer appear here.",
                             label="Stats", elem_id="stats")
@@ -475,6 +496,12 @@ def parse_args(argv=None):
                              "this kind of device)")
     parser.add_argument("--max-new-token", type=int, default=256, help="most tokens per answer (default 256)")
     parser.add_argument("--concurrency", type=int, default=4, help="answers generated at once (default 4)")
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
+                        help=f"the temperature slider's initial value (default {DEFAULT_TEMPERATURE:g}, upstream's; "
+                             f"0: greedy)")
+    parser.add_argument("--no-highlight", action="store_true",
+                        help="start with highlighting of the prompt tokens' accepted guesses off (default: on, as "
+                             "upstream)")
     parser.add_argument("--no-profile", action="store_true",
                         help="Do not measure this machine's forward costs on first use (about a minute, once per "
                              "model, dtype and machine); the decoding is then priced on the profile shipped with the "
@@ -484,6 +511,8 @@ def parse_args(argv=None):
         raise PPDError(f"--max-new-token must be >= 1, got {args.max_new_token}")
     if args.concurrency < 1:
         raise PPDError(f"--concurrency must be >= 1, got {args.concurrency}")
+    if not 0 <= args.temperature <= 2:
+        raise PPDError(f"--temperature must be in 0..2, got {args.temperature:g}")
     if not 0 <= args.port <= 65535:
         raise PPDError(f"--port must be in 0..65535, got {args.port}")
     if (not is_default_model(args.ppd_path) and looks_like_path(args.ppd_path)
@@ -509,7 +538,8 @@ def main(argv=None):
     choice = resolve_decoding(model)  # a decoding.json naming a missing tree is refused before the page starts
     if choice.reason:
         print(f"decoding: {choice.reason}")
-    demo = build_demo(model, tokenizer, max_new_tokens=args.max_new_token, concurrency=args.concurrency)
+    demo = build_demo(model, tokenizer, max_new_tokens=args.max_new_token, concurrency=args.concurrency,
+                      temperature=args.temperature, highlight=not args.no_highlight)
     try:
         demo.launch(server_name=args.host, server_port=args.port, show_error=True)
     except OSError as exc:  # e.g. the port is taken

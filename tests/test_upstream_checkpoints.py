@@ -180,10 +180,14 @@ def test_from_pretrained_takes_upstreams_keywords_and_ppd_generate_decodes_greed
     expected = truncate_at_stop(reference(base, ids, n), stop_token_ids_for(ppd.tokenizer, model=ppd))
     assert outputs[-1][0, L:].tolist() == expected
     assert len(outputs) < len(expected)  # the prompt tokens' tree accepted more than one token per step somewhere
-    # upstream's web UI call: a temperature with its default sampling ('greedy') is still argmax; max_steps bounds
+    # upstream's web UI call: a temperature with its default sampling ('greedy') is upstream's greedy mode, the
+    # Decoder of that rule step for step; max_steps bounds
     steps = list(ppd.ppd_generate(ids, temperature=0.7, max_steps=2, max_new_tokens=n))
-    assert len(steps) == 2 and all(torch.equal(a, b) for a, b in zip(steps, outputs))
+    rule = Decoder(ppd, temperature=0.7, sampling="upstream_greedy", stop_token_ids=stop_token_ids_for(ppd.tokenizer, model=ppd))
+    expected_steps = list(rule.stream(ids, n))[:2]
+    assert [s[0, L:].tolist() for s in steps] == [sum(expected_steps[:i + 1], []) for i in range(2)]
     sampled = list(ppd.ppd_generate(ids, temperature=0.7, sampling="typical", max_new_tokens=n, seed=0))
     assert sampled and int(sampled[-1].max()) < base.config.vocab_size
+    assert {key[0] for key in ppd._ppd_generate_decoders} == {"greedy", "upstream_greedy", "upstream_typical"}
     with pytest.raises(PPDError, match="sampling"):
         next(ppd.ppd_generate(ids, sampling="beam"))

@@ -137,6 +137,68 @@ def test_per_category_temperature_picks_each_questions_decoder(tmp_path, tiny_ch
     assert row["choices"][0]["new_tokens"] == [greedy.new_tokens]  # math: greedy
 
 
+def test_upstreams_sampling_values_mean_upstreams_rules_and_ours_stay(tmp_path, tiny_chat):
+    """--sampling greedy / typical above temperature 0 are upstream's two modes; without a flag, exact; --acceptance
+    names our rules; at temperature 0 every flag is greedy."""
+    from prompt.errors import PPDError
+    from prompt.evaluation.chat import ChatFormatter
+    from prompt.evaluation.runner import check_args, default_answer_file, make_decoder
+    from prompt.model import PromptConfig, PromptDecoder
+
+    model, tokenizer = tiny_chat
+    ppd = PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM")).eval()
+    formatter = ChatFormatter(tokenizer, "tiny")
+    for flags, rule in (([], "exact"), (["--sampling", "greedy"], "upstream_greedy"),
+                        (["--sampling", "typical"], "upstream_typical"), (["--sampling", "exact"], "exact"),
+                        (["--sampling", "typical_sampling"], "typical_sampling"),
+                        (["--acceptance", "typical"], "typical"), (["--acceptance", "upstream_typical"],
+                                                                   "upstream_typical")):
+        args = parser().parse_args(flags)
+        assert make_decoder(ppd, formatter, args, 0.7).rule.name == rule, flags
+        assert make_decoder(ppd, formatter, args, 0.0).rule.name == "greedy", flags
+    args = parser().parse_args(["--model-id", "m", "--acceptance", "typical"])
+    assert default_answer_file(args).endswith("-posterior_alpha-0.3-acceptance-typical.jsonl")  # not sampling-typical
+    questions = write_questions(tmp_path / "q.jsonl", [{"question_id": 1, "turns": ["hi"]}])
+    args = parser().parse_args(["--question-file", str(questions), "--answer-file", str(tmp_path / "a.jsonl"),
+                                "--sampling", "typical", "--acceptance", "typical"])
+    with pytest.raises(PPDError, match="not both.*--acceptance upstream_typical"):
+        check_args(args)
+
+
+def test_sampling_greedy_answers_mt_bench_at_fastchats_temperatures_as_upstream(tmp_path, tiny_chat,
+                                                                                tiny_model_folder):
+    """Upstream's command line (--sampling greedy, no --temperature) on a PPD checkpoint: the writing question is
+    answered by upstream's greedy at 0.7, token for token as that rule decodes it with the run's seed; math greedily."""
+    from prompt.evaluation.chat import ChatFormatter
+    from prompt.inference.decoding import Decoder
+    from prompt.model import PromptConfig, PromptDecoder
+    from prompt.model.defaults import load_prompt_decoder
+
+    model, tokenizer = tiny_chat
+    checkpoint = tmp_path / "ppd"
+    PromptDecoder(model, PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM",
+                                      base_model_name_or_path=str(tiny_model_folder))).save_pretrained(checkpoint)
+    questions = write_questions(tmp_path / "q.jsonl", [
+        {"question_id": 1, "category": "writing", "turns": ["hello there"]},
+        {"question_id": 2, "category": "math", "turns": ["what is it"]}])
+    answers = tmp_path / "a.jsonl"
+    n = 12
+    proc = run("gen_model_answer_prompt_decoding.py", "--model-path", checkpoint, "--question-file", questions,
+               "--answer-file", answers, "--max-new-token", n, "--warmup", 0, "--threads", 1, "--no-profile",
+               "--sampling", "greedy")
+    assert proc.returncode == 0, proc.stderr
+    assert "at temperature 0.7 (writing): " in proc.stdout and "upstream's greedy" in proc.stdout, proc.stdout
+    ppd = load_prompt_decoder(str(checkpoint))
+    formatter = ChatFormatter(tokenizer, "tiny")
+    decoded = {}
+    for turn, temperature, sampling in (("hello there", 0.7, "upstream_greedy"), ("what is it", 0.0, None)):
+        decoder = Decoder(ppd, temperature=temperature, sampling=sampling, stop_token_ids=formatter.stops(ppd))
+        seed = 0 if temperature else 1000
+        result = decoder.generate(formatter.input_ids([turn]), n, seed=seed)
+        decoded[turn] = tokenizer.decode(result.token_ids, skip_special_tokens=True).strip()
+    assert [row["choices"][0]["turns"][0] for row in rows(answers)] == [decoded["hello there"], decoded["what is it"]]
+
+
 def test_answer_file_is_deduplicated_and_sorted_at_the_end(tmp_path, tiny_chat):
     from prompt.evaluation.chat import ChatFormatter
     from prompt.evaluation.runner import check_args, make_decoder, run_benchmark
@@ -279,7 +341,8 @@ def test_baseline_on_a_ppd_checkpoint_is_its_base_models_greedy_at_every_tempera
     sampled = answer("hello there", 0.7, seed=0)  # the runner's seed for the first question's first choice
     assert greedy[0] != sampled  # the seeded sample is another answer: the runs below tell which one they gave
     answers = {}
-    for name, extra in (("default", []), ("temperature", ["--temperature", "0.7"]), ("exact", ["--sampling", "exact"])):
+    for name, extra in (("default", []), ("temperature", ["--temperature", "0.7"]), ("exact", ["--sampling", "exact"]),
+                        ("typical", ["--sampling", "typical"])):
         path = tmp_path / f"{name}.jsonl"
         proc = run("gen_model_answer_baseline.py", "--model-path", checkpoint, "--question-file", questions,
                    "--answer-file", path, "--max-new-token", n, "--warmup", 0, "--threads", 1, *extra)
@@ -287,6 +350,7 @@ def test_baseline_on_a_ppd_checkpoint_is_its_base_models_greedy_at_every_tempera
         assert "is a PPD checkpoint: the baseline decodes its base model" in proc.stderr
         answers[name] = [row["choices"][0]["turns"][0] for row in rows(path)]
     assert answers["default"] == greedy and answers["temperature"] == greedy  # category 0.7, then --temperature 0.7
+    assert answers["typical"] == greedy  # upstream's baseline is argmax whatever --sampling names
     assert answers["exact"] == [sampled, greedy[1]]  # writing sampled at its 0.7, math greedy at its 0
 
 

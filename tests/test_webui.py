@@ -76,6 +76,7 @@ def parse_stats(stats):
 
 
 def launch(model, tokenizer, **options):
+    options.setdefault("temperature", 0.0)  # the browser tests expect greedy answers without moving the slider
     demo = webui.build_demo(model, tokenizer, **options)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
@@ -508,7 +509,7 @@ def test_browser_chat_renders_streams_and_highlights(browser, chunk_server, toke
     page = browser.find_element(By.TAG_NAME, "body").text
     assert "Use PPD" in page and "Highlight tokens that came from the prompt tokens" in page and "Temperature" in page
 
-    browser.find_element(By.CSS_SELECTOR, "#highlight input[type=checkbox]").click()
+    assert browser.find_element(By.CSS_SELECTOR, "#highlight input[type=checkbox]").is_selected()  # on by default
     send_in_browser(browser, "Hello there")
     wait_until(lambda: bot_messages(browser) == [squash(expected)], message=f"the answer {expected!r}")
     wait_until(lambda: "tokens/s" in stats_text(browser) and webui.GENERATING not in stats_text(browser),
@@ -553,6 +554,39 @@ def test_browser_stop_button_ends_the_answer(browser, slow_server, tokenizer):
     wait_until(lambda: bot_messages(browser) == [squash(expected)], message="the answer after Stop")
 
 
+def test_defaults_are_upstreams_highlighting_on_and_temperature(tokenizer):
+    def control(demo, elem_id):
+        return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+    demo = webui.build_demo(tiny_ppd(), tokenizer)
+    assert control(demo, "highlight").value is True and control(demo, "temperature").value == 0.5
+    demo = webui.build_demo(tiny_ppd(), tokenizer, temperature=0.0, highlight=False)
+    assert control(demo, "highlight").value is False and control(demo, "temperature").value == 0.0
+    args = webui.parse_args([])
+    assert (args.temperature, args.no_highlight) == (0.5, False)
+
+
+def test_a_vicuna_checkpoint_is_prompted_with_fastchats_vicuna_template(tokenizer):
+    """As upstream's web UI prompts: FastChat's vicuna conversation (system prompt, USER: ... ASSISTANT:), for a
+    checkpoint whose base model is a Vicuna; other models keep their tokenizer's chat template."""
+    from fastchat.model.model_adapter import get_conversation_template
+
+    vicuna = PromptDecoder(tiny_llama(), PromptConfig(num_special_tokens=3, prompt_tuning_init="RANDOM",
+                                                      base_model_name_or_path="lmsys/vicuna-7b-v1.3")).eval()
+    turns = ["Hi", "Hello!", "Who are you?"]
+    conv = get_conversation_template("vicuna")
+    for i, text in enumerate(turns + [None]):
+        conv.append_message(conv.roles[i % 2], text)
+    assert conv.get_prompt().endswith("USER: Who are you? ASSISTANT:")
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+    engine = webui.ChatEngine(vicuna, tokenizer)
+    assert webui.is_vicuna(vicuna) and engine.encode(messages)[0].tolist() == tokenizer(conv.get_prompt()).input_ids
+    other = webui.ChatEngine(tiny_ppd(), tokenizer)
+    assert not webui.is_vicuna(other.model)
+    assert other.encode(messages)[0].tolist() == tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                                              tokenize=True, return_dict=True)["input_ids"]
+
+
 # ------------------------------------------------------------------------------------------------
 # the command line
 # ------------------------------------------------------------------------------------------------
@@ -564,7 +598,8 @@ def test_bad_command_line_prints_one_error_line():
 
 
 @pytest.mark.parametrize("args, message", [(["--max-new-token", "0"], "--max-new-token must be >= 1"),
-                                           (["--port", "70000"], "--port must be in 0..65535")])
+                                           (["--port", "70000"], "--port must be in 0..65535"),
+                                           (["--temperature", "-1"], "--temperature must be in 0..2")])
 def test_bad_flags_are_refused_before_loading_anything(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         webui.main(args)

@@ -24,11 +24,24 @@ from prompt.inference.acceptance import (
     ACCEPTANCE_RULES,
     POSTERIOR_ALPHA,
     POSTERIOR_THRESHOLD,
+    UPSTREAM_SAMPLING,
 )
 from prompt.inference.decoding import Decoder, GenerationResult
 from prompt.model.devices import add_device_flags, device_kwargs, synchronize
 from prompt.model.loading import is_default_model
 from prompt.model.weight_layout import STANDARD, set_weight_layout
+
+
+# --sampling (upstream's flag): upstream's two values with upstream's meaning, then our own rules' names
+SAMPLING_CHOICES = ("greedy", "typical", "exact", "typical_sampling")
+
+
+def sampling_rule(args) -> str | None:
+    """The acceptance rule of questions above temperature 0: --acceptance's, else --sampling's in upstream's meaning
+    (greedy: upstream_greedy, typical: upstream_typical), else None (exact sampling)."""
+    if getattr(args, "acceptance", None):
+        return args.acceptance
+    return UPSTREAM_SAMPLING.get(args.sampling, args.sampling)
 
 
 def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_model_id: str):
@@ -55,9 +68,15 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     parser.add_argument("--posterior_alpha", "--posterior-alpha", dest="posterior_alpha", type=float,
                         default=POSTERIOR_ALPHA,
                         help="Typical acceptance's alpha (--sampling typical).")
-    parser.add_argument("--sampling", default=None, choices=tuple(ACCEPTANCE_RULES),
-                        help="Acceptance rule (default: greedy at temperature 0, exact sampling above; typical is "
-                             "upstream's typical acceptance).")
+    parser.add_argument("--sampling", default=None, choices=SAMPLING_CHOICES,
+                        help="Upstream's flag, with upstream's meanings above temperature 0: greedy, typical "
+                             "acceptance with an argmax next token (rule upstream_greedy); typical, upstream's "
+                             "sample-and-compare (upstream_typical); exact and typical_sampling are ours. Default "
+                             "(neither this nor --acceptance): greedy at temperature 0, exact sampling above.")
+    parser.add_argument("--acceptance", default=None, choices=tuple(r for r in ACCEPTANCE_RULES if r != "greedy"),
+                        help="Ours: the acceptance rule above temperature 0, by its name in prompt.inference.acceptance "
+                             "(default exact, lossless; typical is Medusa's typical acceptance with a sampled next "
+                             "token). Questions at temperature 0 are greedy.")
     parser.add_argument("--top-p", type=float, default=None, help="Nucleus sampling for --sampling exact (transformers' top_p).")
     parser.add_argument("--top-k", type=int, default=None, help="Top-k sampling for --sampling exact (transformers' top_k).")
     parser.add_argument("--warmup", type=int, default=1, help="Unrecorded warm-up generations before timing.")
@@ -265,8 +284,10 @@ def temperatures_in_use(questions, temperature: float | None) -> dict:
 
 def default_answer_file(args) -> str:
     """Upstream's answer file name: the model id and the sampling flags as given (temperature None: per category)."""
+    rule = (f"acceptance-{args.acceptance}" if getattr(args, "acceptance", None) else
+            f"sampling-{args.sampling or 'greedy'}")
     name = (f"{args.model_id}-temperature-{args.temperature}-posterior_threshold-{args.posterior_threshold}"
-            f"-posterior_alpha-{args.posterior_alpha}-sampling-{args.sampling or 'greedy'}")
+            f"-posterior_alpha-{args.posterior_alpha}-{rule}")
     return os.path.join("data", args.bench_name, "model_answer", name + ".jsonl")
 
 
@@ -335,6 +356,9 @@ def check_args(args) -> list[dict]:
         raise PPDError("--temperature must be >= 0")
     if getattr(args, "batch_size", 1) < 1:
         raise PPDError("--batch-size must be >= 1")
+    if args.sampling and getattr(args, "acceptance", None):
+        raise PPDError(f"give --sampling (upstream's names) or --acceptance (ours), not both (--sampling "
+                       f"{args.sampling} is --acceptance {sampling_rule(argparse.Namespace(sampling=args.sampling))})")
     if getattr(args, "batch_size", 1) > 1 and getattr(args, "hf_generate", False):
         raise PPDError("--batch-size > 1 needs our decode loop, not --hf-generate")
     args.workers = check_gpu_flags(args)
@@ -614,6 +638,6 @@ def make_decoder(model, formatter: ChatFormatter, args, temperature: float | Non
         temperature = args.temperature or 0.0
     sampled = temperature > 0  # at 0 greedy whatever --sampling names (as upstream): a category at 0 among sampled ones
     return Decoder(model, temperature=temperature, posterior_threshold=args.posterior_threshold,
-                   posterior_alpha=args.posterior_alpha, sampling=args.sampling if sampled else None,
+                   posterior_alpha=args.posterior_alpha, sampling=sampling_rule(args) if sampled else None,
                    top_p=args.top_p if sampled else None, top_k=args.top_k if sampled else None,
                    stop_token_ids=formatter.stops(model), **kwargs)

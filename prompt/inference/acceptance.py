@@ -7,10 +7,19 @@ checks for all nodes in one operation. Rules return device tensors, so the loop 
 
 - `greedy`: a node is acceptable when it is its parent's argmax; the next token is the argmax after the
   deepest accepted node. Output equals plain greedy decoding.
-- `typical` (upstream's and Medusa's typical acceptance, upstream's `--sampling typical`): a node is acceptable when
-  its probability under its parent exceeds min(posterior_threshold, posterior_alpha * exp(-entropy)); among the
-  deepest accepted nodes the most likely path wins; the next token is sampled from the typical-filtered
-  distribution. It changes the output distribution (it favours likely continuations).
+- `typical` (Medusa's typical acceptance): a node is acceptable when its probability under its parent exceeds
+  min(posterior_threshold, posterior_alpha * exp(-entropy)); among the deepest accepted nodes the most likely path
+  wins; the next token is sampled from the typical-filtered distribution. It changes the output distribution (it
+  favours likely continuations).
+- `upstream_greedy` (upstream's `--sampling greedy` above temperature 0, `evaluate_posterior` there): `typical`'s
+  acceptance with an argmax next token (and an argmax first token after the prefill).
+- `upstream_typical` (upstream's `--sampling typical`): every (path, depth) of the tree draws its own sample from the
+  typical-filtered distribution of the node above it, one draw per root-to-leaf path, so a node shared by several
+  paths is compared with several samples; a path is accepted as far as its candidates equal their samples; the first
+  longest path in upstream's path order (the leaves from last to first) wins; the next token is a fresh draw from
+  the typical-filtered distribution after it. Since a node passes exactly when its path's draw equals its token,
+  each comparison is drawn as a Bernoulli of the token's filtered probability (the same law, no vocabulary-sized
+  draw per path). The several draws favour the candidates, so it changes the output distribution too.
 - `typical_sampling`: every node draws one sample from the typical-filtered distribution; a child is acceptable when
   it equals its parent's sample, and the deepest accepted node's own sample is the next token. Every emitted
   token is then one draw from the typical-filtered distribution.
@@ -147,15 +156,19 @@ class TypicalAcceptance(AcceptanceRule):
         probs = typical_filtered_probs(logits, self.temperature, self.threshold, self.alpha)
         return draw(probs, generator)
 
-    def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+    def accepted_and_likelihood(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor):
+        """([nodes] every node on the path passes the threshold, [nodes] the path's log-likelihood)."""
         probs = F.softmax(node_logits.float() / self.temperature, dim=-1)
         cut = typical_cut(probs, self.threshold, self.alpha)[:, 0]
         node_probs = probs[tree.parent_index, node_tokens]
         accepted = _accepted(tree, node_probs > cut[tree.parent_index])
         log_probs = torch.log(node_probs.clamp_min(1e-30))
         log_probs[0] = 0.0
-        path_log_prob = tree.ancestors.float() @ log_probs
-        best = _deepest(tree, accepted, path_log_prob)
+        return accepted, tree.ancestors.float() @ log_probs
+
+    def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        # the deepest accepted node (ties: the likeliest path, then the first)
+        best = _deepest(tree, *self.accepted_and_likelihood(tree, node_tokens, node_logits))
         return best, self.first_token(node_logits[best], generator)
 
     def describe(self) -> str:
@@ -228,14 +241,81 @@ class ExactSampling(AcceptanceRule):
         return f"exact sampling, temperature {self.temperature:g}{extra}"
 
 
+def upstream_paths(tree) -> torch.Tensor:
+    """Upstream's candidate paths (its `retrieve_indices`) as their leaves: one path per leaf, the last leaf first
+    (our prompt-token nodes are in upstream's order, sorted by depth and then ranks)."""
+    is_parent = torch.zeros(tree.num_nodes, dtype=torch.bool, device=tree.parent_index.device)
+    is_parent[tree.parent_index] = True
+    is_parent[0] = tree.num_nodes > 1  # the root is its own parent in parent_index
+    return torch.nonzero(~is_parent).flatten().flip(0)
+
+
+class UpstreamGreedy(TypicalAcceptance):
+    """Upstream's `--sampling greedy` above temperature 0: typical acceptance, the argmax after the chosen path."""
+
+    name = "upstream_greedy"
+
+    def first_token(self, logits: torch.Tensor, generator=None) -> torch.Tensor:
+        return logits.argmax(-1)
+
+    def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        accepted, path_log_prob = self.accepted_and_likelihood(tree, node_tokens, node_logits)
+        # upstream's ties (the same likelihood: repeated sibling tokens): the node on the first path in its order
+        on_path = tree.ancestors[upstream_paths(tree)]  # [paths, nodes]
+        first_path = torch.where(on_path, torch.arange(len(on_path), device=on_path.device)[:, None],
+                                 len(on_path)).min(0).values
+        depth = torch.where(accepted, tree.depths, torch.full_like(tree.depths, -1))
+        score = torch.where(depth == depth.max(), path_log_prob, torch.full_like(path_log_prob, -float("inf")))
+        tied = score == score.max()
+        best = torch.where(tied, first_path, torch.full_like(first_path, len(on_path) + 1)).argmin()
+        return best, node_logits[best].argmax(-1)
+
+    def describe(self) -> str:
+        return f"upstream's greedy (typical acceptance, argmax next token), temperature {self.temperature:g}"
+
+
+class UpstreamTypical(TypicalAcceptance):
+    """Upstream's `--sampling typical`: each root-to-leaf path compares its candidates with its own typical-filtered
+    samples; the first longest accepted path (upstream's order), then a fresh typical-filtered draw."""
+
+    name = "upstream_typical"
+
+    def verify(self, tree, node_tokens: torch.Tensor, node_logits: torch.Tensor, generator=None):
+        probs = typical_filtered_probs(node_logits, self.temperature, self.threshold, self.alpha)
+        node_probs = probs[tree.parent_index, node_tokens]  # P(a path's draw at this node equals its token)
+        best = self.first_longest_path(tree, node_probs, generator)
+        return best, draw(probs[best], generator)
+
+    @staticmethod
+    def first_longest_path(tree, node_probs: torch.Tensor, generator=None) -> torch.Tensor:
+        """The deepest node of the first longest accepted path, each path's comparisons drawn independently."""
+        ancestors = tree.ancestors
+        on_path = ancestors[upstream_paths(tree)]  # [paths, nodes]
+        uniform = torch.rand(on_path.shape, generator=generator, device=node_probs.device, dtype=torch.float64)
+        passes = (uniform < node_probs.double()[None, :]) | ~on_path
+        passes[:, 0] = True
+        # a path's node is accepted when every node above it on that path passed that path's comparison
+        accepted = on_path & ~(ancestors[None, :, :] & ~passes[:, None, :]).any(-1)
+        depth = torch.where(accepted, tree.depths[None, :], torch.full_like(accepted, -1, dtype=tree.depths.dtype))
+        path_depth, path_node = depth.max(-1)
+        return path_node[path_depth.argmax()]  # argmax: the first path of the greatest depth
+
+    def describe(self) -> str:
+        return f"upstream's typical (sample and compare per path), temperature {self.temperature:g}"
+
+
 ACCEPTANCE_RULES = {"greedy": GreedyAcceptance, "typical": TypicalAcceptance, "typical_sampling": TypicalSampling,
-                    "exact": ExactSampling}
+                    "exact": ExactSampling, "upstream_greedy": UpstreamGreedy, "upstream_typical": UpstreamTypical}
+# upstream's `--sampling` values (its answer scripts, `ppd_generate`) and the rules that compute what they compute
+# above temperature 0; at 0 both are greedy there, as here
+UPSTREAM_SAMPLING = {"greedy": "upstream_greedy", "typical": "upstream_typical"}
 
 
 def acceptance_rule(sampling: str | None = None, temperature: float = 0.0,
                     posterior_threshold: float = POSTERIOR_THRESHOLD, posterior_alpha: float = POSTERIOR_ALPHA,
                     top_p: float | None = None, top_k: int | None = None):
-    """The rule named `sampling`; None picks greedy at temperature 0 and exact sampling above it.
+    """The rule named `sampling`; None picks greedy at temperature 0 and exact sampling above it. Upstream's two rules
+    (`upstream_greedy`, `upstream_typical`) are greedy at temperature 0, as upstream's modes are.
 
     `top_p` and `top_k` shape the distribution that exact sampling reproduces (transformers' semantics)."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
@@ -251,6 +331,8 @@ def acceptance_rule(sampling: str | None = None, temperature: float = 0.0,
         raise PPDError(f"top_p and top_k apply to exact sampling only (sampling={sampling!r})")
     if sampling not in ACCEPTANCE_RULES:
         raise PPDError(f"sampling must be one of {', '.join(ACCEPTANCE_RULES)}, got {sampling!r}")
+    if sampling in UPSTREAM_SAMPLING.values() and temperature == 0:
+        return GreedyAcceptance()  # upstream's rules are greedy at temperature 0
     if sampling == "greedy":
         if temperature > 0:
             raise PPDError(f"greedy decoding takes no temperature (got {temperature}); use sampling='typical' or "
@@ -278,6 +360,18 @@ def typical(temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD
             posterior_alpha: float = POSTERIOR_ALPHA) -> TypicalAcceptance:
     """Upstream's typical acceptance."""
     return acceptance_rule("typical", temperature, posterior_threshold, posterior_alpha)
+
+
+def upstream_greedy(temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,
+                    posterior_alpha: float = POSTERIOR_ALPHA):
+    """Upstream's `--sampling greedy`: typical acceptance with an argmax next token (greedy at temperature 0)."""
+    return acceptance_rule("upstream_greedy", temperature, posterior_threshold, posterior_alpha)
+
+
+def upstream_typical(temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,
+                     posterior_alpha: float = POSTERIOR_ALPHA):
+    """Upstream's `--sampling typical`: sample and compare per path (greedy at temperature 0)."""
+    return acceptance_rule("upstream_typical", temperature, posterior_threshold, posterior_alpha)
 
 
 def typical_sampling(temperature: float, posterior_threshold: float = POSTERIOR_THRESHOLD,

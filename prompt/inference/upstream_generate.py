@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from prompt.errors import PPDError
-from prompt.inference.acceptance import ACCEPTANCE_RULES
+from prompt.inference.acceptance import ACCEPTANCE_RULES, UPSTREAM_SAMPLING
 from prompt.model.prompt_decoder import PromptDecoder
 from prompt.model.stops import stop_token_ids_for
 
@@ -24,10 +24,10 @@ def ppd_generate(model, input_ids, max_steps: int = 512, temperature: float = 0.
     step, as upstream's `PromptDecoder.ppd_generate`, until a stop token (the tokenizer's or the generation
     config's EOS) or `max_steps` steps.
 
-    `sampling="greedy"` (upstream's default) is argmax at every temperature: the base model's greedy output
-    (upstream's greedy keeps an argmax root and loosens acceptance above temperature 0). At temperature 0 every
-    rule is greedy, as upstream. Above it, "typical" is upstream's typical acceptance, and our "exact" and
-    "typical_sampling" work too. `max_new_tokens` (ours) bounds the new tokens (default: the rest of the context).
+    `sampling` takes upstream's names with upstream's meaning: at temperature 0 every value is greedy; above it
+    "greedy" (upstream's default) is typical acceptance with an argmax next token (rule `upstream_greedy`) and
+    "typical" upstream's sample-and-compare (`upstream_typical`); our rules' names (`exact`, `typical_sampling`, ...)
+    work too. `max_new_tokens` (ours) bounds the new tokens (default: the rest of the context).
     """
     from prompt.inference.decoding import Decoder
 
@@ -35,7 +35,8 @@ def ppd_generate(model, input_ids, max_steps: int = 512, temperature: float = 0.
         raise PPDError(f"sampling must be one of {', '.join(ACCEPTANCE_RULES)}, got {sampling!r}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise PPDError(f"max_steps must be an integer >= 1, got {max_steps!r}")
-    greedy = sampling == "greedy" or not temperature
+    sampling = UPSTREAM_SAMPLING.get(sampling, sampling)
+    greedy = not temperature
     key = ("greedy",) if greedy else (sampling, float(temperature), posterior_threshold, posterior_alpha)
     decoders = model.__dict__.setdefault("_ppd_generate_decoders", {})
     if key not in decoders:
