@@ -227,10 +227,9 @@ def predictions(configs, profile: CostProfile, rows: int = 1) -> list[Predicted]
     return sorted(priced.values(), key=lambda p: (-p.speedup, p.inputs_per_step, p.layout != STANDARD))
 
 
-def best_prediction(configs, profile: CostProfile, rows: int = 1) -> Predicted:
-    """The configuration predicted fastest; plain decoding (in its faster layout) unless another is predicted at
-    least `MIN_PREDICTED_GAIN` times faster than that."""
-    ranked = predictions(configs, profile, rows)
+def best_prediction(ranked: list[Predicted]) -> Predicted:
+    """The configuration predicted fastest among `ranked` (`predictions`); plain decoding (in its faster layout)
+    unless another is predicted at least `MIN_PREDICTED_GAIN` times faster than that."""
     plain = next(p for p in ranked if p.plain)
     return ranked[0] if ranked[0].speedup >= plain.speedup * MIN_PREDICTED_GAIN else plain
 
@@ -238,10 +237,11 @@ def best_prediction(configs, profile: CostProfile, rows: int = 1) -> Predicted:
 def same_machine(entry: dict, model) -> bool:
     """Whether a tuned entry was recorded on this machine (its fingerprint, with this thread count)."""
     print_ = entry.get("fingerprint")
-    return bool(print_) and print_ == fingerprint_key(fingerprint(input_device_of(model)))
+    return bool(print_) and print_ == fingerprint_key(fingerprint(input_device(model)))
 
 
-def input_device_of(model):
+def input_device(model) -> torch.device:
+    """Where `model`'s (or its base model's) input embeddings live: the device the decode loop's buffers go to."""
     base = model.base_model if hasattr(model, "prompt_embeddings") else model
     return base.get_input_embeddings().weight.device
 
@@ -264,11 +264,12 @@ def predicted_decoding(model, rule: str = "greedy", profile: CostProfile | None 
     profile = profile if profile is not None else machine_profile(model, measure=False)
     if profile is None:
         return None
-    best = best_prediction(configs, profile, rows)
+    ranked = predictions(configs, profile, rows)
+    best = best_prediction(ranked)
     where = "this machine" if not profile.shipped else "the shipped " + profile.describe()
     batch = f" for batches of {rows}" if rows > 1 else ""
     if best.plain:
-        runner_up = next((p for p in predictions(configs, profile, rows) if not p.plain), None)
+        runner_up = next((p for p in ranked if not p.plain), None)
         why = f" (best other: {runner_up.name()} at {runner_up.speedup:.2f}x)" if runner_up else ""
         gain = f", predicted {best.speedup:.2f}x the standard layout" if best.layout != STANDARD else ""
         reason = f"{best.name()}{batch}: nothing predicted to pay on {where}{why}{gain}"

@@ -36,6 +36,7 @@ from prompt.inference.candidates import (
 )
 from prompt.inference.choice import (
     DecodingChoice,
+    input_device,
     resolve_decoding,
     tuned_batch_decodings,
 )
@@ -117,12 +118,6 @@ class SequenceState:
 
 _DECODING_SCALARS = ("tree_spec", "tree_length", "prompt_lookup_num_tokens", "sources", "chain_special_tokens")
 _RULE_SCALARS = ("temperature", "sampling", "posterior_threshold", "posterior_alpha", "top_p", "top_k")
-
-
-def input_device(model) -> torch.device:
-    """Where `model`'s (or its base model's) input embeddings live: the device the decode loop's buffers go to."""
-    base = model.base_model if hasattr(model, "prompt_embeddings") else model
-    return base.get_input_embeddings().weight.device
 
 
 @dataclass(frozen=True)
