@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -134,6 +134,9 @@ class DecodingChoice:
     tree_source: str | None = None  # which tree, in words (None: no tree, or the caller's own spec)
     reason: str | None = None  # why this decoding, in one line (None: the caller fixed it)
     weight_layout: str = STANDARD  # the base model's weight layout its single sequences run in (weight_layout.py)
+    # the cost of a verify forward of i + 1 inputs over one input's, on this machine in `weight_layout`: where given
+    # (and no tree), each step's context draft is cut to the depth that pays (prompt.inference.draft_depth)
+    input_costs: tuple = ()
 
 
 def _count(value, name: str) -> int:
@@ -287,7 +290,7 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
     (`sampling`: the acceptance rule's name; `profile`: the cost profile to price configurations on, default
     `machine_profile(model)`)."""
     has_prompt_tokens = hasattr(model, "prompt_embeddings")
-    tuned, reason = {}, None
+    tuned, reason, lookup_chosen = {}, None, prompt_lookup_num_tokens is None
     if has_prompt_tokens and (tree_spec is None and tree_length is None or prompt_lookup_num_tokens is None):
         dtype = str(model.dtype).replace("torch.", "")
         tuned = tuned_decoding(model, dtype, sampling)
@@ -322,7 +325,9 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
     if from_tuned:
         tree_length = _count(tuned["tree_length"], f"tree_length in {DECODING_NAME}")
     if tree_length == 0:
-        return DecodingChoice(None, lookup, suffix, reason=reason, weight_layout=layout)
+        choice = DecodingChoice(None, lookup, suffix, reason=reason, weight_layout=layout)
+        chosen_here = lookup_chosen and reason is not None and not reason.startswith("tuned on this machine")
+        return priced_drafts(model, choice, profile) if chosen_here and (lookup or suffix) else choice
     path, default_length = trees_for(model)
     if tree_length is None:
         tree_length = default_length
@@ -337,6 +342,19 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
                        f"{exc}; re-run the tuner for this checkpoint, restore its {TREES_NAME}, "
                        f"or pass a tree length") from None
     return DecodingChoice(spec, lookup, suffix, source, reason, layout)
+
+
+def priced_drafts(model, choice: DecodingChoice, profile: CostProfile | None = None) -> DecodingChoice:
+    """`choice` (context sources, no tree) with each step's draft cut to the depth that pays on `profile` (default:
+    `machine_profile(model)`), in the weight layout whose one-input forward is cheapest there: most steps of a chat
+    answer then run plainly (`prompt.inference.draft_depth`). Unchanged without a profile."""
+    profile = profile if profile is not None else machine_profile(model, measure=False)
+    if profile is None:
+        return choice
+    layout = min(profile.layouts, key=lambda name: (profile.cost(1, 1, name), name != STANDARD))
+    where = "this machine's profile" if not profile.shipped else "the shipped " + profile.describe()
+    reason = f"{choice.reason}; each draft cut to the depth that pays on {where}" if choice.reason else None
+    return replace(choice, weight_layout=layout, input_costs=profile.relative_costs(layout), reason=reason)
 
 
 def _tree_of_length(model, path: str | None, tree_length: int | None) -> tuple[dict, str]:

@@ -209,6 +209,15 @@ class CostProfile:
                 _interpolate(self.batch_latency_ms[near], inputs)
         return _interpolate(self.latency_ms, inputs * rows)
 
+    def relative_costs(self, layout: str = STANDARD) -> tuple:
+        """The cost of one sequence's forward of 1, 2, ... inputs over one input's in `layout`, up to the most inputs
+        measured, never falling as inputs grow (a noisy point above a later one is lowered to it)."""
+        curve = self.transposed_ms if layout == TRANSPOSED else self.latency_ms
+        costs = [self.cost(n, 1, layout) for n in range(1, max(curve) + 1)]
+        for i in range(len(costs) - 2, -1, -1):
+            costs[i] = min(costs[i], costs[i + 1])
+        return tuple(c / costs[0] for c in costs)
+
     def describe(self) -> str:
         where = "this machine" if not self.shipped else describe_machine(self.fingerprint)
         return f"profile of {self.date or 'an unknown date'}" + ("" if not self.shipped else f", {where}")

@@ -40,6 +40,7 @@ from prompt.inference.choice import (
     resolve_decoding,
     tuned_batch_decodings,
 )
+from prompt.inference.draft_depth import DraftGate, DraftPricing
 from prompt.inference.tree import (
     DynamicTree,
     TreeBuffers,
@@ -113,6 +114,7 @@ class SequenceState:
     result: GenerationResult
     start: float
     sources: list = field(default_factory=list)  # the context sources that proposed for it
+    gate: DraftGate | None = None  # how deep its drafts are verified (a decoding with draft pricing)
     done: bool = False
 
 
@@ -130,6 +132,7 @@ class Decoding(DecodingChoice):
     tree: DynamicTree | None = field(default=None, compare=False, repr=False)
     sources: list = field(default_factory=list, compare=False)
     chain_special_tokens: int = 0
+    pricing: DraftPricing | None = field(default=None, compare=False, repr=False)  # from `input_costs`, no tree
 
     @classmethod
     def resolve(cls, model, tree_spec=None, tree_length: int | None = None, prompt_lookup_num_tokens: int | None = None,
@@ -163,7 +166,9 @@ class Decoding(DecodingChoice):
         if choice.suffix_nodes:
             sources.append(SuffixCandidates(choice.suffix_nodes))
         values = {f.name: getattr(choice, f.name) for f in fields(DecodingChoice)}
-        return cls(**values, tree=tree, sources=sources, chain_special_tokens=chain_special_tokens)
+        pricing = DraftPricing(choice.input_costs, chain_special_tokens) if choice.input_costs and tree is None \
+            else None
+        return cls(**values, tree=tree, sources=sources, chain_special_tokens=chain_special_tokens, pricing=pricing)
 
 
 @dataclass
@@ -257,8 +262,9 @@ class Decoder:
             parts.append(f"prompt lookup {self.prompt_lookup_num_tokens}")
         if self.suffix_nodes:
             parts.append(f"suffix tree {self.suffix_nodes}")
+        priced = " (each draft cut to the depth that pays)" if self.decoding.pricing is not None and self.sources else ""
         layout = " (weights transposed)" if self.decoding.weight_layout != STANDARD else ""
-        return f"{' + '.join(parts) or 'plain decoding'}{layout}, {self.rule.describe()}"
+        return f"{' + '.join(parts) or 'plain decoding'}{priced}{layout}, {self.rule.describe()}"
 
     # ----------------------------------------------------------------------------------------------
     # the steps
@@ -338,6 +344,9 @@ class Decoder:
         # every source's chain or tree, merged into one tree of context nodes (a path two sources share once)
         chains = merge_proposals([self._source_for(state, source).propose(state, state.context)
                                   for source in sources]) if sources else ()
+        if decoding.pricing is not None and tree is self.root_only:
+            state.gate = state.gate or decoding.pricing.start()
+            chains = state.gate.cut(chains)  # the depth that pays on this machine (empty: a plain step)
         if chains:
             tree = self._with_chains(tree, chains.parents)
         if self.max_positions is not None and state.past + tree.max_position_offset >= self.max_positions:
@@ -371,6 +380,8 @@ class Decoder:
         result.token_ids.extend(tokens)
         for source in state.sources:
             source.accepted(state, tokens)
+        if state.gate is not None:
+            state.gate.observe(tokens)
         if tokens[-1] in stops:
             self._end(state, "eos")
         elif result.new_tokens >= state.max_new_tokens:
@@ -395,6 +406,8 @@ class Decoder:
         """Tell the sources that proposed for `state` that it ended (done, cancelled or abandoned)."""
         for source in state.sources:
             source.finished(state)
+        if state.gate is not None:
+            state.gate.finish()
 
     def closing_step(self, state: SequenceState) -> list | None:
         """The step of a sequence that ends without a forward (its last token, or the context is full): the tokens it
