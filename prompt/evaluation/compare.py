@@ -24,6 +24,7 @@ from prompt.inference.choice import (
     DECODING_NAME,
     DecodingChoice,
     fastest_dtype,
+    priced_drafts,
     resolve_decoding,
     trees_for,
     tuned_decoding,
@@ -111,6 +112,12 @@ def _untrained(inputs: MethodInputs):
     return Decoder(untrained, inputs.tree(), stop_token_ids=inputs.stops)
 
 
+def _unpriced(decoding: Decoding) -> Decoding:
+    """`decoding` with every draft verified whole (no draft pricing), its reason saying so."""
+    reason = decoding.reason.split("; each draft cut")[0] + "; every draft verified whole" if decoding.reason else None
+    return replace(decoding, input_costs=(), pricing=None, reason=reason)
+
+
 METHODS = {
     "generate": Method(lambda i: HFGenerate(i.base, i.stops), "transformers greedy (dynamic cache)",
                        peer="transformers generate"),
@@ -132,10 +139,16 @@ METHODS = {
     "lookup": _plain(lambda i: Decoding.plain(i.base, i.lookup_tokens), "our loop with prompt lookup alone"),
     "suffix": _plain(lambda i: Decoding.plain(i.base, sources=i.suffix()),
                      "our plain loop with the suffix candidate tree"),
+    "lookup_priced": _plain(lambda i: priced_drafts(i.model, DecodingChoice(None, i.lookup_tokens)),
+                            "prompt lookup alone, each draft cut to the depth that pays on this machine's profile"),
+    "suffix_priced": _plain(lambda i: Decoding.of(i.base, priced_drafts(i.model, DecodingChoice(None, 0)), i.suffix()),
+                            "the suffix candidate tree alone, each draft cut to the depth that pays"),
     "ppd": _ours(lambda i: i.tree(), "prompt tokens alone"),
     "ppd_lookup": _ours(lambda i: i.tree(i.lookup_tokens), "prompt tokens and prompt lookup in one tree"),
     "ppd_untrained": Method(_untrained, "text-initialised prompt tokens", ours=True),
     "tuned": _ours(lambda i: None, "the checkpoint's tuned decoding"),
+    "tuned_unpriced": _ours(lambda i: _unpriced(Decoding.resolve(i.model)),
+                            "the checkpoint's tuned decoding (in its weight layout) with every draft verified whole"),
     "tuned_suffix": _ours(lambda i: None, "the tuned decoding with the suffix candidate tree merged in",
                           sources=MethodInputs.suffix),
     "generate_sample": Method(lambda i: HFGenerate(i.base, i.stops, temperature=i.temperature),
