@@ -218,7 +218,7 @@ def main(argv=None) -> str:
     output = dataset_file_name(args.save_path, args.num_special_tokens, args.dataset_type, args.model_max_length)
     if args.upstream_format:
         output = upstream_file_name(args.save_path, args.num_special_tokens, args.dataset_type, args.model_max_length,
-                                    args.model_name_or_path)
+                                    canonical_model_name(args.model_name_or_path))
     if args.use_chunked:
         output = output[: -len(".pt")]
         done = prepare_chunk_folder(output, manifest_of(args), args.overwrite)  # fail before any slow work
@@ -241,9 +241,10 @@ def main(argv=None) -> str:
         raise no_records_error(args, len(inputs))
     if args.upstream_format:
         vocab = model.get_output_embeddings().weight.shape[0] if model is not None else None
-        save_upstream_dataset(output, upstream_dataset(args.dataset_type, records, args.num_special_tokens,
-                                                       args.model_max_length, pad_id(tokenizer, model), vocab),
-                              args.overwrite)
+        dataset = upstream_dataset(args.dataset_type, records, args.num_special_tokens, args.model_max_length,
+                                   pad_id(tokenizer, model), vocab)
+        check_output_file(output, args.overwrite)  # again: the file may have appeared during the build
+        save_upstream_dataset(output, dataset)
     else:
         save(args, output, records, {**info, "seed": args.seed}, args.overwrite)
     print(f"wrote {len(records)} {args.dataset_type} records to {output}", file=sys.stderr)

@@ -130,13 +130,11 @@ def hf_dataset_records(path: str, num_special_tokens: int | None):
 # --------------------------------------------------------------------------------------------------
 # writing our records in upstream's layout (generate_dataset.py --upstream_format)
 def upstream_file_name(save_path: str, num_special_tokens: int, dataset_type: str, model_max_length: int,
-                       model_name_or_path) -> str:
+                       model_name: str) -> str:
     """Upstream's names: `{save_path}_{n}_finetune_{max_len}.pt` and `{save_path}_{n}_{model}_distillation__{max_len}.pt`
     (model: the last part of the model's name or path)."""
     if dataset_type == "distillation":
-        from prompt.data.files import canonical_model_name
-
-        model = os.path.basename(str(canonical_model_name(model_name_or_path)).rstrip("/"))
+        model = os.path.basename(str(model_name).rstrip("/"))
         return f"{save_path}_{num_special_tokens}_{model}_distillation__{model_max_length}.pt"
     return f"{save_path}_{num_special_tokens}_{dataset_type}_{model_max_length}.pt"
 
@@ -189,16 +187,15 @@ def upstream_dataset(dataset_type: str, records: list, num_special_tokens: int, 
     return dataset
 
 
-def save_upstream_dataset(path: str, dataset, overwrite: bool = False) -> str:
-    """`torch.save` an upstream dataset object atomically; it unpickles as upstream's `prompt.utils` class (with
-    upstream's code on the path) or as our stand-in (`read_upstream_file`)."""
+def save_upstream_dataset(path: str, dataset) -> str:
+    """`torch.save` an upstream dataset object atomically (the caller has checked that `path` may be written); it
+    unpickles as upstream's `prompt.utils` class (with upstream's code on the path) or as our stand-in
+    (`read_upstream_file`)."""
     import sys
     import types
 
-    from prompt.data.files import check_output_file
     from prompt.jsonio import atomic_write
 
-    check_output_file(path, overwrite)
     module = types.ModuleType("prompt.utils")  # pickle finds a class by its module's name: upstream's
     module.FineTuningDataset, module.DistillationDataset = FineTuningDataset, DistillationDataset
     saved = sys.modules.get("prompt.utils")
