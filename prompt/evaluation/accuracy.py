@@ -208,15 +208,20 @@ def output_paths(args, alpaca: bool) -> dict:
     return paths
 
 
-def alpaca_prompts(args, tokenizer) -> list[torch.Tensor]:
-    from prompt.evaluation.chat import ChatFormatter
+def alpaca_instructions(args) -> list[dict]:
+    """The instructions of an alpaca-style JSON file (read before any model loads: bad input fails fast)."""
     from prompt.evaluation.questions import load_questions
 
     try:
         refuse_evaluation_set(args.data_path)
     except PPDError:
         print(f"warning: measuring on {args.data_path}, an evaluation set, as upstream does", file=sys.stderr)
-    questions = load_questions("alpaca_eval", args.data_path, 0, args.max_sequences)
+    return load_questions("alpaca_eval", args.data_path, 0, args.max_sequences)
+
+
+def alpaca_prompts(args, questions: list[dict], tokenizer) -> list[torch.Tensor]:
+    from prompt.evaluation.chat import ChatFormatter
+
     formatter = ChatFormatter(tokenizer, args.model_id)
     return [formatter.input_ids(q["turns"])[0] for q in questions]
 
@@ -244,8 +249,9 @@ def main(argv=None) -> dict:
         result = {**results_summary(load_upstream_results(args.eval_result_path)),
                   "eval_result_path": args.eval_result_path}
     elif alpaca:
+        questions = alpaca_instructions(args)
         model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
-        prompts = alpaca_prompts(args, model.tokenizer)
+        prompts = alpaca_prompts(args, questions, model.tokenizer)
         results = alpaca_accuracy_results(model, prompts, args.steps)
         result = {**results_summary(results), "num_sequences": len(prompts), "steps": args.steps}
     else:
