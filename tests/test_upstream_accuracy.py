@@ -78,7 +78,7 @@ def test_alpaca_accuracy_is_upstreams_and_feeds_the_tree_builder(checkpoint, tmp
     trees = tmp_path / "trees.json"
     proc = subprocess.run([sys.executable, "-m", "prompt.inference.sparse_tree_builder", "--accuracies-file",
                            str(save_dir / "tiny_accuracy.pt"), "--output-file", str(trees), "--min-input-length", "4",
-                           "--max-input-length", "8"], capture_output=True, text=True, cwd=REPO, timeout=300)
+                           "--max-input-length", "8"], capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(trees.read_text()) == json.loads(json.dumps(build_trees(table, 4, 8)))
     # a rerun keeps the files; upstream's --eval_result_path writes the JSON and plot from the saved results
@@ -110,10 +110,10 @@ def test_bad_results_files_are_one_error(tmp_path, content, words):
     torch.save(content, path)
     proc = subprocess.run([sys.executable, "-m", "prompt.inference.sparse_tree_builder", "--accuracies-file",
                            str(path), "--output-file", str(tmp_path / "t.json")], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
+                          cwd=REPO, timeout=900)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and words in proc.stderr, proc.stderr
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     proc = subprocess.run([sys.executable, "-m", "prompt.evaluation.accuracy", "--eval_result_path",
                            str(tmp_path / "junk.pt"), "--output", str(tmp_path / "o.json")], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
+                          text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "cannot read accuracies file" in proc.stderr
