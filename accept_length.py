@@ -118,7 +118,7 @@ def choose_questions(args) -> None:
     if args.question_file is None:  # upstream measures on its AlpacaEval question file
         args.bench_name = args.bench_name or "alpaca_eval"
         args.question_file = UPSTREAM_QUESTION_FILES.get(args.bench_name)
-        if args.bench_name != "humaneval" and (args.question_file is None or not os.path.isfile(args.question_file)):
+        if not args.bench_name.startswith("humaneval") and (args.question_file is None or not os.path.isfile(args.question_file)):
             raise PPDError(f"no --question-file, and upstream's default "
                            f"{args.question_file or 'question file for ' + args.bench_name} is not under the working "
                            "folder: pass --question-file (validation prompts, e.g. ShareGPT)")

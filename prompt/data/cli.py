@@ -10,6 +10,9 @@ Output: `{save_path}_{num_special_tokens}_{dataset_type}_{model_max_length}.pt` 
 `--use_chunked`, a folder of that name without `.pt` instead, holding `chunk_00000.pt`, ... (each a dataset file
 of `--chunk_size` inputs' records, written as soon as it is built) and `manifest.json`; an interrupted run
 resumes at the first missing chunk. Train on it with `train.py --use_chunked --dataset_path FOLDER`.
+With `--upstream_format`, a finetune or distillation dataset is written as upstream's generate_dataset.py writes it
+(its FineTuningDataset or DistillationDataset object, under upstream's file names; see prompt.data.upstream), for
+upstream's train.py. A distillation build reads our finetune file or upstream's.
 A `--data_path` may carry a slice, PATH:START:END. The model defaults to the embedded default model.
 """
 from __future__ import annotations
@@ -30,6 +33,7 @@ from prompt.data.files import (CHUNK_MANIFEST, DATASET_TYPES, IGNORE_INDEX, cano
 from prompt.data.finetune import build_finetune_records
 from prompt.data.generation import batches_by_length, greedy_replies, greedy_teacher
 from prompt.data.sources import parse_source, read_conversations, read_prompts
+from prompt.data.upstream import save_upstream_dataset, upstream_dataset, upstream_file_name
 from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import read_json, write_json
 from prompt.model.devices import add_device_flags, device_kwargs
@@ -61,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Write a folder of chunk files as they are built (large runs; resumable).")
     parser.add_argument("--chunk_size", type=int, default=1000, help="With --use_chunked: inputs per chunk file.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output file (or chunk folder).")
+    parser.add_argument("--upstream_format", action="store_true",
+                        help="Write upstream's dataset file (finetune: left-padded [count, model_max_length] rows; "
+                             "distillation: full [N, vocab] teacher logits per row, about N*vocab*4 bytes each) "
+                             "under upstream's file name, for upstream's train.py.")
     return parser
 
 
@@ -73,6 +81,11 @@ def check_args(args) -> None:
         raise PPDError("--size must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise PPDError("--threads must be >= 1")
+    if args.upstream_format and args.dataset_type == "self_distillation":
+        raise PPDError("upstream has no self_distillation dataset; --upstream_format writes finetune and distillation")
+    if args.upstream_format and args.use_chunked:
+        raise PPDError("--upstream_format writes one file (upstream's chunk_dataset splits a whole file); drop "
+                       "--use_chunked")
     if args.dataset_type == "distillation" and len(args.data_path) != 1:
         raise PPDError("distillation reads exactly one finetune dataset (--data_path X_finetune_N.pt)")
 
@@ -90,7 +103,7 @@ def read_inputs(args) -> list:
         return limit(conversations, args.size)
     if args.dataset_type == "distillation":
         source = load_dataset(args.data_path[0], expected_types=("finetune",), num_special_tokens=args.num_special_tokens)
-        if source.model_name_or_path != canonical_model_name(args.model_name_or_path):
+        if source.model_name_or_path and source.model_name_or_path != canonical_model_name(args.model_name_or_path):
             raise PPDError(f"{args.data_path[0]!r} was tokenized for {source.model_name_or_path!r}, not "
                            f"{canonical_model_name(args.model_name_or_path)!r}: token ids would not match")
         return [r["input_ids"][-args.model_max_length:] for r in limit(source.records, args.size)]
@@ -129,6 +142,11 @@ def build_finetune(args, tokenizer, conversations: list, seed: int) -> tuple[lis
 
 def build_distillation(args, model, tokenizer, prefixes: list) -> tuple[list, dict]:
     steps = args.num_special_tokens + 1
+    vocab = model.get_input_embeddings().weight.shape[0]
+    largest = max(int(p.max()) for p in prefixes)
+    if largest >= vocab:  # an upstream finetune file does not say which tokenizer made it
+        raise PPDError(f"{args.data_path[0]!r} holds token id {largest}, outside the model's vocabulary of {vocab}: "
+                       f"it was tokenized for another model")
     stops = set(stop_token_ids_for(tokenizer, model=model))
     records = []
     for batch in tqdm(batches_by_length(prefixes, args.batch_size), desc="teacher", unit="batch"):
@@ -198,6 +216,9 @@ def main(argv=None) -> str:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     output = dataset_file_name(args.save_path, args.num_special_tokens, args.dataset_type, args.model_max_length)
+    if args.upstream_format:
+        output = upstream_file_name(args.save_path, args.num_special_tokens, args.dataset_type, args.model_max_length,
+                                    canonical_model_name(args.model_name_or_path))
     if args.use_chunked:
         output = output[: -len(".pt")]
         done = prepare_chunk_folder(output, manifest_of(args), args.overwrite)  # fail before any slow work
@@ -218,7 +239,14 @@ def main(argv=None) -> str:
     records, info = build_records(args, model, tokenizer, inputs, args.seed)
     if not records:
         raise no_records_error(args, len(inputs))
-    save(args, output, records, {**info, "seed": args.seed}, args.overwrite)
+    if args.upstream_format:
+        vocab = model.get_output_embeddings().weight.shape[0] if model is not None else None
+        dataset = upstream_dataset(args.dataset_type, records, args.num_special_tokens, args.model_max_length,
+                                   pad_id(tokenizer, model), vocab)
+        check_output_file(output, args.overwrite)  # again: the file may have appeared during the build
+        save_upstream_dataset(output, dataset)
+    else:
+        save(args, output, records, {**info, "seed": args.seed}, args.overwrite)
     print(f"wrote {len(records)} {args.dataset_type} records to {output}", file=sys.stderr)
     return output
 

@@ -125,3 +125,86 @@ def hf_dataset_records(path: str, num_special_tokens: int | None):
         for name, values in rows.items():
             values.append(row[name])
     return upstream_records(rows, path, num_special_tokens)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing our records in upstream's layout (generate_dataset.py --upstream_format)
+def upstream_file_name(save_path: str, num_special_tokens: int, dataset_type: str, model_max_length: int,
+                       model_name: str) -> str:
+    """Upstream's names: `{save_path}_{n}_finetune_{max_len}.pt` and `{save_path}_{n}_{model}_distillation__{max_len}.pt`
+    (model: the last part of the model's name or path)."""
+    if dataset_type == "distillation":
+        model = os.path.basename(str(model_name).rstrip("/"))
+        return f"{save_path}_{num_special_tokens}_{model}_distillation__{model_max_length}.pt"
+    return f"{save_path}_{num_special_tokens}_{dataset_type}_{model_max_length}.pt"
+
+
+def _left_padded(prefix: torch.Tensor, length: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(prefix) > length:
+        raise PPDError(f"a prefix of {len(prefix)} tokens does not fit upstream's rows of --model_max_length {length}")
+    ids = torch.full((length,), pad_id, dtype=torch.long)
+    mask = torch.zeros(length, dtype=torch.bool)
+    ids[length - len(prefix):], mask[length - len(prefix):] = prefix.long(), True
+    return ids, mask
+
+
+def teacher_logits(record: dict, vocab_size: int) -> torch.Tensor:
+    """[N, vocab] logits whose softmax is the record's kept teacher distribution of special tokens 1..N: log p at the
+    top-K ids, and the mass left over spread evenly over the other ids (so softmax gives back the top-K exactly)."""
+    ids, probs = record["teacher_ids"][1:].long(), record["teacher_probs"][1:].double()
+    if int(ids.max()) >= vocab_size:
+        raise PPDError(f"teacher token id {int(ids.max())} is outside the model's vocabulary of {vocab_size}")
+    rest = (1.0 - probs.sum(-1, keepdim=True)).clamp(min=1e-30) / max(vocab_size - ids.shape[1], 1)
+    logits = rest.log().expand(ids.shape[0], vocab_size).clone()
+    logits.scatter_(1, ids, probs.clamp(min=1e-30).log())
+    return logits.float()
+
+
+def upstream_dataset(dataset_type: str, records: list, num_special_tokens: int, model_max_length: int, pad_id: int,
+                     vocab_size: int | None = None):
+    """Our finetune or distillation records as upstream's dataset object (a `prompt.utils` stand-in whose attributes
+    are upstream's): finetune rows [count, model_max_length] left-padded, a bool attention mask, labels -100 but for
+    the last N+1 (the tokens after the cut; upstream also labels the prefix's assistant tokens there, which no loss
+    reads); distillation rows as lists, a float mask, and labels the teacher's [N, vocab] logits."""
+    n = num_special_tokens
+    if dataset_type == "finetune":
+        rows = [_left_padded(r["input_ids"], model_max_length, pad_id) for r in records]
+        labels = torch.full((len(records), model_max_length), -100, dtype=torch.long)
+        for row, record in zip(labels, records):
+            row[-(n + 1):] = record["labels"].long()
+        dataset = FineTuningDataset()
+        dataset.input_ids = torch.stack([ids for ids, _ in rows])
+        dataset.attention_mask = torch.stack([mask for _, mask in rows])
+        dataset.labels = labels
+        return dataset
+    if dataset_type != "distillation":
+        raise PPDError(f"upstream has no {dataset_type} dataset; --upstream_format writes finetune and distillation")
+    dataset = DistillationDataset()
+    rows = [_left_padded(r["input_ids"], model_max_length, pad_id) for r in records]
+    dataset.input_ids = [ids for ids, _ in rows]
+    dataset.attention_mask = [mask.float() for _, mask in rows]
+    dataset.labels = [teacher_logits(r, vocab_size) for r in records]
+    return dataset
+
+
+def save_upstream_dataset(path: str, dataset) -> str:
+    """`torch.save` an upstream dataset object atomically (the caller has checked that `path` may be written); it
+    unpickles as upstream's `prompt.utils` class (with upstream's code on the path) or as our stand-in
+    (`read_upstream_file`)."""
+    import sys
+    import types
+
+    from prompt.jsonio import atomic_write
+
+    module = types.ModuleType("prompt.utils")  # pickle finds a class by its module's name: upstream's
+    module.FineTuningDataset, module.DistillationDataset = FineTuningDataset, DistillationDataset
+    saved = sys.modules.get("prompt.utils")
+    sys.modules["prompt.utils"] = module
+    try:
+        atomic_write(path, lambda tmp: torch.save(dataset, tmp))
+    finally:
+        if saved is None:
+            del sys.modules["prompt.utils"]
+        else:
+            sys.modules["prompt.utils"] = saved
+    return path

@@ -27,7 +27,7 @@ import torch
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.questions import BENCH_NAMES, load_questions
+from prompt.evaluation.questions import BENCH_NAMES, EVALUATION_BENCHES, load_questions
 from prompt.evaluation.tune import check_tree_lengths, machine_name, parse_lengths
 from prompt.inference.choice import (
     BATCH_SIZES_KEY,
@@ -246,7 +246,7 @@ def main(argv=None):
     lookups = parse_lengths(args.lookup_lengths, "--lookup-lengths")
     if min(sizes) < 1 or args.max_new_tokens < 1 or args.rounds < 1:
         raise PPDError("--batch-sizes, --max-new-tokens and --rounds must be >= 1")
-    if args.record and args.bench_name in ("mt_bench", "alpaca_eval", "humaneval", "gsm8k"):
+    if args.record and args.bench_name in EVALUATION_BENCHES:
         raise PPDError(f"--record tunes on the prompts given: use training-side prompts (e.g. --bench-name sharegpt), "
                        f"not the {args.bench_name} evaluation set")
     if args.threads:

@@ -21,6 +21,11 @@ def decode_answer(tokenizer, token_ids, stop_reason: str = "length") -> str:
     return text
 
 
+class RawPrompt(str):
+    """A prompt that is the model's whole input, given to it as it is: no chat template (a HumanEval problem's code,
+    which upstream's answer scripts tokenize as it is)."""
+
+
 class ChatFormatter:
     """Turns a conversation (alternating user/assistant texts) into input ids ending with the assistant's turn."""
 
@@ -50,7 +55,10 @@ class ChatFormatter:
         return stop_token_ids_for(self.tokenizer, self.stop_token_ids, model=model)
 
     def input_ids(self, turns: list[str]) -> torch.Tensor:
-        """turns = [user, assistant, user, ...] ending with a user message; returns [1, L] ids."""
+        """turns = [user, assistant, user, ...] ending with a user message; returns [1, L] ids. A single turn that is a
+        `RawPrompt` is the model's input as it is, tokenized with no template (upstream's HumanEval prompts)."""
+        if len(turns) == 1 and isinstance(turns[0], RawPrompt):
+            return self.tokenizer(str(turns[0]), return_tensors="pt").input_ids
         if self.template is not None:
             conv = self.template.copy()
             for i, text in enumerate(turns):

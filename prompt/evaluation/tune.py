@@ -32,7 +32,7 @@ from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare
-from prompt.evaluation.questions import BENCH_NAMES, load_questions
+from prompt.evaluation.questions import BENCH_NAMES, EVALUATION_BENCHES, load_questions
 from prompt.inference.acceptance import ACCEPTANCE_RULES, acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
 from prompt.inference.choice import (ACCEPTANCE_NAME, ACCURACIES_NAME, BATCH_SIZES_KEY, DECODING_NAME, checkpoint_file,
@@ -319,7 +319,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.max_new_token < 1 or args.rounds < 1:
         raise PPDError("--max-new-token and --rounds must be >= 1")
-    if args.bench_name in ("mt_bench", "alpaca_eval", "humaneval", "gsm8k"):
+    if args.bench_name in EVALUATION_BENCHES:
         print(f"warning: tuning on the evaluation set {args.bench_name} makes its benchmark figures optimistic",
               file=sys.stderr)
     tree_lengths = sorted(set(parse_lengths(args.tree_lengths, "--tree-lengths")) | {0})

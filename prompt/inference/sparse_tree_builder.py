@@ -15,6 +15,9 @@ length, in which each step's tree depends on the special tokens the last step's 
 
     python -m prompt.inference.sparse_tree_builder --accuracies-file accuracies.json --output-file trees.json \\
         --min-input-length 8 --max-input-length 32
+
+`--accuracies-file` may also be upstream's accuracy results, `<model_name>_accuracy.pt` (prompt/evaluation/eval.py's
+output, read as upstream's builder reads it).
 """
 from __future__ import annotations
 
@@ -148,11 +151,59 @@ def build_tree(accuracies, length: int) -> dict:
     return best
 
 
+def upstream_top_k_accuracy(results, path: str = "accuracies file", top: int = 10) -> list[list[float]]:
+    """Cumulative top-1..top-`top` accuracies [N][top] of upstream's accuracy results (prompt/evaluation/eval.py's
+    `<model_name>_accuracy.pt`): a list of N bool tensors [positions, 1, 10], True where rank r of special token k
+    is the token it predicts; acc@K = the share of positions whose first K ranks hold it (upstream's load_accuracy)."""
+    import torch
+
+    if (not isinstance(results, (list, tuple)) or not results
+            or not all(isinstance(r, torch.Tensor) and r.dim() == 3 and r.shape[0] * r.shape[1] > 0 for r in results)):
+        raise PPDError(f"{path!r} is not upstream's accuracy results (a list of one [positions, 1, 10] tensor per "
+                       f"special token)")
+    table = []
+    for hits in results:
+        hits = hits.bool()
+        table.append([round(float(hits[:, :, :k].any(-1).sum()) / (hits.shape[0] * hits.shape[1]), 6)
+                      for k in range(1, min(top, hits.shape[2]) + 1)])
+    return table
+
+
+def load_upstream_results(path: str) -> list:
+    """Upstream's accuracy results file (`torch.save`d list of one bool tensor per special token), checked."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise PPDError(f"accuracies file {path!r} does not exist")
+    try:
+        results = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip and unpickler errors come in many types
+        raise PPDError(f"cannot read accuracies file {path!r}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    upstream_top_k_accuracy(results, path)
+    return list(results)
+
+
+def read_upstream_accuracies(path: str) -> list[list[float]]:
+    """The cumulative top-k table of an upstream accuracy results file."""
+    return upstream_top_k_accuracy(load_upstream_results(path), path)
+
+
 def read_accuracies(path: str) -> list[list[float]]:
+    """The cumulative top-k accuracies of each special token: our accuracies JSON ({"top_k_accuracy": ...} or the bare
+    table), or upstream's `<model_name>_accuracy.pt` (a `.pt` file, or any file that is not JSON text)."""
+    if path.endswith(".pt") or (os.path.isfile(path) and _is_zip(path)):
+        accuracies = read_upstream_accuracies(path)
+        rank_probabilities(accuracies)
+        return accuracies
     data = read_json(path, "accuracies file")
     accuracies = data.get("top_k_accuracy") if isinstance(data, dict) else data
     rank_probabilities(accuracies)  # validates the shape
     return accuracies
+
+
+def _is_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"  # torch.save's zip container
 
 
 def build_trees(accuracies, min_length: int, max_length: int) -> dict:
@@ -167,7 +218,9 @@ def build_trees(accuracies, min_length: int, max_length: int) -> dict:
 @cli_entry
 def main(argv=None):
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--accuracies-file", required=True)
+    parser.add_argument("--accuracies-file", required=True,
+                        help="Our accuracies JSON (prompt.evaluation.accuracy) or upstream's <model_name>_accuracy.pt "
+                             "(prompt/evaluation/eval.py's output).")
     parser.add_argument("--output-file", required=True)
     parser.add_argument("--min-input-length", type=int, default=8,
                         help="Smallest tree length (upstream's: candidate nodes plus their special tokens).")
