@@ -17,9 +17,7 @@ import json
 import os
 import time
 
-import torch
-
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, apply_threads
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.runner import add_common_flags, check_gpu_flags, load_kwargs, resolve_revision
 from prompt.evaluation.tune import forward_latency, machine_name, plot_latency
@@ -54,8 +52,7 @@ def main():
     for path in (args.output_file, plot_file, args.answer_file):
         if path and os.path.exists(path) and not args.overwrite:
             raise PPDError(f"{path!r} exists; pass --overwrite to replace it")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     resolve_revision(args)
     from prompt.model.loading import load_base_model
 

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags
 from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import write_json, write_text
 
@@ -152,7 +152,7 @@ def main(argv=None):
     parser.add_argument("--work", default="outputs/capacity", help="Datasets in, one folder per option out.")
     parser.add_argument("--options", default=",".join(OPTIONS), help="Comma-separated options to train.")
     parser.add_argument("--minutes", type=float, default=8.0, help="Training minutes per option.")
-    parser.add_argument("--threads", type=int, default=2)
+    add_model_flags(parser, model_path=None, threads="torch CPU threads of every run (default 2).", threads_default=2)
     parser.add_argument("--heldout-sequences", type=int, default=None, help="Measure accuracy on the first K only.")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--question-file", default="../shared/data/mt_bench/question.jsonl")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags, apply_threads
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
@@ -353,8 +353,8 @@ def fastest_decoding_dtype(model_path, device=None) -> str:
     return fastest_dtype(os.path.join(folder, DECODING_NAME) if folder else None, device)
 
 
-def add_model_flags(parser):
-    parser.add_argument("--model-path", default=None, help="Prompt-token folder or Hub repo id (default: the default model's).")
+def add_compare_flags(parser):
+    add_model_flags(parser)
     parser.add_argument("--base-model-path", default=None, help="Base model folder or Hub repo id (default: the checkpoint's).")
     parser.add_argument("--model-id", default=None, help="FastChat template name, if the model needs one (e.g. vicuna).")
     add_device_flags(parser, dtype="float32")
@@ -366,7 +366,6 @@ def add_model_flags(parser):
                         help="Node budget of the suffix candidate tree (methods suffix, tuned_suffix).")
     parser.add_argument("--max-new-token", type=int, default=128)
     parser.add_argument("--methods", default="generate,baseline,ppd", help="Comma-separated methods. " + METHOD_HELP)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-profile", action="store_true",
                         help="Do not measure this machine's forward costs on first use (about a minute, once per "
                              "model, dtype and machine); the decoding is then priced on the profile shipped with the "
@@ -380,8 +379,7 @@ def add_model_flags(parser):
 
 
 def run(args, prompts):
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.max_new_token < 1 or args.suffix_nodes < 1 or args.rounds < 1:
         raise PPDError("--max-new-token, --suffix-nodes and --rounds must be >= 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -425,7 +423,7 @@ def main(argv=None):
     parser.add_argument("--question-file", default=None)
     parser.add_argument("--question-begin", type=int, default=None)
     parser.add_argument("--question-end", type=int, default=10)
-    add_model_flags(parser)
+    add_compare_flags(parser)
     args = parser.parse_args(argv)
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
     run(args, [q["turns"][0] for q in questions])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prompt.cli import add_model_flags, apply_threads
 from prompt.errors import PPDError
 from prompt.evaluation.answers import AnswerFile
 from prompt.evaluation.chat import ChatFormatter, decode_answer
@@ -45,7 +46,7 @@ def sampling_rule(args) -> str | None:
 
 
 def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_model_id: str):
-    parser.add_argument("--model-path", default=None, help=model_help + " Default: the embedded default model.")
+    add_model_flags(parser, model_help + " Default: the embedded default model.", threads=None)
     parser.add_argument("--model-id", default=default_model_id,
                         help="Name written into the answers; a FastChat template name (e.g. vicuna) selects that chat format.")
     parser.add_argument("--answer-file", default=None,
@@ -95,7 +96,7 @@ def add_common_flags(parser: argparse.ArgumentParser, model_help: str, default_m
     parser.add_argument("--gpu-power", action="store_true",
                         help="Measure GPU power and energy per answer (zeus-ml), written as 'power' and 'energy'.")
     add_device_flags(parser, dtype="float32")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    add_model_flags(parser, model_path=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-profile", action="store_true",
                         help="Do not measure this machine's forward costs on first use (about a minute, once per "
@@ -385,8 +386,7 @@ def check_args(args) -> list[dict]:
     if not todo:
         args.answers.tidy()
     resolve_revision(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     return todo
 
 
@@ -439,8 +439,7 @@ def run_answers(args, questions, setup) -> str:
 
 def _answer_share(args, questions, setup, threads):
     """A ray worker's share: its own model, its rows appended to the shared answer file (one write per row)."""
-    if threads:
-        torch.set_num_threads(threads)
+    apply_threads(threads)
     args.answers = None
     decoder_for, formatter, label = setup(args)
     totals, failed, elapsed = answer_questions(args, questions, decoder_for, formatter, label)
