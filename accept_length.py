@@ -31,7 +31,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import write_json
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.evaluation.runner import UPSTREAM_QUESTION_FILES
+from prompt.evaluation.answer_flags import UPSTREAM_QUESTION_FILES
 from prompt.evaluation.throughput import file_throughput
 from prompt.evaluation.tune import (PLAIN, available_tree_lengths, check_tree_lengths, choose, config_name,
                                    measure_configs, parse_lengths, results_table)

@@ -4,8 +4,10 @@ import sys
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.runner import (HFGenerate, PerTemperature, add_common_flags, check_args, load_kwargs,
-                                      make_decoder, run_answers)
+from prompt.evaluation.answer_flags import add_common_flags, check_args
+from prompt.evaluation.gpus import load_kwargs
+from prompt.evaluation.runner import PerTemperature, make_decoder, run_answers
+from prompt.evaluation.transformers_baseline import HFGenerate
 from prompt.model.loading import load_base_model, plain_model_path
 
 

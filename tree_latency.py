@@ -19,7 +19,8 @@ import time
 
 from prompt.cli import ArgumentParser, apply_threads
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import add_common_flags, check_gpu_flags, load_kwargs, resolve_revision
+from prompt.evaluation.answer_flags import add_common_flags, resolve_revision
+from prompt.evaluation.gpus import check_gpu_flags, load_kwargs
 from prompt.evaluation.tune import forward_latency, machine_name, plot_latency
 from prompt.jsonio import write_json, write_text
 

@@ -89,7 +89,7 @@ def decode(args) -> None:
     from prompt.evaluation.chat import ChatFormatter
     from prompt.evaluation.compare import compare
     from prompt.evaluation.questions import load_questions
-    from prompt.evaluation.runner import HFGenerate
+    from prompt.evaluation.transformers_baseline import HFGenerate
     from prompt.inference.decoding import Decoder
     from prompt.jsonio import read_json
     from prompt.model.loading import SHIPPED_PROMPT_TOKENS, load_base_model

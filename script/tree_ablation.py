@@ -18,7 +18,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare, format_table
 from prompt.evaluation.questions import load_questions
-from prompt.evaluation.runner import HFGenerate
+from prompt.evaluation.transformers_baseline import HFGenerate
 from prompt.inference.choice import tree_file
 from prompt.inference.decoding import Decoder
 from prompt.inference.tree import select_tree_spec, spec_tree_length

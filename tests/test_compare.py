@@ -5,7 +5,8 @@ import torch
 
 from conftest import tiny_llama
 from prompt.evaluation.compare import busy_warning, compare, headline
-from prompt.evaluation.runner import HFGenerate, MethodTotals
+from prompt.evaluation.totals import MethodTotals
+from prompt.evaluation.transformers_baseline import HFGenerate
 from prompt.inference.decoding import GenerationResult
 
 

@@ -17,7 +17,8 @@ from prompt.cli import ArgumentParser, add_model_flags, apply_threads
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.evaluation.runner import HFGenerate, MethodTotals
+from prompt.evaluation.totals import MethodTotals
+from prompt.evaluation.transformers_baseline import HFGenerate
 from prompt.inference.acceptance import acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
 from prompt.inference.choice import (
