@@ -89,7 +89,7 @@ def decode(args) -> None:
     from prompt.evaluation.chat import ChatFormatter
     from prompt.evaluation.compare import compare
     from prompt.evaluation.questions import load_questions
-    from prompt.evaluation.transformers_baseline import HFGenerate
+    from prompt.evaluation.transformers_baseline import TransformersBaseline
     from prompt.inference.decoding import Decoder
     from prompt.jsonio import read_json
     from prompt.model.loading import SHIPPED_PROMPT_TOKENS, load_base_model
@@ -99,7 +99,7 @@ def decode(args) -> None:
     base, tokenizer = load_base_model(None, dtype=args.dtype)
     formatter = ChatFormatter(tokenizer)
     stops = formatter.stops(base)
-    decoders, rows = {"generate": HFGenerate(base, stops)}, {}
+    decoders, rows = {"generate": TransformersBaseline(base, stops)}, {}
     folders = {name: os.path.join(args.work, name) for name in trained_options(args.work)}
     if args.with_shipped:
         folders["shipped"] = SHIPPED_PROMPT_TOKENS

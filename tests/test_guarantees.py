@@ -383,12 +383,12 @@ def test_transformers_generate_reports_an_over_long_question_too(tmp_path, tiny_
     from prompt.evaluation.chat import ChatFormatter
     from prompt.evaluation.answer_flags import check_args
     from prompt.evaluation.runner import run_benchmark
-    from prompt.evaluation.transformers_baseline import HFGenerate
+    from prompt.evaluation.transformers_baseline import TransformersBaseline
 
     model, tokenizer = tiny_chat
     path = tmp_path / "answers.jsonl"
     args = answer_args(tmp_path, [(1, "hello"), ("too-long", "word " * 80)], path)
     formatter = ChatFormatter(tokenizer, args.model_id)
     with pytest.raises(PPDError, match="too-long"):
-        run_benchmark(args, check_args(args), HFGenerate(model, [2]), formatter, "hf")
+        run_benchmark(args, check_args(args), TransformersBaseline(model, [2]), formatter, "hf")
     assert [row["question_id"] for row in rows(path)] == [1]

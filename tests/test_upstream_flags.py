@@ -224,7 +224,7 @@ def test_answer_file_is_deduplicated_and_sorted_at_the_end(tmp_path, tiny_chat):
 
 def test_upstream_accept_length_does_not_count_the_prefill(tiny_chat):
     from prompt.evaluation.totals import MethodTotals
-    from prompt.evaluation.transformers_baseline import HFGenerate
+    from prompt.evaluation.transformers_baseline import TransformersBaseline
     from prompt.inference.decoding import Decoder, GenerationResult
 
     model, _ = tiny_chat
@@ -238,7 +238,7 @@ def test_upstream_accept_length_does_not_count_the_prefill(tiny_chat):
     assert result.decoding_steps == 3 and result.accept_length_upstream == 2.0 and result.accept_length == 2.0
     result = GenerationResult(token_ids=list(range(5)), forward_passes=3, step_tokens=[3, 2])
     assert result.decoding_steps == 2 and result.accept_length_upstream == 2.5 and result.accept_length == 5 / 3
-    hf = HFGenerate(model, [2]).generate(ids, 10)
+    hf = TransformersBaseline(model, [2]).generate(ids, 10)
     assert hf.accept_length_upstream == 1.0
     totals = MethodTotals()
     totals.add(result)

@@ -18,7 +18,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
 from prompt.evaluation.totals import MethodTotals
-from prompt.evaluation.transformers_baseline import HFGenerate
+from prompt.evaluation.transformers_baseline import TransformersBaseline
 from prompt.inference.acceptance import acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
 from prompt.inference.choice import (
@@ -113,19 +113,19 @@ def _untrained(inputs: MethodInputs):
 
 
 METHODS = {
-    "generate": Method(lambda i: HFGenerate(i.base, i.stops), "transformers greedy (dynamic cache)",
+    "generate": Method(lambda i: TransformersBaseline(i.base, i.stops), "transformers greedy (dynamic cache)",
                        peer="transformers generate"),
-    "generate_static": Method(lambda i: HFGenerate(i.base, i.stops, static_cache=True),
+    "generate_static": Method(lambda i: TransformersBaseline(i.base, i.stops, static_cache=True),
                               "the same with its static cache", peer="transformers generate"),
-    "generate_compiled": Method(lambda i: HFGenerate(i.base, i.stops, static_cache=True, compiled=True),
+    "generate_compiled": Method(lambda i: TransformersBaseline(i.base, i.stops, static_cache=True, compiled=True),
                                 "static cache and torch.compile (about a minute of compiling per prompt shape, all "
                                 "done in the warm-up)", peer="transformers generate"),
-    "generate_lookup": Method(lambda i: HFGenerate(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
-                                                   max_matching_ngram_size=2),
+    "generate_lookup": Method(lambda i: TransformersBaseline(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
+                                                             max_matching_ngram_size=2),
                               "transformers prompt lookup decoding matching up to 2-grams (its default)",
                               peer="transformers prompt lookup"),
-    "generate_lookup3": Method(lambda i: HFGenerate(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
-                                                    max_matching_ngram_size=3),
+    "generate_lookup3": Method(lambda i: TransformersBaseline(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
+                                                              max_matching_ngram_size=3),
                                "the same matching up to 3-grams", peer="transformers prompt lookup"),
     "baseline": _plain(lambda i: Decoding.plain(i.base), "our plain loop"),
     "baseline_transposed": _plain(lambda i: replace(Decoding.plain(i.base), weight_layout=TRANSPOSED),
@@ -139,10 +139,10 @@ METHODS = {
     "tuned": _ours(lambda i: None, "the checkpoint's tuned decoding"),
     "tuned_suffix": _ours(lambda i: None, "the tuned decoding with the suffix candidate tree merged in",
                           sources=MethodInputs.suffix),
-    "generate_sample": Method(lambda i: HFGenerate(i.base, i.stops, temperature=i.temperature),
+    "generate_sample": Method(lambda i: TransformersBaseline(i.base, i.stops, temperature=i.temperature),
                               "at --temperature: transformers sampling"),
-    "generate_lookup_sample": Method(lambda i: HFGenerate(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
-                                                          temperature=i.temperature),
+    "generate_lookup_sample": Method(lambda i: TransformersBaseline(i.base, i.stops, temperature=i.temperature,
+                                                                    prompt_lookup_num_tokens=i.lookup_tokens),
                                      "at --temperature: transformers sampling with prompt lookup"),
     "exact": Method(_sampled("exact"), "at --temperature: the tuned decoding with exact sampling (the rule's own "
                                        "tuned entry where decoding.json has one)"),

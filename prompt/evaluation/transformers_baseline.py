@@ -11,8 +11,9 @@ from prompt.model.devices import synchronize
 from prompt.model.weight_layout import STANDARD, set_weight_layout
 
 
-class HFGenerate:
-    """transformers `generate` as a decoder with the same interface, for side-by-side comparisons: greedy, or
+class TransformersBaseline:
+    """transformers' own `generate` as the baseline decoder (not PPD: `prompt.inference.hf_generate` is PPD behind
+    transformers' interface), with our decoders' interface, for side-by-side comparisons: greedy, or
     plain sampling at `temperature` > 0 (no top-k or top-p truncation, the distribution exact sampling reproduces)."""
 
     def __init__(self, model, stop_token_ids, prompt_lookup_num_tokens=None, temperature: float = 0.0,
