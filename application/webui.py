@@ -35,10 +35,10 @@ from prompt.cli import ArgumentParser  # noqa: E402
 from prompt.data.chat import chat_template_ids  # noqa: E402
 from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.evaluation.chat import ChatFormatter  # noqa: E402
-from prompt.evaluation.compare import fastest_decoding_dtype  # noqa: E402
 from prompt.inference import Decoder, GenerationResult  # noqa: E402
 from prompt.inference.choice import resolve_decoding  # noqa: E402
 from prompt.inference.cost_profile import machine_profile  # noqa: E402
+from prompt.inference.dtype_choice import fastest_decoding_dtype  # noqa: E402
 from prompt.inference.hf_generate import generate as ppd_generate, ppd_decoder  # noqa: E402
 from prompt.model.devices import DTYPE_CHOICES, add_device_flags, device_kwargs  # noqa: E402
 from prompt.model.loading import is_default_model, looks_like_path  # noqa: E402

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
-from prompt.evaluation.compare import add_compare_flags, fastest_decoding_dtype, run
+from prompt.evaluation.compare import add_compare_flags, run
 from prompt.evaluation.questions import load_questions
+from prompt.inference.dtype_choice import fastest_decoding_dtype
 
 DEMO_QUESTIONS = [
     "Explain in a short paragraph why the sky is blue.",

@@ -7,7 +7,6 @@ reported as ratios to `generate` greedy, and every greedy output is checked agai
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -22,9 +21,7 @@ from prompt.evaluation.transformers_baseline import TransformersBaseline
 from prompt.inference.acceptance import acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
 from prompt.inference.choice import (
-    DECODING_NAME,
     DecodingChoice,
-    fastest_dtype,
     resolve_decoding,
     trees_for,
     tuned_decoding,
@@ -33,7 +30,7 @@ from prompt.inference.cost_profile import machine_profile
 from prompt.inference.decoding import Decoder, Decoding
 from prompt.inference.tree import select_tree_spec
 from prompt.model.config import PromptConfig
-from prompt.model.defaults import checkpoint_folder, load_prompt_decoder
+from prompt.model.defaults import load_prompt_decoder
 from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.model.prompt_decoder import PromptDecoder
 from prompt.model.weight_layout import TRANSPOSED
@@ -346,12 +343,6 @@ def format_table(totals: dict, reference: str = "generate") -> str:
         upstream = f"{t.accept_length_upstream:.3f}" if t.accept_length_upstream else "-"
         lines.append(f"| {name} | {t.tokens_per_second:.2f} | {speed} | {accept} | {upstream} | {t.identical}/{t.answers} |")
     return "\n".join(lines)
-
-
-def fastest_decoding_dtype(model_path, device=None) -> str:
-    """The dtype in which the checkpoint's tuned decoding (decoding.json) is fastest on this kind of device."""
-    folder = checkpoint_folder(model_path)
-    return fastest_dtype(os.path.join(folder, DECODING_NAME) if folder else None, device)
 
 
 def add_compare_flags(parser):
