@@ -210,9 +210,10 @@ class PPDWorker:
 
     def rule(self, request: TextRequest):
         """The request's acceptance rule: greedy at temperature 0, exact (lossless) sampling above."""
-        from prompt.inference.acceptance import acceptance_rule
+        from prompt.inference.acceptance import POSTERIOR_ALPHA, POSTERIOR_THRESHOLD, acceptance_rule
 
-        return acceptance_rule(None, request.temperature, 0.09, 0.3, request.top_p, request.top_k)
+        return acceptance_rule(None, request.temperature, posterior_threshold=POSTERIOR_THRESHOLD,
+                               posterior_alpha=POSTERIOR_ALPHA, top_p=request.top_p, top_k=request.top_k)
 
     def token_stream(self, request: TextRequest):
         """The new token ids of `request`, a list per decoding step, decoded as a row of the worker's running batch.
