@@ -26,14 +26,12 @@ import statistics
 import subprocess
 import sys
 
-import torch
-
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags, apply_threads
 from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import write_json
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.evaluation.runner import UPSTREAM_QUESTION_FILES
+from prompt.evaluation.answer_flags import UPSTREAM_QUESTION_FILES
 from prompt.evaluation.throughput import file_throughput
 from prompt.evaluation.tune import (PLAIN, available_tree_lengths, check_tree_lengths, choose, config_name,
                                    measure_configs, parse_lengths, results_table)
@@ -89,7 +87,7 @@ def build_parser():
     parser.add_argument("--model-id", default=None,
                         help="Upstream's answer files: the model id written into them (default: the answer scripts' "
                              "own; a FastChat template name such as vicuna selects that chat format).")
-    parser.add_argument("--threads", type=int, default=None)
+    add_model_flags(parser, model_path=None)
     return parser
 
 
@@ -201,8 +199,7 @@ def interleaved_search(args) -> None:
     out_file = os.path.join(args.dir_path, (args.file_name or "accept_length") + ".json") if args.dir_path else None
     if out_file and os.path.exists(out_file):
         raise PPDError(f"{out_file!r} exists; choose another --file-name or remove it")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
     model = load_prompt_decoder(args.model_path, base_model_path=args.base_model_path, **device_kwargs(args))
     if args.choices:

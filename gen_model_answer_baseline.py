@@ -4,8 +4,10 @@ import sys
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.runner import (HFGenerate, PerTemperature, add_common_flags, check_args, load_kwargs,
-                                      make_decoder, run_answers)
+from prompt.evaluation.answer_flags import add_common_flags, check_args
+from prompt.evaluation.gpus import load_kwargs
+from prompt.evaluation.runner import PerTemperature, make_decoder, run_answers
+from prompt.evaluation.transformers_baseline import TransformersBaseline
 from prompt.model.loading import load_base_model, plain_model_path
 
 
@@ -21,9 +23,9 @@ def setup(args):
         return 0.0 if args.greedy_at_every_temperature else temperature
 
     if args.hf_generate:
-        decoders = PerTemperature(lambda temperature: HFGenerate(model, formatter.stops(model),
-                                                                 args.prompt_lookup_num_tokens,
-                                                                 decoding_temperature(temperature)))
+        decoders = PerTemperature(lambda temperature: TransformersBaseline(model, formatter.stops(model),
+                                                                           args.prompt_lookup_num_tokens,
+                                                                           decoding_temperature(temperature)))
         return decoders, formatter, "hf-generate"
     return PerTemperature(lambda temperature: make_decoder(model, formatter, args, decoding_temperature(temperature))
                           ), formatter, "baseline"

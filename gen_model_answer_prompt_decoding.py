@@ -4,7 +4,9 @@ import sys
 from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
 from prompt.evaluation.chat import ChatFormatter
-from prompt.evaluation.runner import PerTemperature, add_common_flags, check_args, load_kwargs, make_decoder, run_answers
+from prompt.evaluation.answer_flags import add_common_flags, check_args
+from prompt.evaluation.gpus import load_kwargs
+from prompt.evaluation.runner import PerTemperature, make_decoder, run_answers
 from prompt.inference.choice import resolve_decoding
 from prompt.inference.cost_profile import machine_profile
 from prompt.inference.tree import select_tree_spec

@@ -17,11 +17,10 @@ import json
 import os
 import time
 
-import torch
-
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, apply_threads
 from prompt.errors import PPDError, cli_entry
-from prompt.evaluation.runner import add_common_flags, check_gpu_flags, load_kwargs, resolve_revision
+from prompt.evaluation.answer_flags import add_common_flags, resolve_revision
+from prompt.evaluation.gpus import check_gpu_flags, load_kwargs
 from prompt.evaluation.tune import forward_latency, machine_name, plot_latency
 from prompt.jsonio import write_json, write_text
 
@@ -54,8 +53,7 @@ def main():
     for path in (args.output_file, plot_file, args.answer_file):
         if path and os.path.exists(path) and not args.overwrite:
             raise PPDError(f"{path!r} exists; pass --overwrite to replace it")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     resolve_revision(args)
     from prompt.model.loading import load_base_model
 

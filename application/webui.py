@@ -5,10 +5,15 @@
                                 [--max-new-token 256] [--temperature 0.5] [--no-highlight]
 
 `build_demo(model, tokenizer)` builds the gradio app for any PromptDecoder (or plain causal LM);
-`main()` parses the command line, loads the model and serves the app. Answers stream through transformers'
-`generate` interface decoded by PPD (`prompt.inference.hf_generate`), run in a thread with a streamer, as a
-transformers user would stream. Each request decodes with its own `Decoder` and KV cache, so several browser
-sessions can chat at the same time.
+`main()` parses the command line, loads the model and serves the app. Each request decodes with its own `Decoder`
+and KV cache, so several browser sessions can chat at the same time.
+
+Why the answers go through transformers' `generate` and not `Decoder.stream`: the web UI is where the transformers
+path (PPD as `generate`'s decoding, `prompt.inference.hf_generate`) runs end to end, the way a transformers user
+streams: `generate` in a thread, a streamer (`StepStreamer`, a `TextIteratorStreamer` handing on token ids per
+step) and a stopping criterion (`UntilStopped`, for Stop, Clear and a closed page). `generate` blocks until it
+returns, so it needs the thread, and the thread needs the streamer's queue and the stopping criterion to end early;
+`Decoder.stream`, a generator, would need none of them, and would leave the `generate` path unexercised by a user.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import os
 import queue
 import sys
 import threading
+from dataclasses import dataclass
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the UI must work offline
 try:
@@ -35,10 +41,10 @@ from prompt.cli import ArgumentParser  # noqa: E402
 from prompt.data.chat import chat_template_ids  # noqa: E402
 from prompt.errors import PPDError, cli_entry  # noqa: E402
 from prompt.evaluation.chat import ChatFormatter  # noqa: E402
-from prompt.evaluation.compare import fastest_decoding_dtype  # noqa: E402
 from prompt.inference import Decoder, GenerationResult  # noqa: E402
 from prompt.inference.choice import resolve_decoding  # noqa: E402
 from prompt.inference.cost_profile import machine_profile  # noqa: E402
+from prompt.inference.dtype_choice import fastest_decoding_dtype  # noqa: E402
 from prompt.inference.hf_generate import generate as ppd_generate, ppd_decoder  # noqa: E402
 from prompt.model.devices import DTYPE_CHOICES, add_device_flags, device_kwargs  # noqa: E402
 from prompt.model.loading import is_default_model, looks_like_path  # noqa: E402
@@ -281,7 +287,8 @@ class ChatEngine:
     def stream_answer(self, turns, use_ppd: bool, temperature: float, keep_going=lambda: True):
         """Append an assistant turn to `turns` and fill it as tokens arrive; yields the stats line each step.
 
-        `generate` runs in a thread and hands each step to a StepStreamer. Once `keep_going()` is false, yields a
+        `generate` runs in a thread and hands each step to a StepStreamer (the module docstring says why not
+        `Decoder.stream`). Once `keep_going()` is false, yields a
         last line that says "stopped" and ends; generation stops after its current step (also when the consumer
         goes away). Input errors (an over-long prompt) turn the answer into an "Error: ..." message.
         """
@@ -380,27 +387,92 @@ def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, 
     /render (highlight) returns the chat. Each client is its own session.
     """
     engine = ChatEngine(model, tokenizer, max_new_tokens, decoder_class)
+    with gr.Blocks(title=title) as demo:
+        controls = lay_out_controls(title, engine, temperature, highlight)
+        connect_controls(controls, ChatHandlers(engine))
+    demo.queue(default_concurrency_limit=concurrency)
+    return demo
 
-    def answer(message, session, use_ppd, highlight, temperature):
-        """Add the user's message and stream the answer; the caller holds `session.answering`."""
-        message = (message or "").strip()
-        if not message:
-            gr.Warning("The message is empty.")
-            session.turns.append({"role": "assistant", "content": "Error: the message is empty.", "error": True})
-            yield "", chat_messages(session.turns, highlight), session, "Error: the message is empty."
-            return
-        run = session.begin()
-        turns = session.turns  # Clear replaces the list: this answer then writes to the old one, out of sight
-        turns.append({"role": "user", "content": message})
-        yield "", chat_messages(turns, highlight), session, GENERATING
-        for stats in engine.stream_answer(turns, use_ppd, temperature, lambda: session.is_current(run)):
-            if not session.is_current(run) and session.stopped_run != run:
-                return  # superseded by Clear or Regenerate: they own the display now
-            if stats.startswith("Error:"):
-                gr.Warning(stats)
-            yield "", chat_messages(turns, highlight), session, stats
 
-    def send(message, session, use_ppd, highlight, temperature):
+@dataclass
+class Controls:
+    """The app's components: the session state, the chat, the message box, the buttons and the settings."""
+
+    session: gr.State
+    chatbot: gr.Chatbot
+    message: gr.Textbox
+    send_button: gr.Button
+    stop_button: gr.Button
+    regenerate_button: gr.Button
+    clear_button: gr.Button
+    use_ppd: gr.Checkbox
+    highlight: gr.Checkbox
+    temperature: gr.Slider
+    stats: gr.Markdown
+
+    @property
+    def settings(self) -> list:
+        return [self.use_ppd, self.highlight, self.temperature]
+
+    @property
+    def outputs(self) -> list:
+        return [self.message, self.chatbot, self.session, self.stats]
+
+
+def lay_out_controls(title: str, engine, temperature: float, highlight: bool) -> Controls:
+    """The page, top to bottom: the title, the chat, the message row, the buttons, the settings, the stats line."""
+    gr.Markdown(f"# {title}")
+    session = gr.State(ChatSession())
+    chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat", buttons=["copy", "copy_all"])
+    with gr.Row():
+        message = gr.Textbox(label="Message", placeholder="Type a message, then press Enter or Send",
+                             show_label=False, scale=6, elem_id="message", autofocus=True)
+        send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+    with gr.Row():
+        stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+        regenerate_button = gr.Button("Regenerate", elem_id="regenerate")
+        clear_button = gr.Button("Clear", elem_id="clear")
+    with gr.Row():
+        use_ppd = gr.Checkbox(value=engine.has_prompt_tokens, interactive=engine.has_prompt_tokens,
+                              label="Use PPD", elem_id="use-ppd")
+        gr.Markdown(decoding_label(engine), elem_id="decoding")
+        highlight_box = gr.Checkbox(value=highlight, label="Highlight tokens that came from the prompt tokens",
+                                    elem_id="highlight")
+        temperature_slider = gr.Slider(0.0, 2.0, value=temperature, step=0.01, elem_id="temperature",
+                                       label="Temperature (0 = greedy; above 0: exact sampling)")
+    stats = gr.Markdown("Speed and compression (tokens per forward pass) of the last answer appear here.",
+                        label="Stats", elem_id="stats")
+    return Controls(session, chatbot, message, send_button, stop_button, regenerate_button, clear_button, use_ppd,
+                    highlight_box, temperature_slider, stats)
+
+
+def connect_controls(controls: Controls, handlers: "ChatHandlers") -> None:
+    """What each control does, and the API names gradio_client calls."""
+    c = controls
+    generating = [
+        c.send_button.click(handlers.send, [c.message, c.session, *c.settings], c.outputs, api_name="send",
+                            concurrency_id="generate"),
+        c.message.submit(handlers.send, [c.message, c.session, *c.settings], c.outputs, api_visibility="private",
+                         concurrency_id="generate"),
+        c.regenerate_button.click(handlers.regenerate, [c.session, *c.settings], c.outputs, api_name="regenerate",
+                                  concurrency_id="generate"),
+    ]
+    # Stop flags the session; the answer sees the flag after its current step and ends itself
+    # with a last "stopped" update (a gradio `cancels` could race with that update).
+    c.stop_button.click(ChatSession.stop, c.session, None, queue=False, api_visibility="private")
+    c.clear_button.click(handlers.clear, c.session, c.outputs, api_name="clear", cancels=generating)
+    c.chatbot.clear(handlers.clear, c.session, c.outputs, cancels=generating, api_visibility="private")
+    c.highlight.change(handlers.render, [c.session, c.highlight], c.chatbot, api_name="render")
+
+
+class ChatHandlers:
+    """The app's event handlers over one engine; each gets the browser session's `ChatSession` and yields
+    (message box, chat, session, stats line) updates."""
+
+    def __init__(self, engine: ChatEngine):
+        self.engine = engine
+
+    def send(self, message, session, use_ppd, highlight, temperature):
         """One answer at a time per session: a message sent while one is generated is refused, visibly, and stays
         in the message box (never interleaved with the running answer)."""
         if not session.answering.acquire(blocking=False):
@@ -408,13 +480,13 @@ def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, 
             yield message, chat_messages(session.turns, highlight), session, BUSY
             return
         try:
-            yield from answer(message, session, use_ppd, highlight, temperature)
+            yield from self.answer(message, session, use_ppd, highlight, temperature)
         finally:
             session.answering.release()
 
-    def regenerate(session, use_ppd, highlight, temperature):
+    def regenerate(self, session, use_ppd, highlight, temperature):
+        """Answer the last user message again (the running answer, if any, ends after its current step)."""
         session.supersede()
-        # the running answer (if any) ends after its current step
         if not session.answering.acquire(timeout=60):
             gr.Warning(BUSY)
             yield "", chat_messages(session.turns, highlight), session, BUSY
@@ -427,57 +499,38 @@ def build_demo(model, tokenizer, max_new_tokens: int = 256, title: str = TITLE, 
                 gr.Warning("Nothing to regenerate.")
                 yield "", [], session, "Nothing to regenerate."
                 return
-            yield from answer(turns.pop()["content"], session, use_ppd, highlight, temperature)
+            yield from self.answer(turns.pop()["content"], session, use_ppd, highlight, temperature)
         finally:
             session.answering.release()
 
+    @staticmethod
     def clear(session):
         session.supersede()
         session.turns = []  # a new list: an answer still finishing its step writes to the old one
         return "", [], session, "Conversation cleared."
 
-    with gr.Blocks(title=title) as demo:
-        gr.Markdown(f"# {title}")
-        session = gr.State(ChatSession())
-        chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat", buttons=["copy", "copy_all"])
-        with gr.Row():
-            message = gr.Textbox(label="Message", placeholder="Type a message, then press Enter or Send",
-                                 show_label=False, scale=6, elem_id="message", autofocus=True)
-            send_button = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-        with gr.Row():
-            stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
-            regenerate_button = gr.Button("Regenerate", elem_id="regenerate")
-            clear_button = gr.Button("Clear", elem_id="clear")
-        with gr.Row():
-            use_ppd = gr.Checkbox(value=engine.has_prompt_tokens, interactive=engine.has_prompt_tokens,
-                                  label="Use PPD", elem_id="use-ppd")
-            gr.Markdown(decoding_label(engine), elem_id="decoding")
-            initial_temperature = temperature
-            highlight = gr.Checkbox(value=highlight, label="Highlight tokens that came from the prompt tokens",
-                                    elem_id="highlight")
-            temperature = gr.Slider(0.0, 2.0, value=initial_temperature, step=0.01, elem_id="temperature",
-                                    label="Temperature (0 = greedy; above 0: exact sampling)")
-        stats = gr.Markdown("Speed and compression (tokens per forward pass) of the last answer appear here.",
-                            label="Stats", elem_id="stats")
+    @staticmethod
+    def render(session, highlight):
+        return chat_messages(session.turns, highlight)
 
-        settings = [use_ppd, highlight, temperature]
-        outputs = [message, chatbot, session, stats]
-        generating = [
-            send_button.click(send, [message, session, *settings], outputs, api_name="send",
-                              concurrency_id="generate"),
-            message.submit(send, [message, session, *settings], outputs, api_visibility="private",
-                           concurrency_id="generate"),
-            regenerate_button.click(regenerate, [session, *settings], outputs, api_name="regenerate",
-                                    concurrency_id="generate"),
-        ]
-        # Stop flags the session; the answer sees the flag after its current step and ends itself
-        # with a last "stopped" update (a gradio `cancels` could race with that update).
-        stop_button.click(ChatSession.stop, session, None, queue=False, api_visibility="private")
-        clear_button.click(clear, session, outputs, api_name="clear", cancels=generating)
-        chatbot.clear(clear, session, outputs, cancels=generating, api_visibility="private")
-        highlight.change(lambda s, h: chat_messages(s.turns, h), [session, highlight], chatbot, api_name="render")
-    demo.queue(default_concurrency_limit=concurrency)
-    return demo
+    def answer(self, message, session, use_ppd, highlight, temperature):
+        """Add the user's message and stream the answer; the caller holds `session.answering`."""
+        message = (message or "").strip()
+        if not message:
+            gr.Warning("The message is empty.")
+            session.turns.append({"role": "assistant", "content": "Error: the message is empty.", "error": True})
+            yield "", chat_messages(session.turns, highlight), session, "Error: the message is empty."
+            return
+        run = session.begin()
+        turns = session.turns  # Clear replaces the list: this answer then writes to the old one, out of sight
+        turns.append({"role": "user", "content": message})
+        yield "", chat_messages(turns, highlight), session, GENERATING
+        for stats in self.engine.stream_answer(turns, use_ppd, temperature, lambda: session.is_current(run)):
+            if not session.is_current(run) and session.stopped_run != run:
+                return  # superseded by Clear or Regenerate: they own the display now
+            if stats.startswith("Error:"):
+                gr.Warning(stats)
+            yield "", chat_messages(turns, highlight), session, stats
 
 
 # --------------------------------------------------------------------------------------------------

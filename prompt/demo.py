@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from prompt.cli import ArgumentParser
 from prompt.errors import cli_entry
-from prompt.evaluation.compare import add_model_flags, fastest_decoding_dtype, run
+from prompt.evaluation.compare import add_compare_flags, run
 from prompt.evaluation.questions import load_questions
+from prompt.inference.dtype_choice import fastest_decoding_dtype
 
 DEMO_QUESTIONS = [
     "Explain in a short paragraph why the sky is blue.",
@@ -26,7 +27,7 @@ def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     parser.add_argument("--question-file", default=None, help="MT-Bench style jsonl; default: three built-in questions")
     parser.add_argument("--num-questions", type=int, default=3)
-    add_model_flags(parser)
+    add_compare_flags(parser)
     parser.set_defaults(max_new_token=96, dtype=None, methods="generate,generate_lookup,generate_lookup3,baseline,tuned")
     args = parser.parse_args(argv)
     if args.dtype is None:  # where the tuned decoding is fastest (bfloat16 on this project's CPU)

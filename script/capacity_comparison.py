@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags
 from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import write_json, write_text
 
@@ -89,7 +89,7 @@ def decode(args) -> None:
     from prompt.evaluation.chat import ChatFormatter
     from prompt.evaluation.compare import compare
     from prompt.evaluation.questions import load_questions
-    from prompt.evaluation.runner import HFGenerate
+    from prompt.evaluation.transformers_baseline import TransformersBaseline
     from prompt.inference.decoding import Decoder
     from prompt.jsonio import read_json
     from prompt.model.loading import SHIPPED_PROMPT_TOKENS, load_base_model
@@ -99,7 +99,7 @@ def decode(args) -> None:
     base, tokenizer = load_base_model(None, dtype=args.dtype)
     formatter = ChatFormatter(tokenizer)
     stops = formatter.stops(base)
-    decoders, rows = {"generate": HFGenerate(base, stops)}, {}
+    decoders, rows = {"generate": TransformersBaseline(base, stops)}, {}
     folders = {name: os.path.join(args.work, name) for name in trained_options(args.work)}
     if args.with_shipped:
         folders["shipped"] = SHIPPED_PROMPT_TOKENS
@@ -152,7 +152,7 @@ def main(argv=None):
     parser.add_argument("--work", default="outputs/capacity", help="Datasets in, one folder per option out.")
     parser.add_argument("--options", default=",".join(OPTIONS), help="Comma-separated options to train.")
     parser.add_argument("--minutes", type=float, default=8.0, help="Training minutes per option.")
-    parser.add_argument("--threads", type=int, default=2)
+    add_model_flags(parser, model_path=None, threads="torch CPU threads of every run (default 2).", threads_default=2)
     parser.add_argument("--heldout-sequences", type=int, default=None, help="Measure accuracy on the first K only.")
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     parser.add_argument("--question-file", default="../shared/data/mt_bench/question.jsonl")

@@ -18,7 +18,7 @@ from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare, format_table
 from prompt.evaluation.questions import load_questions
-from prompt.evaluation.runner import HFGenerate
+from prompt.evaluation.transformers_baseline import TransformersBaseline
 from prompt.inference.choice import tree_file
 from prompt.inference.decoding import Decoder
 from prompt.inference.tree import select_tree_spec, spec_tree_length
@@ -66,7 +66,7 @@ def main():
     chain_length = spec_tree_length(chain, n)
     formatter = ChatFormatter(model.tokenizer)
     stops = formatter.stops(model)
-    decoders = {"generate": HFGenerate(model.base_model, stops),
+    decoders = {"generate": TransformersBaseline(model.base_model, stops),
                 f"sparse ({nodes} nodes, tree length {args.tree_length})": Decoder(model, tree_spec=sparse, stop_token_ids=stops, prompt_lookup_num_tokens=0),
                 f"random ({nodes} nodes, tree length {args.tree_length})": Decoder(model, tree_spec=rand, stop_token_ids=stops, prompt_lookup_num_tokens=0),
                 f"chain ({n} nodes, tree length {chain_length})": Decoder(model, tree_spec=chain, stop_token_ids=stops, prompt_lookup_num_tokens=0)}

@@ -5,7 +5,8 @@ import torch
 
 from conftest import tiny_llama
 from prompt.evaluation.compare import busy_warning, compare, headline
-from prompt.evaluation.runner import HFGenerate, MethodTotals
+from prompt.evaluation.totals import MethodTotals
+from prompt.evaluation.transformers_baseline import TransformersBaseline
 from prompt.inference.decoding import GenerationResult
 
 
@@ -15,14 +16,14 @@ def repeating_prompt():
 
 def test_transformers_rows_are_greedy_and_pass_their_settings():
     model = tiny_llama()
-    plain = HFGenerate(model, [2]).generate(repeating_prompt(), 12)
-    for decoder in (HFGenerate(model, [2], static_cache=True),
-                    HFGenerate(model, [2], prompt_lookup_num_tokens=5, max_matching_ngram_size=3),
-                    HFGenerate(model, [2], prompt_lookup_num_tokens=5, max_matching_ngram_size=2)):
+    plain = TransformersBaseline(model, [2]).generate(repeating_prompt(), 12)
+    for decoder in (TransformersBaseline(model, [2], static_cache=True),
+                    TransformersBaseline(model, [2], prompt_lookup_num_tokens=5, max_matching_ngram_size=3),
+                    TransformersBaseline(model, [2], prompt_lookup_num_tokens=5, max_matching_ngram_size=2)):
         assert decoder.generate(repeating_prompt(), 12).token_ids == plain.token_ids
-    eager = HFGenerate(model, [2], static_cache=True)._static_cache_kwargs()
+    eager = TransformersBaseline(model, [2], static_cache=True)._static_cache_kwargs()
     assert eager == {"cache_implementation": "static", "disable_compile": True}
-    compiled = HFGenerate(model, [2], compiled=True)
+    compiled = TransformersBaseline(model, [2], compiled=True)
     kwargs = compiled._static_cache_kwargs()
     assert compiled.static_cache and kwargs["cache_implementation"] == "static"
     assert kwargs["compile_config"]._compile_all_devices  # compiles on a CPU too

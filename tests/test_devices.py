@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from prompt import PPDError
-from prompt.evaluation.compare import fastest_decoding_dtype
 from prompt.inference.choice import fastest_dtype
+from prompt.inference.dtype_choice import fastest_decoding_dtype
 from prompt.model.devices import add_device_flags, device_kwargs, resolve_device, synchronize
 
 

@@ -165,7 +165,7 @@ def tiny_chat():
 
 def answer_args(tmp_path, questions, answer_file, *extra):
     from prompt.cli import ArgumentParser
-    from prompt.evaluation.runner import add_common_flags
+    from prompt.evaluation.answer_flags import add_common_flags
 
     qfile = tmp_path / "questions.jsonl"
     qfile.write_text("".join(json.dumps({"question_id": qid, "turns": [text]}) + "\n" for qid, text in questions))
@@ -177,7 +177,8 @@ def answer_args(tmp_path, questions, answer_file, *extra):
 def answer(args, model, tokenizer):
     """What gen_model_answer_baseline.py does after loading the model."""
     from prompt.evaluation.chat import ChatFormatter
-    from prompt.evaluation.runner import check_args, make_decoder, run_benchmark
+    from prompt.evaluation.answer_flags import check_args
+    from prompt.evaluation.runner import make_decoder, run_benchmark
 
     questions = check_args(args)
     if questions:
@@ -194,7 +195,7 @@ QUESTIONS = [(1, "hello there"), (2, "what is it"), (3, "say more")]
 
 
 def test_unwritable_answer_file_is_refused_before_the_model_loads(tmp_path):
-    from prompt.evaluation.runner import check_args
+    from prompt.evaluation.answer_flags import check_args
 
     (tmp_path / "file").write_text("x")
     for target in (tmp_path / "file" / "answers.jsonl", tmp_path / "file" / "sub" / "answers.jsonl", tmp_path):
@@ -230,7 +231,7 @@ def test_full_disk_while_answering_is_one_clear_error(tmp_path, tiny_chat, monke
 
 
 def test_devices_and_pipes_are_never_replaced_by_files(tmp_path):
-    from prompt.evaluation.runner import check_args
+    from prompt.evaluation.answer_flags import check_args
     from prompt.jsonio import write_text
 
     fifo = tmp_path / "pipe"
@@ -299,7 +300,7 @@ def test_a_question_too_long_for_the_context_is_reported_and_the_run_goes_on(tmp
 
 @pytest.mark.parametrize("flag", ["--question-begin", "--question-end"])
 def test_negative_question_range_is_refused(tmp_path, flag):
-    from prompt.evaluation.runner import check_args
+    from prompt.evaluation.answer_flags import check_args
 
     with pytest.raises(PPDError, match=flag):
         check_args(answer_args(tmp_path, QUESTIONS, tmp_path / "a.jsonl", flag, -1))
@@ -380,12 +381,14 @@ def test_readme_says_in_which_dtype_greedy_output_is_exact_and_lists_the_guarant
 
 def test_transformers_generate_reports_an_over_long_question_too(tmp_path, tiny_chat):
     from prompt.evaluation.chat import ChatFormatter
-    from prompt.evaluation.runner import HFGenerate, check_args, run_benchmark
+    from prompt.evaluation.answer_flags import check_args
+    from prompt.evaluation.runner import run_benchmark
+    from prompt.evaluation.transformers_baseline import TransformersBaseline
 
     model, tokenizer = tiny_chat
     path = tmp_path / "answers.jsonl"
     args = answer_args(tmp_path, [(1, "hello"), ("too-long", "word " * 80)], path)
     formatter = ChatFormatter(tokenizer, args.model_id)
     with pytest.raises(PPDError, match="too-long"):
-        run_benchmark(args, check_args(args), HFGenerate(model, [2]), formatter, "hf")
+        run_benchmark(args, check_args(args), TransformersBaseline(model, [2]), formatter, "hf")
     assert [row["question_id"] for row in rows(path)] == [1]

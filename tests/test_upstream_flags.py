@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def parser():
     from prompt.cli import ArgumentParser
-    from prompt.evaluation.runner import add_common_flags
+    from prompt.evaluation.answer_flags import add_common_flags
 
     return add_common_flags(ArgumentParser(), "", "tiny")
 
@@ -66,7 +66,7 @@ def test_posterior_flags_take_upstreams_spelling_and_ours():
 
 
 def test_default_answer_file_is_upstreams_name():
-    from prompt.evaluation.runner import default_answer_file
+    from prompt.evaluation.answer_flags import default_answer_file
 
     args = parser().parse_args(["--bench-name", "alpaca_eval", "--model-id", "vicuna_faster"])
     assert default_answer_file(args) == os.path.join(
@@ -78,7 +78,7 @@ def test_default_answer_file_is_upstreams_name():
 
 
 def test_category_temperatures_are_fastchats():
-    from prompt.evaluation.runner import fastchat_temperatures, question_temperature
+    from prompt.evaluation.temperatures import fastchat_temperatures, question_temperature
 
     temperatures = fastchat_temperatures()
     assert temperatures["writing"] == 0.7 and temperatures["stem"] == 0.1 and temperatures["math"] == 0.0
@@ -91,7 +91,8 @@ def test_category_temperatures_are_fastchats():
 def test_per_category_temperatures_are_named_and_sampling_is_said(tmp_path, capsys):
     """Without --temperature, MT-Bench's writing questions are sampled (FastChat's 0.7): the run says so, so that no
     one takes its answers for greedy ones (a server at temperature 0 answers those questions differently)."""
-    from prompt.evaluation.runner import check_args, temperatures_in_use
+    from prompt.evaluation.answer_flags import check_args
+    from prompt.evaluation.temperatures import temperatures_in_use
 
     questions = [{"question_id": 1, "category": "writing", "turns": ["a"]},
                  {"question_id": 2, "category": "math", "turns": ["b"]},
@@ -111,7 +112,8 @@ def test_per_category_temperatures_are_named_and_sampling_is_said(tmp_path, caps
 # behaviour
 def test_per_category_temperature_picks_each_questions_decoder(tmp_path, tiny_chat):
     from prompt.evaluation.chat import ChatFormatter
-    from prompt.evaluation.runner import PerTemperature, check_args, make_decoder, run_benchmark
+    from prompt.evaluation.answer_flags import check_args
+    from prompt.evaluation.runner import PerTemperature, make_decoder, run_benchmark
 
     model, tokenizer = tiny_chat
     questions = write_questions(tmp_path / "q.jsonl", [
@@ -142,7 +144,8 @@ def test_upstreams_sampling_values_mean_upstreams_rules_and_ours_stay(tmp_path, 
     names our rules; at temperature 0 every flag is greedy."""
     from prompt.errors import PPDError
     from prompt.evaluation.chat import ChatFormatter
-    from prompt.evaluation.runner import check_args, default_answer_file, make_decoder
+    from prompt.evaluation.answer_flags import check_args, default_answer_file
+    from prompt.evaluation.runner import make_decoder
     from prompt.model import PromptConfig, PromptDecoder
 
     model, tokenizer = tiny_chat
@@ -201,7 +204,8 @@ def test_sampling_greedy_answers_mt_bench_at_fastchats_temperatures_as_upstream(
 
 def test_answer_file_is_deduplicated_and_sorted_at_the_end(tmp_path, tiny_chat):
     from prompt.evaluation.chat import ChatFormatter
-    from prompt.evaluation.runner import check_args, make_decoder, run_benchmark
+    from prompt.evaluation.answer_flags import check_args
+    from prompt.evaluation.runner import make_decoder, run_benchmark
 
     model, tokenizer = tiny_chat
     questions = write_questions(tmp_path / "q.jsonl", [{"question_id": i, "turns": ["hello"]} for i in (3, 1, 2)])
@@ -219,7 +223,8 @@ def test_answer_file_is_deduplicated_and_sorted_at_the_end(tmp_path, tiny_chat):
 
 
 def test_upstream_accept_length_does_not_count_the_prefill(tiny_chat):
-    from prompt.evaluation.runner import HFGenerate, MethodTotals
+    from prompt.evaluation.totals import MethodTotals
+    from prompt.evaluation.transformers_baseline import TransformersBaseline
     from prompt.inference.decoding import Decoder, GenerationResult
 
     model, _ = tiny_chat
@@ -233,7 +238,7 @@ def test_upstream_accept_length_does_not_count_the_prefill(tiny_chat):
     assert result.decoding_steps == 3 and result.accept_length_upstream == 2.0 and result.accept_length == 2.0
     result = GenerationResult(token_ids=list(range(5)), forward_passes=3, step_tokens=[3, 2])
     assert result.decoding_steps == 2 and result.accept_length_upstream == 2.5 and result.accept_length == 5 / 3
-    hf = HFGenerate(model, [2]).generate(ids, 10)
+    hf = TransformersBaseline(model, [2]).generate(ids, 10)
     assert hf.accept_length_upstream == 1.0
     totals = MethodTotals()
     totals.add(result)
@@ -242,7 +247,8 @@ def test_upstream_accept_length_does_not_count_the_prefill(tiny_chat):
 
 def test_idxs_are_upstreams_so_its_throughput_formula_gives_its_accept_length(tmp_path, tiny_chat):
     from prompt.evaluation.chat import ChatFormatter
-    from prompt.evaluation.runner import check_args, make_decoder, run_benchmark
+    from prompt.evaluation.answer_flags import check_args
+    from prompt.evaluation.runner import make_decoder, run_benchmark
 
     model, tokenizer = tiny_chat
     questions = write_questions(tmp_path / "q.jsonl", [{"question_id": 1, "turns": ["hello there"]}])
@@ -258,7 +264,7 @@ def test_idxs_are_upstreams_so_its_throughput_formula_gives_its_accept_length(tm
 
 def test_gpu_flags_on_cpu_are_one_clear_error(tmp_path):
     from prompt.errors import PPDError
-    from prompt.evaluation.runner import check_gpu_flags
+    from prompt.evaluation.gpus import check_gpu_flags
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -394,7 +400,8 @@ def fastchat_common():
 
 def test_fastchat_judge_loads_and_matches_our_answer_files(tmp_path, tiny_chat, monkeypatch):
     from prompt.evaluation.chat import ChatFormatter
-    from prompt.evaluation.runner import check_args, make_decoder, run_benchmark
+    from prompt.evaluation.answer_flags import check_args
+    from prompt.evaluation.runner import make_decoder, run_benchmark
 
     common = fastchat_common()
     from fastchat.llm_judge import gen_judgment
@@ -438,7 +445,7 @@ REVISION_PROBE = """
 import json, sys
 from prompt.cli import ArgumentParser
 from prompt.errors import PPDError
-from prompt.evaluation.runner import add_common_flags, resolve_revision
+from prompt.evaluation.answer_flags import add_common_flags, resolve_revision
 for flags in json.loads(sys.argv[1]):
     args = add_common_flags(ArgumentParser(), "", "tiny").parse_args(flags)
     try:

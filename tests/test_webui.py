@@ -32,7 +32,7 @@ _spec = importlib.util.spec_from_file_location("webui", os.path.join(ROOT, "appl
 webui = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(webui)
 
-gradio_client = pytest.importorskip("gradio_client")
+pytest.importorskip("gradio_client")
 import gradio_client.exceptions  # noqa: E402
 
 STATS = re.compile(r"\*\*Speed:\*\* ([\d.]+) tokens/s · \*\*Compression:\*\* ([\d.]+) tokens per forward pass · "

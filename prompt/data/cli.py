@@ -26,7 +26,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags, apply_threads
 from prompt.data.chat import chat_ids
 from prompt.data.files import (CHUNK_MANIFEST, DATASET_TYPES, IGNORE_INDEX, canonical_model_name, check_output_file,
                                dataset_file_name, load_dataset, save_dataset)
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     # percent of positions
     add_device_flags(parser, dtype="bfloat16", underscores=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+    add_model_flags(parser, model_path=None)
     parser.add_argument("--use_chunked", action="store_true",
                         help="Write a folder of chunk files as they are built (large runs; resumable).")
     parser.add_argument("--chunk_size", type=int, default=1000, help="With --use_chunked: inputs per chunk file.")
@@ -212,8 +212,7 @@ def load_tokenizer(name_or_path):
 def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
     check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     torch.manual_seed(args.seed)
     output = dataset_file_name(args.save_path, args.num_special_tokens, args.dataset_type, args.model_max_length)
     if args.upstream_format:

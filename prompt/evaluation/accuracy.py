@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags, apply_threads
 from prompt.data.files import load_dataset
 from prompt.data.sources import refuse_evaluation_set
 from prompt.errors import PPDError, cli_entry
@@ -154,8 +154,7 @@ def plot_accuracy(result: dict, path: str, title: str = "") -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", "--model_path", dest="model_path", default=None,
-                        help="Prompt-token checkpoint; default: the default model's shipped tokens.")
+    add_model_flags(parser, "Prompt-token checkpoint; default: the default model's shipped tokens.", underscore_alias=True)
     parser.add_argument("--base-model-path", "--base_model_path", dest="base_model_path", default=None,
                         help="Load the base model from here instead of the checkpoint's base_model_name_or_path.")
     parser.add_argument("--data-path", "--data_path", dest="data_path", default=None,
@@ -180,7 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-sequences", "--max_sequences", dest="max_sequences", type=int, default=None)
     parser.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=None)
     add_device_flags(parser, dtype="float32")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
     return parser
 
 
@@ -235,7 +233,7 @@ def main(argv=None) -> dict:
     if args.threads is not None:
         if args.threads < 1:
             raise PPDError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+        apply_threads(args.threads)
     if (args.data_path is None) == (args.eval_result_path is None):
         parser.error("give --data_path (measure) or --eval_result_path (upstream's saved results), one of them")
     if args.steps < 1:

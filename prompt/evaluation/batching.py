@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags, apply_threads
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, EVALUATION_BENCHES, load_questions
@@ -225,7 +225,7 @@ def main(argv=None):
     import sys
 
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", default=None, help="Prompt-token folder or Hub repo id (default: the default model's).")
+    add_model_flags(parser)
     parser.add_argument("--base-model-path", default=None)
     add_device_flags(parser, dtype="bfloat16")
     parser.add_argument("--bench-name", default="mt_bench", choices=BENCH_NAMES)
@@ -236,7 +236,6 @@ def main(argv=None):
     parser.add_argument("--lookup-lengths", default="0", help="Candidate prompt-lookup lengths (0: off).")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--record", action="store_true", help="Record the best candidate per batch size (from 2) into "
                         "the checkpoint's decoding.json (tune on prompts that are not evaluation sets).")
     parser.add_argument("--output", default=None, help="Also write the markdown table here.")
@@ -249,8 +248,7 @@ def main(argv=None):
     if args.record and args.bench_name in EVALUATION_BENCHES:
         raise PPDError(f"--record tunes on the prompts given: use training-side prompts (e.g. --bench-name sharegpt), "
                        f"not the {args.bench_name} evaluation set")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     questions = load_questions(args.bench_name, args.question_file, args.question_begin,
                                (args.question_begin or 0) + max(sizes))
     if len(questions) < max(sizes):

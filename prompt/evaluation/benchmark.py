@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags
 from prompt.errors import PPDError, cli_entry
 from prompt.jsonio import atomic_write, write_json, write_text
 from prompt.evaluation.chat import ChatFormatter
@@ -212,7 +212,7 @@ def main(argv=None):
 
     parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", required=True, help="Folder with mt_bench/, gsm8k/, alpaca_eval/ (../shared/data).")
-    parser.add_argument("--model-path", default=None, help="Prompt-token folder or Hub repo id (default: the default model's).")
+    add_model_flags(parser, threads=None)
     add_device_flags(parser, dtype=None)  # the dtypes come from --dtypes
     parser.add_argument("--suites", default=",".join(SUITES))
     parser.add_argument("--num-questions", type=int, default=4, help="Questions per suite (the first N).")

@@ -7,23 +7,21 @@ reported as ratios to `generate` greedy, and every greedy output is checked agai
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags, apply_threads
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.questions import BENCH_NAMES, load_questions
-from prompt.evaluation.runner import HFGenerate, MethodTotals
+from prompt.evaluation.totals import MethodTotals
+from prompt.evaluation.transformers_baseline import TransformersBaseline
 from prompt.inference.acceptance import acceptance_rule
 from prompt.inference.candidates import SuffixCandidates
 from prompt.inference.choice import (
-    DECODING_NAME,
     DecodingChoice,
-    fastest_dtype,
     priced_drafts,
     resolve_decoding,
     trees_for,
@@ -33,7 +31,7 @@ from prompt.inference.cost_profile import machine_profile
 from prompt.inference.decoding import Decoder, Decoding
 from prompt.inference.tree import select_tree_spec
 from prompt.model.config import PromptConfig
-from prompt.model.defaults import checkpoint_folder, load_prompt_decoder
+from prompt.model.defaults import load_prompt_decoder
 from prompt.model.devices import add_device_flags, device_kwargs
 from prompt.model.prompt_decoder import PromptDecoder
 from prompt.model.weight_layout import TRANSPOSED
@@ -119,19 +117,19 @@ def _unpriced(decoding: Decoding) -> Decoding:
 
 
 METHODS = {
-    "generate": Method(lambda i: HFGenerate(i.base, i.stops), "transformers greedy (dynamic cache)",
+    "generate": Method(lambda i: TransformersBaseline(i.base, i.stops), "transformers greedy (dynamic cache)",
                        peer="transformers generate"),
-    "generate_static": Method(lambda i: HFGenerate(i.base, i.stops, static_cache=True),
+    "generate_static": Method(lambda i: TransformersBaseline(i.base, i.stops, static_cache=True),
                               "the same with its static cache", peer="transformers generate"),
-    "generate_compiled": Method(lambda i: HFGenerate(i.base, i.stops, static_cache=True, compiled=True),
+    "generate_compiled": Method(lambda i: TransformersBaseline(i.base, i.stops, static_cache=True, compiled=True),
                                 "static cache and torch.compile (about a minute of compiling per prompt shape, all "
                                 "done in the warm-up)", peer="transformers generate"),
-    "generate_lookup": Method(lambda i: HFGenerate(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
-                                                   max_matching_ngram_size=2),
+    "generate_lookup": Method(lambda i: TransformersBaseline(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
+                                                             max_matching_ngram_size=2),
                               "transformers prompt lookup decoding matching up to 2-grams (its default)",
                               peer="transformers prompt lookup"),
-    "generate_lookup3": Method(lambda i: HFGenerate(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
-                                                    max_matching_ngram_size=3),
+    "generate_lookup3": Method(lambda i: TransformersBaseline(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
+                                                              max_matching_ngram_size=3),
                                "the same matching up to 3-grams", peer="transformers prompt lookup"),
     "baseline": _plain(lambda i: Decoding.plain(i.base), "our plain loop"),
     "baseline_transposed": _plain(lambda i: replace(Decoding.plain(i.base), weight_layout=TRANSPOSED),
@@ -151,10 +149,10 @@ METHODS = {
                             "the checkpoint's tuned decoding (in its weight layout) with every draft verified whole"),
     "tuned_suffix": _ours(lambda i: None, "the tuned decoding with the suffix candidate tree merged in",
                           sources=MethodInputs.suffix),
-    "generate_sample": Method(lambda i: HFGenerate(i.base, i.stops, temperature=i.temperature),
+    "generate_sample": Method(lambda i: TransformersBaseline(i.base, i.stops, temperature=i.temperature),
                               "at --temperature: transformers sampling"),
-    "generate_lookup_sample": Method(lambda i: HFGenerate(i.base, i.stops, prompt_lookup_num_tokens=i.lookup_tokens,
-                                                          temperature=i.temperature),
+    "generate_lookup_sample": Method(lambda i: TransformersBaseline(i.base, i.stops, temperature=i.temperature,
+                                                                    prompt_lookup_num_tokens=i.lookup_tokens),
                                      "at --temperature: transformers sampling with prompt lookup"),
     "exact": Method(_sampled("exact"), "at --temperature: the tuned decoding with exact sampling (the rule's own "
                                        "tuned entry where decoding.json has one)"),
@@ -360,14 +358,8 @@ def format_table(totals: dict, reference: str = "generate") -> str:
     return "\n".join(lines)
 
 
-def fastest_decoding_dtype(model_path, device=None) -> str:
-    """The dtype in which the checkpoint's tuned decoding (decoding.json) is fastest on this kind of device."""
-    folder = checkpoint_folder(model_path)
-    return fastest_dtype(os.path.join(folder, DECODING_NAME) if folder else None, device)
-
-
-def add_model_flags(parser):
-    parser.add_argument("--model-path", default=None, help="Prompt-token folder or Hub repo id (default: the default model's).")
+def add_compare_flags(parser):
+    add_model_flags(parser)
     parser.add_argument("--base-model-path", default=None, help="Base model folder or Hub repo id (default: the checkpoint's).")
     parser.add_argument("--model-id", default=None, help="FastChat template name, if the model needs one (e.g. vicuna).")
     add_device_flags(parser, dtype="float32")
@@ -379,7 +371,6 @@ def add_model_flags(parser):
                         help="Node budget of the suffix candidate tree (methods suffix, tuned_suffix).")
     parser.add_argument("--max-new-token", type=int, default=128)
     parser.add_argument("--methods", default="generate,baseline,ppd", help="Comma-separated methods. " + METHOD_HELP)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-profile", action="store_true",
                         help="Do not measure this machine's forward costs on first use (about a minute, once per "
                              "model, dtype and machine); the decoding is then priced on the profile shipped with the "
@@ -393,8 +384,7 @@ def add_model_flags(parser):
 
 
 def run(args, prompts):
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.max_new_token < 1 or args.suffix_nodes < 1 or args.rounds < 1:
         raise PPDError("--max-new-token, --suffix-nodes and --rounds must be >= 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -438,7 +428,7 @@ def main(argv=None):
     parser.add_argument("--question-file", default=None)
     parser.add_argument("--question-begin", type=int, default=None)
     parser.add_argument("--question-end", type=int, default=10)
-    add_model_flags(parser)
+    add_compare_flags(parser)
     args = parser.parse_args(argv)
     questions = load_questions(args.bench_name, args.question_file, args.question_begin, args.question_end)
     run(args, [q["turns"][0] for q in questions])

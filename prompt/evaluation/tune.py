@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags, apply_threads
 from prompt.errors import PPDError, cli_entry
 from prompt.evaluation.chat import ChatFormatter
 from prompt.evaluation.compare import compare
@@ -232,8 +232,7 @@ def check_tree_lengths(model, lengths) -> None:
 
 def quick_profile(args) -> None:
     """`--quick`: measure and store this machine's cost profile for each dtype asked for (replacing a stored one)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     device = device_kwargs(args)["device"]
     dtypes = [args.dtype] if args.dtype else profile_dtypes(device)
     for dtype in dtypes:
@@ -278,7 +277,7 @@ def tune_acceptance(args, model, questions, output, rule, tree_lengths, lookup_l
 @cli_entry
 def main(argv=None):
     parser = ArgumentParser(description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    parser.add_argument("--model-path", default=None, help="Prompt-token folder or Hub repo id (default: the default model's).")
+    add_model_flags(parser)
     parser.add_argument("--base-model-path", default=None, help="Base model folder or Hub repo id (default: the checkpoint's).")
     add_device_flags(parser, dtype="bfloat16")
     parser.add_argument("--bench-name", default="sharegpt", choices=BENCH_NAMES,
@@ -294,7 +293,6 @@ def main(argv=None):
     parser.add_argument("--output-file", default=None, help=f"Default: {DECODING_NAME} in the prompt-token folder.")
     parser.add_argument("--report-dir", default=None, help="Where the measurements (JSON) and plots go (default: beside the output).")
     parser.add_argument("--overwrite", action="store_true", help="Replace this dtype's recorded decoding.")
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=1,
                         help="Answer each prompt this many times per configuration (interleaved) and count each "
                              "configuration's fastest: a steadier choice on a machine shared with other work.")
@@ -315,8 +313,7 @@ def main(argv=None):
         return quick_profile(args)
     args.dtype = args.dtype or "bfloat16"
     rule = acceptance_rule(args.sampling, args.temperature).name  # bad values: one error before loading
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.max_new_token < 1 or args.rounds < 1:
         raise PPDError("--max-new-token and --rounds must be >= 1")
     if args.bench_name in EVALUATION_BENCHES:

@@ -1,4 +1,5 @@
-"""transformers' own `generate` interface, decoded with PPD.
+"""transformers' own `generate` interface, decoded with PPD (the reverse of
+`prompt.evaluation.transformers_baseline.TransformersBaseline`, transformers' generate behind our decoders' interface).
 
 One line switches a transformers model to PPD; everything else stays as with transformers (GenerationConfig,
 keyword options, streamers, stop strings, stopping criteria, the returned LongTensor or

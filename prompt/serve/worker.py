@@ -210,9 +210,10 @@ class PPDWorker:
 
     def rule(self, request: TextRequest):
         """The request's acceptance rule: greedy at temperature 0, exact (lossless) sampling above."""
-        from prompt.inference.acceptance import acceptance_rule
+        from prompt.inference.acceptance import POSTERIOR_ALPHA, POSTERIOR_THRESHOLD, acceptance_rule
 
-        return acceptance_rule(None, request.temperature, 0.09, 0.3, request.top_p, request.top_k)
+        return acceptance_rule(None, request.temperature, posterior_threshold=POSTERIOR_THRESHOLD,
+                               posterior_alpha=POSTERIOR_ALPHA, top_p=request.top_p, top_k=request.top_k)
 
     def token_stream(self, request: TextRequest):
         """The new token ids of `request`, a list per decoding step, decoded as a row of the worker's running batch.
@@ -516,13 +517,11 @@ def register_when_up(worker, url: str, timeout: float = 300.0) -> threading.Thre
 
 
 def load_core(args) -> PPDWorker:
-    import torch
-
+    from prompt.cli import apply_threads
     from prompt.model.defaults import load_prompt_decoder
     from prompt.model.devices import device_kwargs
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     model = load_prompt_decoder(args.model_path, **device_kwargs(args))
     if model.tokenizer is None:
         raise PPDError("the model folder has no tokenizer")
@@ -539,7 +538,7 @@ def default_model_name(model_path, use_ppd: bool) -> str:
 
 @cli_entry
 def main(argv=None):
-    from prompt.cli import ArgumentParser
+    from prompt.cli import ArgumentParser, add_model_flags
     from prompt.model.devices import add_device_flags
 
     parser = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -548,8 +547,8 @@ def main(argv=None):
     parser.add_argument("--worker-address", default=None, help="How the controller reaches this worker "
                         "(default http://HOST:PORT).")
     parser.add_argument("--controller-address", default="http://127.0.0.1:21001")
-    parser.add_argument("--model-path", default=None, help="A PPD checkpoint folder (default: the default model "
-                        "with its shipped prompt tokens).")
+    add_model_flags(parser, "A PPD checkpoint folder (default: the default model with its shipped prompt tokens).",
+                    threads="torch CPU threads.")
     parser.add_argument("--model-names", type=lambda s: s.split(","), default=None,
                         help="Comma-separated names clients use (default: the model's, with -plain for --no-ppd).")
     parser.add_argument("--no-ppd", action="store_true", help="Decode plainly (no prompt tokens): a baseline worker.")
@@ -560,7 +559,6 @@ def main(argv=None):
                         "(default 8).")
     parser.add_argument("--max-queue", type=int, default=16, help="Requests waiting beyond those; more are refused "
                         "with 429 (default 16).")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
     parser.add_argument("--no-register", action="store_true", help="Do not register with a controller.")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.max_queue < 0:

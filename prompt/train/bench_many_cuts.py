@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from prompt.cli import ArgumentParser
+from prompt.cli import ArgumentParser, add_model_flags, apply_threads
 from prompt.errors import cli_entry
 
 
@@ -65,11 +65,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--cuts_per_sequence", type=int, default=0, help="0 = every reply position")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--seconds", type=float, default=40.0, help="Measuring time of each side.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (use fewer than the free cores: oversubscribed threads are very slow).")
+    add_model_flags(parser, model_path=None,
+                    threads="torch CPU threads (use fewer than the free cores: oversubscribed threads are very slow).")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
 
     base, tokenizer = load_base_model(args.model_name_or_path, dtype=args.dtype)
     model = PromptDecoder(base, PromptConfig(num_special_tokens=args.num_special_tokens,
