@@ -525,6 +525,10 @@ def load_core(args) -> PPDWorker:
     model = load_prompt_decoder(args.model_path, **device_kwargs(args))
     if model.tokenizer is None:
         raise PPDError("the model folder has no tokenizer")
+    if not args.no_ppd:
+        from prompt.inference.cost_profile import machine_profile
+
+        machine_profile(model, measure=not getattr(args, "no_profile", False))  # this machine's costs, on first use
     return PPDWorker(model, model.tokenizer, use_ppd=not args.no_ppd, concurrency=args.concurrency,
                      max_queue=args.max_queue)
 
@@ -560,6 +564,9 @@ def main(argv=None):
     parser.add_argument("--max-queue", type=int, default=16, help="Requests waiting beyond those; more are refused "
                         "with 429 (default 16).")
     parser.add_argument("--no-register", action="store_true", help="Do not register with a controller.")
+    parser.add_argument("--no-profile", action="store_true", help="Do not measure this machine's forward costs on "
+                        "first use (about a minute, once per model, dtype and machine): the decoding is then priced "
+                        "on the profile shipped with the checkpoint.")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.max_queue < 0:
         raise PPDError("--concurrency must be >= 1 and --max-queue >= 0")
