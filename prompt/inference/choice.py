@@ -292,22 +292,7 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
     has_prompt_tokens = hasattr(model, "prompt_embeddings")
     tuned, reason, lookup_chosen = {}, None, prompt_lookup_num_tokens is None
     if has_prompt_tokens and (tree_spec is None and tree_length is None or prompt_lookup_num_tokens is None):
-        dtype = str(model.dtype).replace("torch.", "")
-        tuned = tuned_decoding(model, dtype, sampling)
-        if tuned and same_machine(tuned, model):
-            reason = f"tuned on this machine ({DECODING_NAME}, {tuned.get('date', 'undated')})"
-        else:
-            predicted = None
-            if tree_spec is None:
-                predicted = predicted_decoding(model, sampling or "greedy", profile, tree_length=tree_length,
-                                               prompt_lookup_num_tokens=prompt_lookup_num_tokens)
-            if predicted is not None:
-                best, reason = predicted
-                tuned = {"tree_length": best.tree_length, "prompt_lookup_num_tokens": best.prompt_lookup_num_tokens,
-                         "suffix_nodes": best.suffix_nodes, "weight_layout": best.layout}
-            elif tuned:
-                reason = (f"tuned on {tuned.get('machine', 'another machine')} ({DECODING_NAME}); no "
-                          f"{ACCEPTANCE_NAME} to choose for this machine from")
+        tuned, reason = _chosen_entry(model, tree_spec, tree_length, prompt_lookup_num_tokens, sampling, profile)
     suffix, layout = 0, tuned.get("weight_layout", STANDARD)
     if prompt_lookup_num_tokens is None:
         prompt_lookup_num_tokens = tuned.get("prompt_lookup_num_tokens", 0)
@@ -328,11 +313,39 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
         choice = DecodingChoice(None, lookup, suffix, reason=reason, weight_layout=layout)
         chosen_here = lookup_chosen and reason is not None and not reason.startswith("tuned on this machine")
         return priced_drafts(model, choice, profile) if chosen_here and (lookup or suffix) else choice
+    spec, source = _chosen_tree(model, tree_length, from_tuned, reason)
+    return DecodingChoice(spec, lookup, suffix, source, reason, layout)
+
+
+def _chosen_entry(model, tree_spec, tree_length, prompt_lookup_num_tokens, sampling, profile) -> tuple[dict, str]:
+    """(the decoding entry to take the caller's unfixed parts from, why), by precedences 2-4: the decoding.json entry
+    tuned on this machine, else the acceptance.json configuration priced best on the profile, else the entry tuned
+    on another machine ({} and None: none of them)."""
+    tuned = tuned_decoding(model, str(model.dtype).replace("torch.", ""), sampling)
+    if tuned and same_machine(tuned, model):
+        return tuned, f"tuned on this machine ({DECODING_NAME}, {tuned.get('date', 'undated')})"
+    predicted = None
+    if tree_spec is None:
+        predicted = predicted_decoding(model, sampling or "greedy", profile, tree_length=tree_length,
+                                       prompt_lookup_num_tokens=prompt_lookup_num_tokens)
+    if predicted is not None:
+        best, reason = predicted
+        return {"tree_length": best.tree_length, "prompt_lookup_num_tokens": best.prompt_lookup_num_tokens,
+                "suffix_nodes": best.suffix_nodes, "weight_layout": best.layout}, reason
+    if tuned:
+        return tuned, (f"tuned on {tuned.get('machine', 'another machine')} ({DECODING_NAME}); no "
+                       f"{ACCEPTANCE_NAME} to choose for this machine from")
+    return {}, None
+
+
+def _chosen_tree(model, tree_length, from_tuned: bool, reason) -> tuple[dict, str]:
+    """The spec of `tree_length` (None: the tree file's default) and its source; a length that came from a file the
+    tree file lacks names that file as the one to fix."""
     path, default_length = trees_for(model)
     if tree_length is None:
         tree_length = default_length
     try:
-        spec, source = _tree_of_length(model, path, tree_length)
+        return _tree_of_length(model, path, tree_length)
     except PPDError as exc:
         if not from_tuned:
             raise
@@ -341,7 +354,6 @@ def resolve_decoding(model, tree_spec=None, tree_length=None, prompt_lookup_num_
         raise PPDError(f"{named} asks for a tree of length {tree_length}, but "
                        f"{exc}; re-run the tuner for this checkpoint, restore its {TREES_NAME}, "
                        f"or pass a tree length") from None
-    return DecodingChoice(spec, lookup, suffix, source, reason, layout)
 
 
 def priced_drafts(model, choice: DecodingChoice, profile: CostProfile | None = None) -> DecodingChoice:

@@ -294,35 +294,55 @@ def measure_profile(base, dtype: str, lengths=PROFILE_LENGTHS, batch_sizes=PROFI
 
     device = base.get_input_embeddings().weight.device
     start = time.perf_counter()
+    left = lambda: budget_s - (time.perf_counter() - start)  # noqa: E731 - the seconds the budget has left
     with tqdm(total=2 * len(lengths), desc=f"cost profile ({dtype})", disable=not progress, leave=False,
               file=sys.stderr) as bar:
-        latency = forward_latency(base, lengths, repeats=1, progress=bar)  # a warm-up round and one measured
-        round_s = sum(latency.values()) / 1000
-        more = min(repeats - 1, int((budget_s / 3) // max(round_s, 1e-3)))
-        if more > 0:
-            bar.total += (more + 1) * len(lengths)
-            again = forward_latency(base, lengths, repeats=more, progress=bar)
-            latency = {n: min(latency[n], again[n]) for n in lengths}
-        transposed = {}
-        guess = 2 * sum(_interpolate(latency, n) for n in transposed_lengths) / 1000
-        if transposed_lengths and can_transpose(base) and time.perf_counter() - start + (repeats + 1) * guess < budget_s:
-            before = weight_layout(base)
-            set_weight_layout(base, TRANSPOSED)
-            try:
-                bar.total += (repeats + 1) * len(transposed_lengths)
-                transposed = forward_latency(base, transposed_lengths, repeats=repeats, progress=bar)
-            finally:
-                set_weight_layout(base, before)
-        batches = {}
-        for rows in batch_sizes:
-            # a batch round costs about rows x a sequence's round at the same inputs per row (warm-up + one round)
-            guess = sum(_interpolate(latency, n) for n in batch_lengths) / 1000
-            if time.perf_counter() - start + 2 * rows * guess > budget_s:
-                break
-            bar.total += 2 * len(batch_lengths)
-            batches[rows] = forward_latency(base, batch_lengths, repeats=1, rows=rows, progress=bar)
+        latency = _one_sequence_costs(base, lengths, repeats, budget_s, bar)
+        transposed = _transposed_costs(base, latency, transposed_lengths, repeats, left(), bar)
+        batches = _batch_costs(base, latency, batch_sizes, batch_lengths, left, bar)
     return CostProfile(fingerprint(device), model_key(base), dtype, latency, batches, transposed,
                        datetime.date.today().isoformat(), round(time.perf_counter() - start, 1))
+
+
+def _one_sequence_costs(base, lengths, repeats: int, budget_s: float, bar) -> dict:
+    """{inputs: ms} of one sequence: a warm-up round and one measured, then as many more as a third of the budget
+    holds (up to `repeats` in all), the fastest of each kept."""
+    latency = forward_latency(base, lengths, repeats=1, progress=bar)
+    round_s = sum(latency.values()) / 1000
+    more = min(repeats - 1, int((budget_s / 3) // max(round_s, 1e-3)))
+    if more > 0:
+        bar.total += (more + 1) * len(lengths)
+        again = forward_latency(base, lengths, repeats=more, progress=bar)
+        latency = {n: min(latency[n], again[n]) for n in lengths}
+    return latency
+
+
+def _transposed_costs(base, latency: dict, lengths, repeats: int, left_s: float, bar) -> dict:
+    """{inputs: ms} of one sequence with the weights stored transposed ({} where they cannot be, or it does not fit
+    the `left_s` seconds left); the weights' layout restored after."""
+    guess = 2 * sum(_interpolate(latency, n) for n in lengths) / 1000
+    if not lengths or not can_transpose(base) or (repeats + 1) * guess >= left_s:
+        return {}
+    before = weight_layout(base)
+    set_weight_layout(base, TRANSPOSED)
+    try:
+        bar.total += (repeats + 1) * len(lengths)
+        return forward_latency(base, lengths, repeats=repeats, progress=bar)
+    finally:
+        set_weight_layout(base, before)
+
+
+def _batch_costs(base, latency: dict, batch_sizes, batch_lengths, left, bar) -> dict:
+    """{rows: {inputs per row: ms}} for the batch sizes that fit the budget (`left()`: the seconds it has left)."""
+    batches = {}
+    for rows in batch_sizes:
+        # a batch round costs about rows x a sequence's round at the same inputs per row (warm-up + one round)
+        guess = sum(_interpolate(latency, n) for n in batch_lengths) / 1000
+        if 2 * rows * guess > left():
+            break
+        bar.total += 2 * len(batch_lengths)
+        batches[rows] = forward_latency(base, batch_lengths, repeats=1, rows=rows, progress=bar)
+    return batches
 
 
 # ----------------------------------------------------------------------------------------------------------------
